@@ -1,0 +1,22 @@
+//! `rt`: a single-threaded executor over one io_uring per thread.
+//!
+//! Every I/O is an io_uring operation wrapped in a future ([`op::Op`]). Tasks push their SQEs while
+//! they are polled; the loop then makes exactly one `io_uring_enter` that submits everything queued
+//! and waits for at least one completion (batching). Nothing here knows about block devices.
+//!
+//! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
+//! lifetime invariant), [`buf`] (owned I/O buffers), [`fs`] / [`net`] / [`time`] (typed ops),
+//! [`sync`] (single-thread channels and notifications).
+
+pub mod buf;
+pub mod fs;
+pub mod net;
+pub mod op;
+pub mod runtime;
+pub mod sync;
+pub mod task;
+pub mod time;
+
+pub use buf::IoBuf;
+pub use runtime::{spawn, Builder, Runtime, Stats};
+pub use task::JoinHandle;

@@ -1,0 +1,513 @@
+//! The event loop: poll ready tasks, then one `io_uring_enter` that submits all queued SQEs and
+//! waits for a completion, then dispatch completions to the ops that own them.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::op::Lifecycle;
+use crate::task::{JoinHandle, Shared, TaskSlot, MAIN_TASK};
+
+/// user_data of SQEs whose completion nobody waits for (cancel requests).
+pub(crate) const IGNORED_USER_DATA: u64 = u64::MAX;
+/// user_data of the eventfd read that lets other threads wake this loop.
+const WAKE_USER_DATA: u64 = u64::MAX - 1;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+}
+
+/// Counters of one runtime; `completions / enters` is the batching factor.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// `io_uring_enter` calls (each submits everything queued).
+    pub enters: u64,
+    /// SQEs submitted.
+    pub submitted: u64,
+    /// CQEs reaped.
+    pub completions: u64,
+}
+
+/// How to set up the ring.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    entries: u32,
+    cq_entries: Option<u32>,
+    single_issuer: bool,
+    busy_poll: Option<Duration>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            entries: 256,
+            cq_entries: None,
+            single_issuer: true,
+            busy_poll: None,
+        }
+    }
+}
+
+impl Builder {
+    /// Submission queue size (rounded up to a power of two by the kernel).
+    pub fn entries(mut self, n: u32) -> Self {
+        self.entries = n.clamp(8, 32768);
+        self
+    }
+    /// Completion queue size; defaults to twice `entries`.
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cq_entries = Some(n.clamp(16, 65536));
+        self
+    }
+    /// Ask for SINGLE_ISSUER|DEFER_TASKRUN (falls back silently when the kernel refuses).
+    pub fn single_issuer(mut self, on: bool) -> Self {
+        self.single_issuer = on;
+        self
+    }
+    /// Before sleeping in the kernel, spin this long re-checking completions (trades CPU for
+    /// latency at low queue depth).
+    pub fn busy_poll(mut self, d: Option<Duration>) -> Self {
+        self.busy_poll = d;
+        self
+    }
+
+    pub fn build(self) -> io::Result<Runtime> {
+        let cq = self
+            .cq_entries
+            .unwrap_or(self.entries.saturating_mul(2))
+            .max(self.entries);
+        let ring = if self.single_issuer {
+            IoUring::builder()
+                .setup_cqsize(cq)
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_coop_taskrun()
+                .build(self.entries)
+                .or_else(|_| {
+                    IoUring::builder()
+                        .setup_cqsize(cq)
+                        .setup_coop_taskrun()
+                        .build(self.entries)
+                })
+                .or_else(|_| IoUring::builder().setup_cqsize(cq).build(self.entries))?
+        } else {
+            IoUring::builder().setup_cqsize(cq).build(self.entries)?
+        };
+        // SAFETY: eventfd(2) returns a new fd or -1; we take ownership only of a valid fd.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: efd is a fresh fd owned by nobody else.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let shared = Arc::new(Shared::new(efd));
+        let inner = Rc::new(Inner {
+            ring: RefCell::new(ring),
+            ops: RefCell::new(Slab::with_capacity(self.entries as usize)),
+            tasks: RefCell::new(Slab::new()),
+            shared,
+            wake_buf: Box::new(Cell::new(0)),
+            wake_armed: Cell::new(false),
+            stats: Cell::new(Stats::default()),
+            busy_poll: self.busy_poll,
+            cqe_scratch: RefCell::new(Vec::with_capacity(256)),
+        });
+        Ok(Runtime { inner })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) ring: RefCell<IoUring>,
+    pub(crate) ops: RefCell<Slab<Lifecycle>>,
+    pub(crate) tasks: RefCell<Slab<TaskSlot>>,
+    pub(crate) shared: Arc<Shared>,
+    /// Target of the eventfd read; boxed so its address is stable while the read is in flight.
+    wake_buf: Box<Cell<u64>>,
+    wake_armed: Cell<bool>,
+    stats: Cell<Stats>,
+    busy_poll: Option<Duration>,
+    cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
+}
+
+/// A single-threaded io_uring executor. Not `Send`: each thread builds its own.
+pub struct Runtime {
+    inner: Rc<Inner>,
+}
+
+impl Runtime {
+    pub fn new() -> io::Result<Runtime> {
+        Builder::default().build()
+    }
+
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The ring's fd, for registering it elsewhere (diagnostics).
+    pub fn ring_fd(&self) -> RawFd {
+        self.inner.ring.borrow().as_raw_fd()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.get()
+    }
+
+    /// Register a sparse fixed-buffer table of `n` slots (for zero-copy buffer registration).
+    pub fn register_buffers_sparse(&self, n: u32) -> io::Result<()> {
+        self.inner
+            .ring
+            .borrow()
+            .submitter()
+            .register_buffers_sparse(n)
+    }
+
+    /// Register files so ops can use `types::Fixed(index)`.
+    pub fn register_files(&self, fds: &[RawFd]) -> io::Result<()> {
+        self.inner.ring.borrow().submitter().register_files(fds)
+    }
+
+    /// Run `fut` to completion on this thread, driving every spawned task and op meanwhile.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        let _enter = EnterGuard::enter(self.inner.clone());
+        let inner = &self.inner;
+        let mut fut = pin!(fut);
+        let main_waker = inner.shared.waker(MAIN_TASK);
+        let mut main_cx = Context::from_waker(&main_waker);
+        let mut main_ready = true;
+        let mut batch = Vec::new();
+        loop {
+            if main_ready {
+                main_ready = false;
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut main_cx) {
+                    return v;
+                }
+            }
+            // Poll every ready task; polling may make more tasks ready.
+            loop {
+                inner.shared.take_ready(&mut batch);
+                if batch.is_empty() {
+                    break;
+                }
+                for id in batch.drain(..) {
+                    if id == MAIN_TASK {
+                        main_ready = true;
+                    } else {
+                        crate::task::poll_task(inner, id);
+                    }
+                }
+            }
+            if main_ready {
+                continue;
+            }
+            if let Err(e) = inner.submit_and_wait() {
+                panic!("io_uring_enter failed unrecoverably: {e}");
+            }
+            inner.reap();
+        }
+    }
+
+    /// Cancel every op still in flight and wait (bounded) for the kernel to let go of their
+    /// buffers. Called on drop; exposed so a caller can do it at a chosen moment.
+    pub fn shutdown(&self, limit: Duration) -> bool {
+        self.inner.drain(limit)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Drop tasks first: their ops turn into `Ignored` slots that keep buffers alive.
+        let tasks: Vec<TaskSlot> = self.inner.tasks.borrow_mut().drain().collect();
+        {
+            let _enter = EnterGuard::enter(self.inner.clone());
+            drop(tasks);
+        }
+        if !self.inner.drain(Duration::from_secs(10)) {
+            // The kernel may still write into memory owned by ignored ops. Leaking is the only
+            // sound choice: freeing it could let the kernel scribble over reused memory.
+            let ops = std::mem::take(&mut *self.inner.ops.borrow_mut());
+            std::mem::forget(ops);
+        }
+    }
+}
+
+struct EnterGuard(Option<Rc<Inner>>);
+
+impl EnterGuard {
+    fn enter(inner: Rc<Inner>) -> EnterGuard {
+        let prev = CURRENT.with(|c| c.borrow_mut().replace(inner));
+        EnterGuard(prev)
+    }
+}
+
+impl Drop for EnterGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// The runtime of the current thread. Panics outside `block_on`: ops need a ring.
+pub(crate) fn current() -> Rc<Inner> {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .expect("rt op used outside Runtime::block_on")
+}
+
+/// Spawn a task on the current thread's runtime.
+pub fn spawn<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    crate::task::spawn_on(&current(), fut)
+}
+
+/// Counters of the current thread's runtime.
+pub fn current_stats() -> Stats {
+    current().stats.get()
+}
+
+impl Inner {
+    /// Queue one SQE. If the submission queue is full, flush it to the kernel first.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until its completion is reaped (see `op.rs`).
+    pub(crate) unsafe fn push(&self, entry: &squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            // SAFETY: forwarded from the caller's contract.
+            if unsafe { ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            // Full: hand what we have to the kernel without waiting.
+            match ring.submit() {
+                Ok(n) => self.count(|s| {
+                    s.enters += 1;
+                    s.submitted += n as u64
+                }),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    drop(ring);
+                    self.reap();
+                    ring = self.ring.borrow_mut();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring submit failed: {e}"),
+            }
+        }
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Stats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
+    }
+
+    fn arm_wake(&self) {
+        if self.wake_armed.get() {
+            return;
+        }
+        let e = opcode::Read::new(
+            types::Fd(self.shared.eventfd()),
+            self.wake_buf.as_ptr().cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE_USER_DATA);
+        // SAFETY: wake_buf is boxed inside Inner, which outlives the ring (drain waits for it).
+        unsafe { self.push(&e) };
+        self.wake_armed.set(true);
+    }
+
+    fn submit_and_wait(&self) -> io::Result<()> {
+        self.arm_wake();
+        if let Some(spin) = self.busy_poll {
+            // Submit without sleeping, then spin on the CQ for a while before blocking.
+            let n = self.ring.borrow().submit()?;
+            self.count(|s| {
+                s.enters += 1;
+                s.submitted += n as u64
+            });
+            let start = Instant::now();
+            while start.elapsed() < spin {
+                let mut ring = self.ring.borrow_mut();
+                let mut cq = ring.completion();
+                cq.sync();
+                if !cq.is_empty() {
+                    return Ok(());
+                }
+                drop(cq);
+                // DEFER_TASKRUN needs an enter to run task work; GETEVENTS with want=0 does it.
+                let _ = ring.submitter().submit_and_wait(0);
+                std::hint::spin_loop();
+            }
+        }
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        if self.shared.has_ready() {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            return Ok(());
+        }
+        let res = loop {
+            let r = self.ring.borrow().submit_and_wait(1);
+            match r {
+                Ok(n) => {
+                    self.count(|s| {
+                        s.enters += 1;
+                        s.submitted += n as u64
+                    });
+                    break Ok(());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // CQ overflow backlog: reaping makes room.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        res
+    }
+
+    /// Move completions out of the CQ and hand each to its op.
+    pub(crate) fn reap(&self) {
+        let mut scratch = self.cqe_scratch.borrow_mut();
+        {
+            let mut ring = self.ring.borrow_mut();
+            for cqe in ring.completion() {
+                scratch.push((cqe.user_data(), cqe.result(), cqe.flags()));
+            }
+        }
+        self.count(|s| s.completions += scratch.len() as u64);
+        for (ud, res, flags) in scratch.drain(..) {
+            match ud {
+                IGNORED_USER_DATA => {}
+                WAKE_USER_DATA => {
+                    self.wake_armed.set(false);
+                }
+                key => self.complete(key as usize, res, flags),
+            }
+        }
+    }
+
+    fn complete(&self, key: usize, res: i32, flags: u32) {
+        let mut ops = self.ops.borrow_mut();
+        let Some(slot) = ops.get_mut(key) else {
+            debug_assert!(false, "completion for unknown op {key}");
+            return;
+        };
+        let more = cqueue::more(flags);
+        match slot {
+            Lifecycle::Pending(waker) => {
+                let w = waker.take();
+                *slot = Lifecycle::Done(res, flags);
+                drop(ops);
+                if let Some(w) = w {
+                    w.wake();
+                }
+            }
+            Lifecycle::Done(..) => debug_assert!(false, "second completion for single-shot op"),
+            Lifecycle::Ignored(_) => {
+                if !more {
+                    ops.remove(key);
+                }
+            }
+            Lifecycle::Multi(q, waker) => {
+                q.push_back((res, flags));
+                let w = waker.take();
+                drop(ops);
+                if let Some(w) = w {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Cancel all in-flight ops and reap until none is left or `limit` passes.
+    fn drain(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut cancelled = false;
+        loop {
+            let in_flight = self
+                .ops
+                .borrow()
+                .iter()
+                .filter(|(_, l)| !matches!(l, Lifecycle::Done(..)))
+                .count()
+                + usize::from(self.wake_armed.get());
+            if in_flight == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if !cancelled {
+                let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                    .build()
+                    .user_data(IGNORED_USER_DATA);
+                // SAFETY: a cancel request carries no pointers.
+                unsafe { self.push(&e) };
+                cancelled = true;
+            }
+            let ts = types::Timespec::new().nsec(50_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.borrow().submitter().submit_with_args(1, &args);
+            self.reap();
+            // The eventfd read is cancelled too; never re-arm it while draining.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_on_returns_value_without_io() {
+        let rt = Runtime::new().unwrap();
+        assert_eq!(rt.block_on(async { 7 }), 7);
+    }
+
+    #[test]
+    fn spawned_tasks_run_and_join() {
+        let rt = Runtime::new().unwrap();
+        let v = rt.block_on(async {
+            let a = spawn(async { 1 });
+            let b = spawn(async { 2 });
+            a.await + b.await
+        });
+        assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn cross_thread_wake_reaches_sleeping_loop() {
+        let rt = Runtime::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<std::task::Waker>();
+        let t = std::thread::spawn(move || {
+            let w = rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            w.wake();
+        });
+        let mut sent = Some(tx);
+        let mut polls = 0;
+        rt.block_on(std::future::poll_fn(|cx| {
+            polls += 1;
+            if let Some(tx) = sent.take() {
+                tx.send(cx.waker().clone()).unwrap();
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        t.join().unwrap();
+        assert_eq!(polls, 2);
+    }
+}

@@ -1,0 +1,81 @@
+//! Timers on the ring: `sleep`, and `timeout` around any future.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use io_uring::{opcode, types};
+
+use crate::op::Op;
+
+/// Sleep for `d` (an `IORING_OP_TIMEOUT`).
+pub async fn sleep(d: Duration) {
+    let ts = Box::new(
+        types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos()),
+    );
+    let e = opcode::Timeout::new(&*ts as *const _).build();
+    // SAFETY: the SQE points at the boxed timespec, owned by the op's data.
+    let c = unsafe { Op::submit(e, ts) }.await;
+    debug_assert!(c.result == -libc::ETIME || c.result == 0 || c.result == -libc::ECANCELED);
+}
+
+/// The future did not finish in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("timed out")
+    }
+}
+impl std::error::Error for Elapsed {}
+
+/// Run `fut` for at most `d`. On timeout `fut` is dropped (its ops are orphaned safely).
+pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    let mut fut = pin!(fut);
+    let mut timer = pin!(sleep(d));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Elapsed));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Runtime;
+    use std::time::Instant;
+
+    #[test]
+    fn sleep_waits_about_right() {
+        let rt = Runtime::new().unwrap();
+        let t = Instant::now();
+        rt.block_on(sleep(Duration::from_millis(30)));
+        let e = t.elapsed();
+        assert!(
+            e >= Duration::from_millis(29) && e < Duration::from_secs(2),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn timeout_fires_and_passes() {
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            assert_eq!(
+                timeout(Duration::from_millis(10), sleep(Duration::from_secs(5))).await,
+                Err(Elapsed)
+            );
+            assert_eq!(timeout(Duration::from_secs(5), async { 3 }).await, Ok(3));
+        });
+    }
+}

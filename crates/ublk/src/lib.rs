@@ -1,0 +1,1 @@
+//! The ublk kernel interface. Being written.

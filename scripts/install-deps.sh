@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Install everything the VM test harness needs on a Debian bookworm host (as root).
+# Idempotent: re-running only re-checks what is already there.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps.sh: must run as root" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+apt-get update -q
+
+# qemu-system-x86 from bookworm Breaks the newer qemu-utils some images ship
+# (from bookworm-backports), so pin both to the same candidate version in one
+# transaction; apt then downgrades qemu-utils instead of refusing or removing it.
+qemu_ver="$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')"
+if [[ -z "$qemu_ver" || "$qemu_ver" == "(none)" ]]; then
+    echo "install-deps.sh: no qemu-system-x86 candidate in apt sources" >&2
+    exit 1
+fi
+
+# busybox-static: vng builds its guest initramfs from it.
+# kmod: modprobe/depmod, used on the host (depmod) and inside the guest.
+# udev: gives the guest udevd so /dev/disk/* links and uevents behave normally.
+# fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads.
+apt-get install -y -q --allow-downgrades --no-install-recommends \
+    "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" \
+    busybox-static kmod udev \
+    fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux \
+    ca-certificates curl xz-utils zstd dpkg-dev
+
+# The downgrade must leave a working qemu-img behind.
+qemu-img --version >/dev/null
+qemu-system-x86_64 --version >/dev/null
+
+# virtme-ng (vng) boots a kernel with the host's root fs as the guest's root.
+if ! python3 -c 'import virtme_ng' 2>/dev/null; then
+    # Debian's own python3 refuses system-wide pip installs (PEP 668).
+    python3 -m pip install -q virtme-ng ||
+        python3 -m pip install -q --break-system-packages virtme-ng
+fi
+# pyenv only exposes new console scripts after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+
+"$here/kernels.sh"
