@@ -1,0 +1,371 @@
+//! `file`: a regular file or a block device, through io_uring. O_DIRECT by default (no double
+//! caching; the page cache of the host is not our cache). FLUSH is fdatasync, FUA is RWF_DSYNC,
+//! DISCARD punches a hole, WRITE_ZEROES zeroes a range with fallocate.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::spec::OpenError;
+use crate::{Caps, Extent, Geometry, IoBuf, Target, TargetQueue};
+
+pub struct FileTarget {
+    file: Arc<File>,
+    path: PathBuf,
+    geo: Geometry,
+    direct: bool,
+    blockdev: bool,
+}
+
+/// BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// BLKSSZGET = _IO(0x12, 104)
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+fn blockdev_size(fd: RawFd) -> io::Result<(u64, u32)> {
+    let mut size: u64 = 0;
+    let mut ssz: libc::c_int = 0;
+    // SAFETY: both ioctls write one integer of the given type through a valid pointer.
+    unsafe {
+        if libc::ioctl(fd, BLKGETSIZE64, &mut size) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, BLKSSZGET, &mut ssz) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((size, ssz.max(512) as u32))
+}
+
+/// The O_DIRECT offset alignment the file system wants (statx DIOALIGN, Linux 6.1+), if known.
+fn dio_alignment(fd: RawFd) -> Option<u32> {
+    // SAFETY: statx fills the struct through a valid pointer; empty path + AT_EMPTY_PATH = fd.
+    unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        );
+        if r == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0 {
+            Some(stx.stx_dio_offset_align)
+        } else {
+            None
+        }
+    }
+}
+
+impl FileTarget {
+    /// Open `path` for a device of `size` bytes (default: the file's size). `buffered` skips
+    /// O_DIRECT. When the file system refuses O_DIRECT we fall back to buffered I/O and warn.
+    pub fn open(
+        path: &Path,
+        size: Option<u64>,
+        buffered: bool,
+        read_only: bool,
+    ) -> Result<FileTarget, OpenError> {
+        let ctx = |e: io::Error| OpenError::Io(format!("cannot open {}: {}", path.display(), e));
+        let meta = std::fs::metadata(path).map_err(ctx)?;
+        let blockdev = meta.file_type().is_block_device();
+        if !meta.is_file() && !blockdev {
+            return Err(OpenError::Invalid(format!(
+                "{} is neither a regular file nor a block device",
+                path.display()
+            )));
+        }
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(!read_only);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(path)
+        };
+        let (file, direct) = if buffered {
+            (open(false).map_err(ctx)?, false)
+        } else {
+            match open(true) {
+                Ok(f) => (f, true),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(
+                        "{}: the file system refuses O_DIRECT; using buffered I/O (pass --buffered to choose this)",
+                        path.display()
+                    );
+                    (open(false).map_err(ctx)?, false)
+                }
+                Err(e) => return Err(ctx(e)),
+            }
+        };
+        let (file_size, mut lbs) = if blockdev {
+            blockdev_size(file.as_raw_fd()).map_err(ctx)?
+        } else {
+            (meta.len(), 512)
+        };
+        if direct {
+            if let Some(a) = dio_alignment(file.as_raw_fd()) {
+                lbs = lbs.max(a).clamp(512, 4096);
+            }
+        }
+        let size = match size {
+            Some(s) if s > file_size => return Err(OpenError::Invalid(format!(
+                "{} holds {} bytes, smaller than --size {} (grow it first, e.g. truncate -s {})",
+                path.display(),
+                file_size,
+                s,
+                s
+            ))),
+            Some(s) => s,
+            None => file_size,
+        };
+        if size == 0 {
+            return Err(OpenError::Invalid(format!(
+                "{} is empty; give it a size first (truncate -s 1G {})",
+                path.display(),
+                path.display()
+            )));
+        }
+        if size % lbs as u64 != 0 {
+            return Err(OpenError::Invalid(format!(
+                "size {} of {} is not a multiple of the {}-byte block size",
+                size,
+                path.display(),
+                lbs
+            )));
+        }
+        let caps = Caps {
+            flush: true,
+            fua: true,
+            discard: !read_only,
+            write_zeroes: !read_only,
+            read_only,
+            rotational: false,
+            needs_cpu_access: false,
+            consistent_across_queues: true,
+        };
+        Ok(FileTarget {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            geo: Geometry {
+                size,
+                logical_block: lbs,
+                physical_block: lbs.max(4096),
+                caps,
+            },
+            direct,
+            blockdev,
+        })
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Target for FileTarget {
+    type Queue = FileQueue;
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+    fn open_queue(&self, _qid: u16) -> io::Result<FileQueue> {
+        Ok(FileQueue {
+            file: self.file.clone(),
+            blockdev: self.blockdev,
+        })
+    }
+}
+
+pub struct FileQueue {
+    file: Arc<File>,
+    blockdev: bool,
+}
+
+impl FileQueue {
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Zeroes by writing, for file systems without fallocate modes.
+    async fn write_zero_buffers(&self, off: u64, len: u64) -> io::Result<()> {
+        const STEP: u64 = 1 << 20;
+        let mut z = IoBuf::with_capacity(STEP.min(len) as usize);
+        let mut pos = off;
+        while pos < off + len {
+            let n = STEP.min(off + len - pos) as usize;
+            z.set_len(n);
+            rt::fs::write_all_at(self.fd(), &z, pos, 0).await?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl TargetQueue for FileQueue {
+    async fn read(&self, off: u64, buf: &mut IoBuf) -> io::Result<()> {
+        rt::fs::read_exact_at(self.fd(), buf, off).await
+    }
+    async fn write(&self, off: u64, buf: &IoBuf, fua: bool) -> io::Result<()> {
+        let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        rt::fs::write_all_at(self.fd(), buf, off, flags).await
+    }
+    async fn flush(&self) -> io::Result<()> {
+        rt::fs::fsync(self.fd(), true).await
+    }
+    async fn discard(&self, off: u64, len: u64) -> io::Result<()> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match rt::fs::fallocate(self.fd(), mode, off, len).await {
+            // Discard is advisory; a file system that cannot punch still reads back old data
+            // correctly, but we promise zeroes, so write them.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                self.write_zero_buffers(off, len).await
+            }
+            r => r,
+        }
+    }
+    async fn write_zeroes(&self, off: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let mode = if unmap || self.blockdev {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        match rt::fs::fallocate(self.fd(), mode, off, len).await {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                ) =>
+            {
+                self.write_zero_buffers(off, len).await
+            }
+            r => r,
+        }
+    }
+    async fn block_status(&self, off: u64, len: u64) -> io::Result<Vec<Extent>> {
+        if self.blockdev {
+            return Ok(vec![Extent {
+                len,
+                hole: false,
+                zero: false,
+            }]);
+        }
+        // SEEK_DATA/SEEK_HOLE are quick metadata lookups; done synchronously.
+        let fd = self.fd();
+        let end = off + len;
+        // SAFETY: lseek on our own fd.
+        let data = unsafe { libc::lseek(fd, off as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // No data after off: all hole.
+                Some(libc::ENXIO) => Ok(vec![Extent {
+                    len,
+                    hole: true,
+                    zero: true,
+                }]),
+                _ => Ok(vec![Extent {
+                    len,
+                    hole: false,
+                    zero: false,
+                }]),
+            };
+        }
+        let data = data as u64;
+        if data > off {
+            return Ok(vec![Extent {
+                len: data.min(end) - off,
+                hole: true,
+                zero: true,
+            }]);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, off as i64, libc::SEEK_HOLE) };
+        // `off` is data, so the next hole (or end of file) lies past it.
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).clamp(off + 1, end)
+        };
+        Ok(vec![Extent {
+            len: hole - off,
+            hole: false,
+            zero: false,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rt::Runtime;
+
+    #[test]
+    fn round_trip_flush_discard_zeroes() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let p = dir.path().join("disk.img");
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let t = FileTarget::open(&p, None, false, false).unwrap();
+        assert_eq!(t.geometry().size, 1 << 20);
+        let q = t.open_queue(0).unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut w = IoBuf::with_capacity(65536);
+            w.as_mut_slice()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i % 199) as u8 + 1);
+            q.write(8192, &w, true).await.unwrap();
+            q.flush().await.unwrap();
+            let mut r = IoBuf::with_capacity(65536);
+            q.read(8192, &mut r).await.unwrap();
+            assert_eq!(r.as_slice(), w.as_slice());
+            q.discard(8192, 4096).await.unwrap();
+            q.write_zeroes(16384, 4096, false).await.unwrap();
+            q.read(8192, &mut r).await.unwrap();
+            assert!(r.as_slice()[..4096].iter().all(|&b| b == 0));
+            assert_eq!(&r.as_slice()[4096..8192], &w.as_slice()[4096..8192]);
+            assert!(r.as_slice()[8192..12288].iter().all(|&b| b == 0));
+            assert_eq!(&r.as_slice()[12288..], &w.as_slice()[12288..]);
+            let ext = q.block_status(0, 4096).await.unwrap();
+            assert!(ext[0].hole, "{ext:?}");
+        });
+        // The bytes are really in the file.
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(bytes[8192 + 4096 + 5], ((4096 + 5) % 199) as u8 + 1);
+    }
+
+    #[test]
+    fn bad_inputs_have_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.img");
+        let e = FileTarget::open(&missing, None, false, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("nope.img") && e.contains("No such file"), "{e}");
+        let p = dir.path().join("small.img");
+        File::create(&p).unwrap().set_len(4096).unwrap();
+        let e = FileTarget::open(&p, Some(8192), false, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("smaller than --size"), "{e}");
+        File::create(&p).unwrap().set_len(1000).unwrap();
+        let e = FileTarget::open(&p, None, true, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not a multiple"), "{e}");
+        let e = FileTarget::open(dir.path(), None, true, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("neither a regular file"), "{e}");
+    }
+}

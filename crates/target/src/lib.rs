@@ -1,0 +1,102 @@
+//! Targets: where a device's blocks live. A [`Target`] is opened once per device and once per
+//! queue ([`Target::open_queue`]), so the data path of one queue needs no lock; state shared by
+//! all queues (the mem target's RAM) says so where it lives.
+//!
+//! Frontends (the ublk queue, the NBD server) drive targets; targets know nothing of frontends.
+
+#![allow(async_fn_in_trait)] // our futures are !Send on purpose: one runtime per thread.
+
+use std::io;
+
+pub use rt::IoBuf;
+
+pub mod any;
+pub mod file;
+pub mod mem;
+pub mod null;
+pub mod size;
+pub mod spec;
+
+pub use any::{AnyQueue, AnyTarget};
+pub use spec::{OpenError, TargetSpec};
+
+/// What a target can do, advertised to the kernel or to NBD clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Caps {
+    /// Writes may sit in a volatile cache: the frontend must forward FLUSH.
+    pub flush: bool,
+    /// Per-write durability (FUA) is implemented natively.
+    pub fua: bool,
+    pub discard: bool,
+    pub write_zeroes: bool,
+    pub read_only: bool,
+    pub rotational: bool,
+    /// The target reads or writes the bytes with the CPU (rules out zero-copy buffers).
+    pub needs_cpu_access: bool,
+    /// Several connections/queues see each other's completed writes and flushes cover all of
+    /// them (NBD multi-conn).
+    pub consistent_across_queues: bool,
+}
+
+/// Size and block sizes of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Geometry {
+    /// Bytes; a multiple of `logical_block`.
+    pub size: u64,
+    pub logical_block: u32,
+    pub physical_block: u32,
+    pub caps: Caps,
+}
+
+/// One run of blocks with the same allocation state (for NBD BLOCK_STATUS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    /// Not allocated (reads as zero unless `zero` says otherwise).
+    pub hole: bool,
+    /// Known to read as zeroes.
+    pub zero: bool,
+}
+
+/// A device-wide target. `Send + Sync`: queues on other threads open from it.
+pub trait Target: Send + Sync + 'static {
+    type Queue: TargetQueue + 'static;
+    fn geometry(&self) -> Geometry;
+    /// Per-queue handle; called on the queue's own thread.
+    fn open_queue(&self, qid: u16) -> io::Result<Self::Queue>;
+}
+
+/// The data path of one queue. Offsets and lengths are bytes, checked against the geometry by
+/// the frontend before they get here.
+pub trait TargetQueue {
+    /// Fill `buf` (its whole length) from `off`.
+    async fn read(&self, off: u64, buf: &mut IoBuf) -> io::Result<()>;
+    /// Store `buf` at `off`; with `fua`, durable before returning.
+    async fn write(&self, off: u64, buf: &IoBuf, fua: bool) -> io::Result<()>;
+    /// Make every completed write durable.
+    async fn flush(&self) -> io::Result<()>;
+    /// The range may be deallocated; reads afterwards return zeroes for our targets.
+    async fn discard(&self, _off: u64, _len: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+    /// The range reads as zeroes afterwards; `unmap` allows deallocating it.
+    async fn write_zeroes(&self, _off: u64, _len: u64, _unmap: bool) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+    /// Allocation of `[off, off+len)`, as extents covering at least a prefix of it.
+    async fn block_status(&self, _off: u64, len: u64) -> io::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            len,
+            hole: false,
+            zero: false,
+        }])
+    }
+}
+
+/// EINVAL for requests outside the device.
+pub fn check_range(geo: &Geometry, off: u64, len: u64) -> io::Result<()> {
+    match off.checked_add(len) {
+        Some(end) if end <= geo.size => Ok(()),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}

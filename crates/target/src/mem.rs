@@ -1,0 +1,252 @@
+//! `mem`: a RAM disk. One lazily-backed anonymous mapping shared by every queue; untouched and
+//! discarded ranges cost no memory and read as zeroes.
+//!
+//! Shared state: queues on different threads copy in and out of the same mapping. Each copy runs
+//! chunk by chunk under a striped lock, so two threads never touch the same bytes at once (no data
+//! race); requests are not atomic across chunks, which a block device never promises anyway.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use crate::{Caps, Extent, Geometry, IoBuf, Target, TargetQueue};
+
+const CHUNK: u64 = 64 << 10;
+const STRIPES: usize = 1024;
+const PAGE: u64 = 4096;
+
+struct Ram {
+    ptr: *mut u8,
+    size: u64,
+    stripes: Vec<Mutex<()>>,
+}
+
+// SAFETY: the mapping is only accessed under the stripe lock of the chunk being touched.
+unsafe impl Send for Ram {}
+// SAFETY: as above.
+unsafe impl Sync for Ram {}
+
+impl Drop for Ram {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; no queue can hold a reference (they hold the Arc).
+        unsafe { libc::munmap(self.ptr.cast(), self.size as usize) };
+    }
+}
+
+impl Ram {
+    /// Run `f(chunk_offset_in_disk, bytes)` over `[off, off+len)` chunk by chunk, each under its
+    /// stripe lock.
+    fn for_each_chunk(&self, off: u64, len: u64, mut f: impl FnMut(u64, &mut [u8])) {
+        let mut pos = off;
+        let end = off + len;
+        while pos < end {
+            let chunk_end = ((pos / CHUNK) + 1) * CHUNK;
+            let n = chunk_end.min(end) - pos;
+            let _g = self.stripes[((pos / CHUNK) as usize) % STRIPES]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // SAFETY: [pos, pos+n) is inside the mapping (callers check ranges against the size),
+            // and the stripe lock makes this the only live reference to those bytes.
+            let s =
+                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(pos as usize), n as usize) };
+            f(pos, s);
+            pos += n;
+        }
+    }
+
+    /// Zero a range, giving whole pages back to the kernel.
+    fn zero(&self, off: u64, len: u64) {
+        self.for_each_chunk(off, len, |pos, s| {
+            let end = pos + s.len() as u64;
+            let first_page = pos.next_multiple_of(PAGE);
+            let last_page = end / PAGE * PAGE;
+            if last_page > first_page {
+                let head = (first_page - pos) as usize;
+                let tail = (end - last_page) as usize;
+                s[..head].fill(0);
+                let n = s.len();
+                s[n - tail..].fill(0);
+                // SAFETY: page-aligned range inside our private anonymous mapping; DONTNEED makes
+                // it read back as zeroes.
+                unsafe {
+                    libc::madvise(
+                        self.ptr.add(first_page as usize).cast(),
+                        (last_page - first_page) as usize,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+            } else {
+                s.fill(0);
+            }
+        });
+    }
+}
+
+pub struct MemTarget {
+    ram: Arc<Ram>,
+    geo: Geometry,
+}
+
+impl MemTarget {
+    pub fn new(size: u64, logical_block: u32) -> io::Result<MemTarget> {
+        let len = usize::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: anonymous private mapping, checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ram = Ram {
+            ptr: p.cast(),
+            size,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        };
+        let caps = Caps {
+            discard: true,
+            write_zeroes: true,
+            needs_cpu_access: true,
+            consistent_across_queues: true,
+            ..Caps::default()
+        };
+        Ok(MemTarget {
+            ram: Arc::new(ram),
+            geo: Geometry {
+                size,
+                logical_block,
+                physical_block: logical_block.max(4096),
+                caps,
+            },
+        })
+    }
+}
+
+impl Target for MemTarget {
+    type Queue = MemQueue;
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+    fn open_queue(&self, _qid: u16) -> io::Result<MemQueue> {
+        Ok(MemQueue {
+            ram: self.ram.clone(),
+        })
+    }
+}
+
+pub struct MemQueue {
+    ram: Arc<Ram>,
+}
+
+impl TargetQueue for MemQueue {
+    async fn read(&self, off: u64, buf: &mut IoBuf) -> io::Result<()> {
+        let dst = buf.as_mut_slice();
+        self.ram.for_each_chunk(off, dst.len() as u64, |pos, s| {
+            let at = (pos - off) as usize;
+            dst[at..at + s.len()].copy_from_slice(s);
+        });
+        Ok(())
+    }
+    async fn write(&self, off: u64, buf: &IoBuf, _fua: bool) -> io::Result<()> {
+        let src = buf.as_slice();
+        self.ram.for_each_chunk(off, src.len() as u64, |pos, s| {
+            let at = (pos - off) as usize;
+            s.copy_from_slice(&src[at..at + s.len()]);
+        });
+        Ok(())
+    }
+    async fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    async fn discard(&self, off: u64, len: u64) -> io::Result<()> {
+        self.ram.zero(off, len);
+        Ok(())
+    }
+    async fn write_zeroes(&self, off: u64, len: u64, _unmap: bool) -> io::Result<()> {
+        self.ram.zero(off, len);
+        Ok(())
+    }
+    async fn block_status(&self, off: u64, len: u64) -> io::Result<Vec<Extent>> {
+        // mincore tells which pages are resident: absent pages were never written or were
+        // discarded, so they read as zeroes.
+        let start = off / PAGE * PAGE;
+        let end = (off + len)
+            .next_multiple_of(PAGE)
+            .min(self.ram.size.next_multiple_of(PAGE));
+        let pages = ((end - start) / PAGE) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is page aligned and inside our mapping; vec has one byte per page.
+        let r = unsafe {
+            libc::mincore(
+                self.ram.ptr.add(start as usize).cast(),
+                (end - start) as usize,
+                vec.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Ok(vec![Extent {
+                len,
+                hole: false,
+                zero: false,
+            }]);
+        }
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = off;
+        for (i, v) in vec.iter().enumerate() {
+            let page_end = (start + (i as u64 + 1) * PAGE).min(off + len);
+            if page_end <= pos {
+                continue;
+            }
+            let hole = v & 1 == 0;
+            let n = page_end - pos;
+            match out.last_mut() {
+                Some(e) if e.hole == hole => e.len += n,
+                _ => out.push(Extent {
+                    len: n,
+                    hole,
+                    zero: hole,
+                }),
+            }
+            pos = page_end;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rt::Runtime;
+
+    #[test]
+    fn write_read_discard_round_trip_across_chunks() {
+        let t = MemTarget::new(1 << 20, 512).unwrap();
+        let q = t.open_queue(0).unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut w = IoBuf::with_capacity(200_000);
+            w.as_mut_slice()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i % 253) as u8 + 1);
+            q.write(60_000, &w, false).await.unwrap();
+            let mut r = IoBuf::with_capacity(200_000);
+            q.read(60_000, &mut r).await.unwrap();
+            assert_eq!(r.as_slice(), w.as_slice());
+            q.discard(70_000, 100_000).await.unwrap();
+            q.read(60_000, &mut r).await.unwrap();
+            assert_eq!(&r.as_slice()[..10_000], &w.as_slice()[..10_000]);
+            assert!(r.as_slice()[10_000..110_000].iter().all(|&b| b == 0));
+            assert_eq!(&r.as_slice()[110_000..], &w.as_slice()[110_000..]);
+            let ext = q.block_status(0, 1 << 20).await.unwrap();
+            assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 1 << 20);
+            assert!(ext[0].hole, "first 56K never written: {ext:?}");
+            assert!(ext.iter().any(|e| !e.hole));
+        });
+    }
+}
