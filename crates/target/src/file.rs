@@ -9,8 +9,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::spec::OpenError;
-use crate::{Caps, Extent, Geometry, IoBuf, Target, TargetQueue};
+use crate::{OpenError, Caps, Extent, Geometry, IoBuf, Target, TargetQueue};
 
 pub struct FileTarget {
     file: Arc<File>,

@@ -10,15 +10,20 @@ use std::io;
 
 pub use rt::IoBuf;
 
-pub mod any;
 pub mod file;
 pub mod mem;
 pub mod null;
 pub mod size;
-pub mod spec;
 
-pub use any::{AnyQueue, AnyTarget};
-pub use spec::{OpenError, TargetSpec};
+
+/// Why a target could not be opened; the message is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(String),
+}
 
 /// What a target can do, advertised to the kernel or to NBD clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
