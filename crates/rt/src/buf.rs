@@ -201,12 +201,21 @@ impl IoBuf {
     /// Give this view's pages back to the kernel (mapped arenas only; heap buffers keep theirs).
     /// The bytes read as zero afterwards.
     pub fn release(&mut self) {
+        self.release_from(0);
+    }
+
+    /// Give back the pages of `[from, capacity)` (`from` rounded up to a page): the bytes there
+    /// read as zero afterwards. Mapped arenas only.
+    pub fn release_from(&mut self, from: usize) {
         if let Backing::Mapped(_) = self.mem.backing {
-            let start = self.off;
-            let len = self.cap.next_multiple_of(ALIGN);
-            // SAFETY: the range lies within our mapping and is page aligned; DONTNEED on private
-            // anonymous memory just drops the pages (they read back as zero).
-            unsafe { libc::madvise(self.mem.ptr.add(start).cast(), len, libc::MADV_DONTNEED) };
+            let start = from.next_multiple_of(ALIGN);
+            let end = self.cap.next_multiple_of(ALIGN);
+            if start >= end {
+                return;
+            }
+            // SAFETY: the range lies within this view's stride of our mapping and is page
+            // aligned; DONTNEED on private anonymous memory drops the pages (they read as zero).
+            unsafe { libc::madvise(self.mem.ptr.add(self.off + start).cast(), end - start, libc::MADV_DONTNEED) };
         }
     }
 }

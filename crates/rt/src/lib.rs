@@ -12,6 +12,7 @@ pub mod buf;
 pub mod fs;
 pub mod net;
 pub mod op;
+pub mod poll;
 pub mod runtime;
 pub mod sync;
 pub mod task;

@@ -158,3 +158,60 @@ mod tests {
         });
     }
 }
+
+/// A one-way flag another thread can raise, awaited on a runtime (`Send + Sync`). Raising it
+/// wakes the waiting loop even when it sleeps in the kernel (through the runtime's eventfd).
+#[derive(Clone, Default)]
+pub struct Signal(std::sync::Arc<std::sync::Mutex<(bool, Option<Waker>)>>);
+
+impl Signal {
+    pub fn new() -> Signal {
+        Signal::default()
+    }
+    /// Raise the flag and wake the waiter.
+    pub fn raise(&self) {
+        let w = {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            g.0 = true;
+            g.1.take()
+        };
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+    pub fn is_raised(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+    /// Wait until raised.
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if g.0 {
+                return Poll::Ready(());
+            }
+            g.1 = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+    use crate::Runtime;
+
+    #[test]
+    fn signal_from_another_thread_ends_the_wait() {
+        let rt = Runtime::new().unwrap();
+        let s = Signal::new();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            s2.raise();
+        });
+        rt.block_on(s.wait());
+        assert!(s.is_raised());
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,185 @@
+//! The control device `/dev/ublk-control`: device lifecycle commands, each an
+//! `IORING_OP_URING_CMD` with a 32-byte `ublksrv_ctrl_cmd` in a 128-byte SQE. Commands are rare
+//! and may block in the kernel (START_DEV waits for every tag to be fetched), so this is a small
+//! synchronous ring of its own, separate from the queues' data path.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::uapi::*;
+
+pub const CONTROL_PATH: &str = "/dev/ublk-control";
+
+/// Why the control device could not be used, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{CONTROL_PATH} does not exist: the ublk_drv module is not loaded (run: modprobe ublk_drv)")]
+    NoDriver,
+    #[error("permission denied on {CONTROL_PATH}: ublkd must run as root")]
+    NotRoot,
+    #[error("cannot open {CONTROL_PATH}: {0}")]
+    Other(io::Error),
+}
+
+pub struct Control {
+    fd: File,
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+}
+
+impl Control {
+    pub fn open() -> Result<Control, ControlError> {
+        let fd = OpenOptions::new().read(true).write(true).open(CONTROL_PATH).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ControlError::NoDriver,
+            io::ErrorKind::PermissionDenied => ControlError::NotRoot,
+            _ => ControlError::Other(e),
+        })?;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4).map_err(ControlError::Other)?;
+        Ok(Control { fd, ring })
+    }
+
+    /// Issue one command and wait for its result (>= 0) or errno.
+    fn cmd(&mut self, op: u32, c: ublksrv_ctrl_cmd) -> io::Result<i32> {
+        let mut bytes = [0u8; 80];
+        // SAFETY: ublksrv_ctrl_cmd is 32 bytes of plain data; we copy it into the payload.
+        let raw: [u8; 32] = unsafe { std::mem::transmute(c) };
+        bytes[..32].copy_from_slice(&raw);
+        let e = opcode::UringCmd80::new(types::Fd(self.fd.as_raw_fd()), op).cmd(bytes).build().user_data(1);
+        // SAFETY: `c.addr` (if any) points to a buffer that the caller keeps alive until this
+        // function returns, and we wait for the completion before returning.
+        unsafe { self.ring.submission().push(&e) }.map_err(|_| io::Error::other("control ring full"))?;
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let cqe = self.ring.completion().next().ok_or_else(|| io::Error::other("control: no completion"))?;
+        let res = cqe.result();
+        if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res)
+        }
+    }
+
+    fn header(dev_id: u32) -> ublksrv_ctrl_cmd {
+        ublksrv_ctrl_cmd { dev_id, queue_id: u16::MAX, ..Default::default() }
+    }
+
+    /// Features this kernel's driver supports (Linux 6.5+; older kernels: EOPNOTSUPP/EINVAL).
+    pub fn get_features(&mut self) -> io::Result<u64> {
+        let mut v: u64 = 0;
+        let mut c = Self::header(u32::MAX);
+        c.addr = &mut v as *mut u64 as u64;
+        c.len = 8;
+        self.cmd(UBLK_U_CMD_GET_FEATURES, c)?;
+        Ok(v)
+    }
+
+    /// Create a device. `info.dev_id` is the wanted id or `u32::MAX` for any; on return `info`
+    /// holds what the kernel granted (id, queues, depth, flags).
+    pub fn add_dev(&mut self, info: &mut ublksrv_ctrl_dev_info) -> io::Result<()> {
+        let mut c = Self::header(info.dev_id);
+        c.addr = info as *mut _ as u64;
+        c.len = std::mem::size_of::<ublksrv_ctrl_dev_info>() as u16;
+        self.cmd(UBLK_U_CMD_ADD_DEV, c).map(drop)
+    }
+
+    pub fn set_params(&mut self, dev_id: u32, params: &ublk_params) -> io::Result<()> {
+        let mut p = *params;
+        p.len = std::mem::size_of::<ublk_params>() as u32;
+        let mut c = Self::header(dev_id);
+        c.addr = &mut p as *mut _ as u64;
+        c.len = p.len as u16;
+        self.cmd(UBLK_U_CMD_SET_PARAMS, c).map(drop)
+    }
+
+    pub fn get_params(&mut self, dev_id: u32) -> io::Result<ublk_params> {
+        let mut p = ublk_params { len: std::mem::size_of::<ublk_params>() as u32, ..Default::default() };
+        let mut c = Self::header(dev_id);
+        c.addr = &mut p as *mut _ as u64;
+        c.len = p.len as u16;
+        self.cmd(UBLK_U_CMD_GET_PARAMS, c)?;
+        Ok(p)
+    }
+
+    /// Start serving: blocks until every queue has fetched every tag, then adds the disk.
+    pub fn start_dev(&mut self, dev_id: u32, daemon_pid: i32) -> io::Result<()> {
+        let mut c = Self::header(dev_id);
+        c.data[0] = daemon_pid as u64;
+        self.cmd(UBLK_U_CMD_START_DEV, c).map(drop)
+    }
+
+    /// Remove the disk; the queues' pending fetches complete with UBLK_IO_RES_ABORT.
+    pub fn stop_dev(&mut self, dev_id: u32) -> io::Result<()> {
+        self.cmd(UBLK_U_CMD_STOP_DEV, Self::header(dev_id)).map(drop)
+    }
+
+    /// Delete the device. Waits until its char device is closed by everyone.
+    pub fn del_dev(&mut self, dev_id: u32) -> io::Result<()> {
+        self.cmd(UBLK_U_CMD_DEL_DEV, Self::header(dev_id)).map(drop)
+    }
+
+    /// Device info. Tries GET_DEV_INFO2 (which carries the char device path) and falls back to
+    /// the legacy command on kernels without it.
+    pub fn get_dev_info(&mut self, dev_id: u32) -> io::Result<ublksrv_ctrl_dev_info> {
+        let path = format!("/dev/ublkc{dev_id}\0");
+        let info_len = std::mem::size_of::<ublksrv_ctrl_dev_info>();
+        let mut buf = vec![0u8; path.len() + info_len];
+        buf[..path.len()].copy_from_slice(path.as_bytes());
+        let mut c = Self::header(dev_id);
+        c.addr = buf.as_mut_ptr() as u64;
+        c.len = buf.len() as u16;
+        c.dev_path_len = path.len() as u16;
+        match self.cmd(UBLK_U_CMD_GET_DEV_INFO2, c) {
+            Ok(_) => {
+                // SAFETY: the kernel wrote a ublksrv_ctrl_dev_info after the path; read_unaligned
+                // copes with the path's odd length.
+                return Ok(unsafe { std::ptr::read_unaligned(buf[path.len()..].as_ptr().cast()) });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Err(e),
+            Err(_) => {}
+        }
+        let mut info = ublksrv_ctrl_dev_info::default();
+        let mut c = Self::header(dev_id);
+        c.addr = &mut info as *mut _ as u64;
+        c.len = info_len as u16;
+        self.cmd(UBLK_U_CMD_GET_DEV_INFO, c)?;
+        Ok(info)
+    }
+
+    /// The CPUs the kernel maps to hardware queue `qid`.
+    pub fn get_queue_affinity(&mut self, dev_id: u32, qid: u16) -> io::Result<Vec<usize>> {
+        let mut mask = [0u8; 128]; // cpu_set_t: 1024 CPUs
+        let mut c = Self::header(dev_id);
+        c.data[0] = qid as u64;
+        c.addr = mask.as_mut_ptr() as u64;
+        c.len = mask.len() as u16;
+        self.cmd(UBLK_U_CMD_GET_QUEUE_AFFINITY, c)?;
+        Ok((0..mask.len() * 8).filter(|i| mask[i / 8] & (1 << (i % 8)) != 0).collect())
+    }
+
+    /// Begin handing a device whose daemon died to a new daemon.
+    pub fn start_user_recovery(&mut self, dev_id: u32) -> io::Result<()> {
+        self.cmd(UBLK_U_CMD_START_USER_RECOVERY, Self::header(dev_id)).map(drop)
+    }
+
+    /// Finish recovery once every tag of every queue is fetched again.
+    pub fn end_user_recovery(&mut self, dev_id: u32, daemon_pid: i32) -> io::Result<()> {
+        let mut c = Self::header(dev_id);
+        c.data[0] = daemon_pid as u64;
+        self.cmd(UBLK_U_CMD_END_USER_RECOVERY, c).map(drop)
+    }
+
+    /// Quiesce the device (Linux 6.16+, UBLK_F_QUIESCE): in-flight requests finish, new ones
+    /// wait for a recovering daemon. `timeout_ms` bounds the wait.
+    pub fn quiesce_dev(&mut self, dev_id: u32, timeout_ms: u64) -> io::Result<()> {
+        let mut c = Self::header(dev_id);
+        c.data[0] = timeout_ms;
+        self.cmd(UBLK_U_CMD_QUIESCE_DEV, c).map(drop)
+    }
+}

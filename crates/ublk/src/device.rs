@@ -1,0 +1,343 @@
+//! A device's lifecycle on the driver: negotiate features, ADD_DEV, SET_PARAMS, start one thread
+//! per queue, START_DEV; and the way down: STOP_DEV, join the queues, close, DEL_DEV. Every
+//! failure on the way up undoes what was done, so a failed `add` leaves nothing behind.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use target::{Geometry, Target};
+
+use crate::ctrl::{Control, ControlError};
+use crate::features;
+use crate::queue::{run_queue, BufMode, QueueConfig, QueueStats};
+use crate::uapi::*;
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// Wanted device id; `None` lets the driver pick.
+    pub dev_id: Option<u32>,
+    pub queues: u16,
+    pub depth: u16,
+    pub max_io: u32,
+    pub mode: BufMode,
+    /// Extra UBLK_F_* flags (recovery modes).
+    pub extra_flags: u64,
+    pub busy_poll: Option<Duration>,
+}
+
+/// Why a device could not be created; messages are one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("device id {0} is already in use")]
+    IdInUse(u32),
+    #[error("the kernel's ublk driver lacks {0}: {1}")]
+    Unsupported(String, String),
+    #[error("{what}: {err}")]
+    Io { what: String, err: io::Error },
+    #[error("invalid option: {0}")]
+    Invalid(String),
+}
+
+fn ioerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> DeviceError {
+    let what = what.into();
+    move |err| DeviceError::Io { what, err }
+}
+
+/// The driver's features, or `None` on kernels older than GET_FEATURES (6.5).
+pub fn kernel_features(ctrl: &mut Control) -> Option<u64> {
+    ctrl.get_features().ok()
+}
+
+/// Fill `ublk_params` from a target's geometry.
+pub fn params_for(geo: &Geometry, max_io: u32) -> ublk_params {
+    let mut p = ublk_params { types: UBLK_PARAM_TYPE_BASIC, ..Default::default() };
+    let c = geo.caps;
+    let mut attrs = 0;
+    if c.read_only {
+        attrs |= UBLK_ATTR_READ_ONLY;
+    }
+    if c.rotational {
+        attrs |= UBLK_ATTR_ROTATIONAL;
+    }
+    if c.flush {
+        attrs |= UBLK_ATTR_VOLATILE_CACHE;
+    }
+    if c.fua {
+        attrs |= UBLK_ATTR_FUA;
+    }
+    p.basic = ublk_param_basic {
+        attrs,
+        logical_bs_shift: geo.logical_block.trailing_zeros() as u8,
+        physical_bs_shift: geo.physical_block.trailing_zeros() as u8,
+        io_opt_shift: geo.physical_block.trailing_zeros() as u8,
+        io_min_shift: geo.logical_block.trailing_zeros() as u8,
+        max_sectors: max_io >> 9,
+        chunk_sectors: 0,
+        dev_sectors: geo.size >> 9,
+        virt_boundary_mask: 0,
+    };
+    if c.discard || c.write_zeroes {
+        p.types |= UBLK_PARAM_TYPE_DISCARD;
+        let max = (u32::MAX >> 9) & !((geo.logical_block >> 9) - 1);
+        p.discard = ublk_param_discard {
+            discard_alignment: 0,
+            discard_granularity: geo.physical_block.max(4096),
+            max_discard_sectors: if c.discard { max } else { 0 },
+            max_write_zeroes_sectors: if c.write_zeroes { max } else { 0 },
+            max_discard_segments: 1,
+            reserved0: 0,
+        };
+    }
+    p
+}
+
+/// A device being served: its id, what the kernel granted, and the queue threads.
+pub struct Device {
+    ctrl: Control,
+    pub info: ublksrv_ctrl_dev_info,
+    pub mode: BufMode,
+    cdev: Option<Arc<File>>,
+    queues: Vec<JoinHandle<io::Result<QueueStats>>>,
+    stops: Vec<rt::sync::Signal>,
+    started: bool,
+    deleted: bool,
+}
+
+impl Device {
+    /// Create, configure and start a device served by `target`. Returns once `/dev/ublkbN`
+    /// exists. On any error everything created so far is torn down.
+    pub fn create<T: Target>(target: Arc<T>, opts: &DeviceOptions) -> Result<Device, DeviceError> {
+        if opts.depth == 0 || opts.depth as u32 > UBLK_MAX_QUEUE_DEPTH {
+            return Err(DeviceError::Invalid(format!("queue depth {} is outside 1..={UBLK_MAX_QUEUE_DEPTH}", opts.depth)));
+        }
+        if opts.queues == 0 || opts.queues as u32 > UBLK_MAX_NR_QUEUES {
+            return Err(DeviceError::Invalid(format!("queue count {} is outside 1..={UBLK_MAX_NR_QUEUES}", opts.queues)));
+        }
+        if opts.max_io < 4096 || opts.max_io > (1 << UBLK_IO_BUF_BITS) || !opts.max_io.is_power_of_two() {
+            return Err(DeviceError::Invalid(format!("max I/O size {} must be a power of two in 4K..=32M", opts.max_io)));
+        }
+        let mut ctrl = Control::open()?;
+        let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags;
+        if opts.mode == BufMode::UserCopy {
+            flags |= UBLK_F_USER_COPY;
+        }
+        if let Some(have) = kernel_features(&mut ctrl) {
+            let missing = flags & !have;
+            if missing != 0 {
+                return Err(DeviceError::Unsupported(
+                    features::names(missing).join(", "),
+                    format!("this kernel offers {}", features::names(have).join(" ")),
+                ));
+            }
+        }
+        let want_id = opts.dev_id.unwrap_or(u32::MAX);
+        let mut info = ublksrv_ctrl_dev_info {
+            nr_hw_queues: opts.queues,
+            queue_depth: opts.depth,
+            max_io_buf_bytes: opts.max_io,
+            dev_id: want_id,
+            flags,
+            ..Default::default()
+        };
+        ctrl.add_dev(&mut info).map_err(|e| match e.raw_os_error() {
+            Some(libc::EEXIST) => DeviceError::IdInUse(want_id),
+            _ => DeviceError::Io { what: "ADD_DEV".into(), err: e },
+        })?;
+        let mut dev = Device {
+            ctrl,
+            info,
+            mode: opts.mode,
+            cdev: None,
+            queues: Vec::new(),
+            stops: Vec::new(),
+            started: false,
+            deleted: false,
+        };
+        // From here on, `dev`'s Drop undoes everything if we return early.
+        if info.flags & flags != flags {
+            return Err(DeviceError::Unsupported(
+                features::names(flags & !info.flags).join(", "),
+                "the driver did not grant it at ADD_DEV".into(),
+            ));
+        }
+        let geo = target.geometry();
+        let params = params_for(&geo, dev.info.max_io_buf_bytes);
+        dev.ctrl.set_params(dev.info.dev_id, &params).map_err(ioerr("SET_PARAMS"))?;
+        let cdev = Arc::new(open_char_dev(dev.info.dev_id)?);
+        dev.cdev = Some(cdev.clone());
+        for q in 0..dev.info.nr_hw_queues {
+            let cpus = dev.ctrl.get_queue_affinity(dev.info.dev_id, q).unwrap_or_default();
+            let cfg = QueueConfig {
+                dev_id: dev.info.dev_id,
+                q_id: q,
+                depth: dev.info.queue_depth,
+                max_io: dev.info.max_io_buf_bytes,
+                mode: opts.mode,
+                cpus,
+                busy_poll: opts.busy_poll,
+            };
+            let stop = rt::sync::Signal::new();
+            dev.stops.push(stop.clone());
+            let t = target.clone();
+            let c = cdev.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("ublk{}q{}", dev.info.dev_id, q))
+                .spawn(move || {
+                    let r = run_queue(&*t, c, cfg, stop);
+                    if let Err(e) = &r {
+                        tracing::error!("queue {q}: {e}");
+                    }
+                    r
+                })
+                .map_err(ioerr("spawning queue thread"))?;
+            dev.queues.push(h);
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        dev.ctrl.start_dev(dev.info.dev_id, pid).map_err(ioerr("START_DEV"))?;
+        dev.started = true;
+        wait_for_node(&format!("/dev/ublkb{}", dev.info.dev_id), Duration::from_secs(5))?;
+        if let Ok(i) = dev.ctrl.get_dev_info(dev.info.dev_id) {
+            dev.info = i;
+        }
+        Ok(dev)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.info.dev_id
+    }
+
+    /// True once every queue thread has ended (e.g. the device was stopped from outside).
+    pub fn queues_finished(&self) -> bool {
+        self.queues.iter().all(|h| h.is_finished())
+    }
+
+    /// Stop serving: STOP_DEV (the disk goes away, queues see ABORT), join the queues, close
+    /// the char device, DEL_DEV. Returns the queues' counters.
+    pub fn shutdown(mut self) -> Result<Vec<QueueStats>, DeviceError> {
+        let stats = self.teardown();
+        self.deleted = true;
+        stats
+    }
+
+    fn teardown(&mut self) -> Result<Vec<QueueStats>, DeviceError> {
+        let id = self.info.dev_id;
+        if self.started {
+            if let Err(e) = self.ctrl.stop_dev(id) {
+                if e.raw_os_error() != Some(libc::ENODEV) {
+                    tracing::warn!("STOP_DEV {id}: {e}");
+                }
+            }
+        }
+        // Queues that never got going (early error) are told to stop; started ones end on ABORT.
+        if !self.started {
+            for s in &self.stops {
+                s.raise();
+            }
+        }
+        let mut stats = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for h in self.queues.drain(..) {
+            while !h.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !h.is_finished() {
+                // A queue stuck in the kernel: raise its stop flag and give it a last chance.
+                for s in &self.stops {
+                    s.raise();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            match h.join() {
+                Ok(Ok(s)) => stats.push(s),
+                Ok(Err(e)) => tracing::warn!("queue ended with error: {e}"),
+                Err(_) => tracing::error!("queue thread panicked"),
+            }
+        }
+        self.cdev = None;
+        match self.ctrl.del_dev(id) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(e) => return Err(DeviceError::Io { what: format!("DEL_DEV {id}"), err: e }),
+        }
+        Ok(stats)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if !self.deleted {
+            self.deleted = true;
+            if let Err(e) = self.teardown() {
+                tracing::error!("cleaning up device {}: {e}", self.info.dev_id);
+            }
+        }
+    }
+}
+
+/// Open `/dev/ublkcN`, waiting briefly for devtmpfs/udev to create it.
+fn open_char_dev(id: u32) -> Result<File, DeviceError> {
+    let path = format!("/dev/ublkc{id}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(DeviceError::Io { what: format!("open {path}"), err: e }),
+        }
+    }
+}
+
+fn wait_for_node(path: &str, limit: Duration) -> Result<(), DeviceError> {
+    let deadline = Instant::now() + limit;
+    while !std::path::Path::new(path).exists() {
+        if Instant::now() >= deadline {
+            return Err(DeviceError::Io { what: path.into(), err: io::ErrorKind::NotFound.into() });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Stop and delete a device that no live daemon serves (its daemon died or never started).
+pub fn remove_orphan(ctrl: &mut Control, id: u32) -> io::Result<()> {
+    match ctrl.stop_dev(id) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Err(e),
+        Err(e) => tracing::debug!("STOP_DEV {id}: {e}"),
+    }
+    ctrl.del_dev(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use target::Caps;
+
+    #[test]
+    fn params_follow_geometry() {
+        let geo = Geometry {
+            size: 1 << 30,
+            logical_block: 4096,
+            physical_block: 4096,
+            caps: Caps { flush: true, fua: true, discard: true, write_zeroes: false, ..Caps::default() },
+        };
+        let p = params_for(&geo, 512 << 10);
+        assert_eq!(p.basic.logical_bs_shift, 12);
+        assert_eq!(p.basic.dev_sectors, (1 << 30) >> 9);
+        assert_eq!(p.basic.max_sectors, 1024);
+        assert_eq!(p.basic.attrs, UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA);
+        assert_ne!(p.types & UBLK_PARAM_TYPE_DISCARD, 0);
+        assert!(p.discard.max_discard_sectors > 0);
+        assert_eq!(p.discard.max_write_zeroes_sectors, 0);
+        assert_eq!(p.discard.max_discard_sectors % 8, 0, "multiple of the logical block");
+    }
+}

@@ -1,0 +1,288 @@
+//! One hardware queue: a thread with its own ring, the driver's descriptor array mapped
+//! read-only, and one task per tag running `fetch -> handle -> commit_and_fetch` forever.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rt::{IoBuf, Runtime};
+use target::{Target, TargetQueue};
+
+use crate::uapi::*;
+
+/// Where request data lives (DESIGN.md, "the data path").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BufMode {
+    /// The driver copies between the request and our per-tag buffer.
+    Copy,
+    /// We copy with pread/pwrite on the char device (UBLK_F_USER_COPY).
+    UserCopy,
+}
+
+impl BufMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            BufMode::Copy => "copy",
+            BufMode::UserCopy => "user-copy",
+        }
+    }
+}
+
+/// What a queue thread needs to know.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub dev_id: u32,
+    pub q_id: u16,
+    pub depth: u16,
+    pub max_io: u32,
+    pub mode: BufMode,
+    /// CPUs to pin to (empty: leave affinity alone).
+    pub cpus: Vec<usize>,
+    /// Spin this long before sleeping in the kernel (qd1 latency knob).
+    pub busy_poll: Option<std::time::Duration>,
+}
+
+/// Counters a queue reports when it ends (and a shared snapshot while running).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct QueueStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub enters: u64,
+    pub completions: u64,
+}
+
+/// Resident memory of tag buffers is kept under this per queue, so a deep queue with large
+/// requests does not pin `depth x max_io` bytes forever.
+const RESIDENT_BUDGET: usize = 32 << 20;
+/// Buffers keep this much resident even over budget: small requests never fault.
+const KEEP_RESIDENT: usize = 64 << 10;
+
+/// The read-only descriptor array the driver fills, one `ublksrv_io_desc` per tag.
+struct DescArray {
+    ptr: *const ublksrv_io_desc,
+    len: usize,
+    map_len: usize,
+}
+
+impl DescArray {
+    fn map(fd: RawFd, q_id: u16, depth: u16) -> io::Result<DescArray> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let map_len = (depth as usize * std::mem::size_of::<ublksrv_io_desc>()).next_multiple_of(page);
+        let off = desc_mmap_offset(q_id, page);
+        // SAFETY: a shared read-only mapping of the char device at the driver's documented offset;
+        // the result is checked.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ, libc::MAP_SHARED | libc::MAP_POPULATE, fd, off as i64)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DescArray { ptr: p.cast(), len: depth as usize, map_len })
+    }
+
+    /// The descriptor of `tag`, read after its fetch completed (the driver wrote it before
+    /// posting the completion and does not touch it until we commit).
+    fn get(&self, tag: u16) -> ublksrv_io_desc {
+        assert!((tag as usize) < self.len);
+        // SAFETY: in bounds of the mapping; volatile because the kernel writes it.
+        unsafe { std::ptr::read_volatile(self.ptr.add(tag as usize)) }
+    }
+}
+
+impl Drop for DescArray {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.ptr as *mut _, self.map_len) };
+    }
+}
+
+struct QueueCtx<Q> {
+    cfg: QueueConfig,
+    cdev: RawFd,
+    descs: DescArray,
+    target: Q,
+    requests: Cell<u64>,
+    errors: Cell<u64>,
+    resident: Cell<usize>,
+}
+
+fn pin_to(cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity(0) = this
+    // thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            if c < libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!("queue affinity {:?}: {}", cpus, io::Error::last_os_error());
+        }
+    }
+}
+
+/// Serve one queue until the driver aborts its fetches (device stopped) or `stop` is raised.
+/// Runs on the calling thread.
+pub fn run_queue<T: Target>(
+    target: &T,
+    cdev: Arc<File>,
+    cfg: QueueConfig,
+    stop: rt::sync::Signal,
+) -> io::Result<QueueStats> {
+    pin_to(&cfg.cpus);
+    let depth = cfg.depth as u32;
+    let rt = Runtime::builder()
+        .entries((depth * 2).next_power_of_two().min(4096))
+        .cq_entries((depth * 4).next_power_of_two().clamp(64, 16384))
+        .busy_poll(cfg.busy_poll)
+        .build()?;
+    let descs = DescArray::map(cdev.as_raw_fd(), cfg.q_id, cfg.depth)?;
+    let bufs = IoBuf::arena(cfg.depth as usize, cfg.max_io as usize)?;
+    let tq = target.open_queue(cfg.q_id)?;
+    let ctx = Rc::new(QueueCtx {
+        cfg: cfg.clone(),
+        cdev: cdev.as_raw_fd(),
+        descs,
+        target: tq,
+        requests: Cell::new(0),
+        errors: Cell::new(0),
+        resident: Cell::new(0),
+    });
+    let c2 = ctx.clone();
+    rt.block_on(async move {
+        let tasks: Vec<_> =
+            bufs.into_iter().enumerate().map(|(tag, buf)| rt::spawn(tag_loop(c2.clone(), tag as u16, buf))).collect();
+        let all = async {
+            for t in tasks {
+                t.await;
+            }
+        };
+        let all = std::pin::pin!(all);
+        let stopped = std::pin::pin!(stop.wait());
+        // Whichever comes first: every tag saw ABORT, or we were told to stop.
+        futures_select(all, stopped).await;
+    });
+    let s = rt.stats();
+    drop(rt); // cancels and drains anything left before the buffers go
+    drop(cdev);
+    Ok(QueueStats { requests: ctx.requests.get(), errors: ctx.errors.get(), enters: s.enters, completions: s.completions })
+}
+
+async fn futures_select<A: std::future::Future<Output = ()> + Unpin, B: std::future::Future<Output = ()> + Unpin>(
+    mut a: A,
+    mut b: B,
+) {
+    std::future::poll_fn(|cx| {
+        if std::pin::Pin::new(&mut a).poll(cx).is_ready() || std::pin::Pin::new(&mut b).poll(cx).is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// The life of one tag: fetch, serve, commit-and-fetch, until the driver says ABORT.
+async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) {
+    let mut op = UBLK_U_IO_FETCH_REQ;
+    let mut result = 0i32;
+    let mut touched = 0usize;
+    loop {
+        let addr = match q.cfg.mode {
+            BufMode::Copy => buf.addr() as u64,
+            BufMode::UserCopy => 0,
+        };
+        let cmd = ublksrv_io_cmd { q_id: q.cfg.q_id, tag, result, addr }.to_bytes();
+        let c = rt::fs::uring_cmd16(q.cdev, op, cmd, None, Some(buf.keepalive())).await;
+        match c.result {
+            UBLK_IO_RES_OK => {}
+            UBLK_IO_RES_ABORT => return,
+            e => {
+                tracing::error!(q = q.cfg.q_id, tag, "io command failed: {}", io::Error::from_raw_os_error(-e));
+                return;
+            }
+        }
+        let desc = q.descs.get(tag);
+        let len = (desc.nr_sectors as usize) << 9;
+        // The kernel wrote at most `len` bytes of the new request; pages past it hold only old
+        // data, so they can go back if the queue holds too much memory.
+        if touched > len.max(KEEP_RESIDENT) && q.resident.get() > RESIDENT_BUDGET {
+            let keep = len.max(KEEP_RESIDENT).next_multiple_of(rt::buf::ALIGN);
+            buf.release_from(keep);
+            q.resident.set(q.resident.get() - (touched - keep.min(touched)));
+            touched = keep.min(touched);
+        }
+        result = handle(&q, tag, &desc, &mut buf).await;
+        if matches!(desc.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE) && len > touched {
+            q.resident.set(q.resident.get() + len - touched);
+            touched = len;
+        }
+        q.requests.set(q.requests.get() + 1);
+        if result < 0 {
+            q.errors.set(q.errors.get() + 1);
+        }
+        op = UBLK_U_IO_COMMIT_AND_FETCH_REQ;
+    }
+}
+
+fn errno(e: &io::Error) -> i32 {
+    -e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Serve one request; the result goes into the commit (bytes done, or -errno).
+async fn handle<Q: TargetQueue>(q: &QueueCtx<Q>, tag: u16, d: &ublksrv_io_desc, buf: &mut IoBuf) -> i32 {
+    let off = d.start_sector << 9;
+    let len = (d.nr_sectors as u64) << 9;
+    let t = &q.target;
+    let r = match d.op() {
+        UBLK_IO_OP_READ | UBLK_IO_OP_WRITE if len as usize > buf.capacity() => {
+            tracing::error!(tag, len, "request larger than the buffer");
+            return -libc::EIO;
+        }
+        UBLK_IO_OP_READ => {
+            buf.set_len(len as usize);
+            match t.read(off, buf).await {
+                Ok(()) if q.cfg.mode == BufMode::UserCopy => {
+                    let at = user_copy_offset(q.cfg.q_id, tag, 0);
+                    rt::fs::write_all_at(q.cdev, buf, at, 0).await
+                }
+                r => r,
+            }
+        }
+        UBLK_IO_OP_WRITE => {
+            buf.set_len(len as usize);
+            let fetched = if q.cfg.mode == BufMode::UserCopy {
+                rt::fs::read_exact_at(q.cdev, buf, user_copy_offset(q.cfg.q_id, tag, 0)).await
+            } else {
+                Ok(())
+            };
+            match fetched {
+                Ok(()) => t.write(off, buf, d.flags() & UBLK_IO_F_FUA != 0).await,
+                Err(e) => Err(e),
+            }
+        }
+        UBLK_IO_OP_FLUSH => t.flush().await.map(|_| ()),
+        UBLK_IO_OP_DISCARD => t.discard(off, len).await,
+        UBLK_IO_OP_WRITE_ZEROES => t.write_zeroes(off, len, d.flags() & UBLK_IO_F_NOUNMAP == 0).await,
+        other => {
+            tracing::warn!(tag, op = other, "unsupported request op");
+            return -libc::EOPNOTSUPP;
+        }
+    };
+    match r {
+        Ok(()) => len as i32,
+        Err(e) => {
+            tracing::debug!(tag, op = d.op(), off, len, "request failed: {e}");
+            errno(&e)
+        }
+    }
+}
