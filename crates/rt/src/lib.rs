@@ -11,6 +11,7 @@
 pub mod buf;
 pub mod fs;
 pub mod net;
+pub mod netx;
 pub mod op;
 pub mod poll;
 pub mod runtime;
