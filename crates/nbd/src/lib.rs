@@ -1,1 +1,13 @@
-//! NBD protocol: server (exports any target) and client (the `nbd` target). Not written yet.
+//! NBD (the Network Block Device protocol): a server that exports any [`target::Target`], and a
+//! client that is a `Target` itself.
+//!
+//! - [`proto`]: the wire format as pure encode/decode functions (what the fuzz target drives).
+//! - [`server`]: fixed newstyle negotiation and the transmission phase, one task per connection
+//!   on per-thread `rt` runtimes.
+//! - [`client`]: `NbdTarget`, an NBD client used as a block device backend.
+
+pub mod client;
+pub mod local;
+pub mod proto;
+pub mod server;
+pub mod sock;

@@ -1,0 +1,1 @@
+//! NBD client target (not written yet).
