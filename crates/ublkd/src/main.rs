@@ -1,3 +1,76 @@
-fn main() {
-    println!("Hello, world!");
+//! `ublkd`: the CLI and the per-device daemon.
+//!
+//! `add` starts a daemon (this same binary, `ublkd serve`) that creates the device and serves it
+//! until `del` or SIGTERM; `list`, `del`, `features` talk to the driver and the state files.
+
+mod any;
+mod args;
+mod cmd;
+mod report;
+mod serve;
+mod spec;
+mod state;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "ublkd", version, about = "Serve Linux block devices from userspace (ublk)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a device served by a new background daemon; prints its path once it is live.
+    Add(cmd::add::AddArgs),
+    /// Show devices: id, state, queues, depth, size, target, daemon pid.
+    List(cmd::list::ListArgs),
+    /// Stop a device's daemon and remove the device (also cleans up devices whose daemon died).
+    Del(cmd::del::DelArgs),
+    /// Print the ublk features of the running kernel.
+    Features(cmd::features::FeaturesArgs),
+    /// Run the daemon for one device in the foreground (used by `add`).
+    #[command(hide = true)]
+    Serve(serve::ServeArgs),
+}
+
+/// Print an error as one line on stderr and exit 1.
+pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ublkd: error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("UBLKD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // clap's first line is the error itself; the usage that follows is noise here.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("ublkd: error: {first} (see ublkd --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    match cli.cmd {
+        Command::Add(a) => cmd::add::run(a),
+        Command::List(a) => cmd::list::run(a),
+        Command::Del(a) => cmd::del::run(a),
+        Command::Features(a) => cmd::features::run(a),
+        Command::Serve(a) => serve::run(a),
+    }
 }

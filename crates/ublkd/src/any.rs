@@ -1,0 +1,69 @@
+//! Run-time choice of target without boxing per request: an enum per level, each method a match.
+
+use std::io;
+
+use target::file::{FileQueue, FileTarget};
+use target::mem::{MemQueue, MemTarget};
+use target::null::{NullQueue, NullTarget};
+use target::{Extent, Geometry, IoBuf, Target, TargetQueue};
+
+pub enum AnyTarget {
+    Null(NullTarget),
+    Mem(MemTarget),
+    File(FileTarget),
+}
+
+pub enum AnyQueue {
+    Null(NullQueue),
+    Mem(MemQueue),
+    File(FileQueue),
+}
+
+impl Target for AnyTarget {
+    type Queue = AnyQueue;
+    fn geometry(&self) -> Geometry {
+        match self {
+            AnyTarget::Null(t) => t.geometry(),
+            AnyTarget::Mem(t) => t.geometry(),
+            AnyTarget::File(t) => t.geometry(),
+        }
+    }
+    fn open_queue(&self, qid: u16) -> io::Result<AnyQueue> {
+        Ok(match self {
+            AnyTarget::Null(t) => AnyQueue::Null(t.open_queue(qid)?),
+            AnyTarget::Mem(t) => AnyQueue::Mem(t.open_queue(qid)?),
+            AnyTarget::File(t) => AnyQueue::File(t.open_queue(qid)?),
+        })
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $q:ident => $e:expr) => {
+        match $self {
+            AnyQueue::Null($q) => $e,
+            AnyQueue::Mem($q) => $e,
+            AnyQueue::File($q) => $e,
+        }
+    };
+}
+
+impl TargetQueue for AnyQueue {
+    async fn read(&self, off: u64, buf: &mut IoBuf) -> io::Result<()> {
+        each!(self, q => q.read(off, buf).await)
+    }
+    async fn write(&self, off: u64, buf: &IoBuf, fua: bool) -> io::Result<()> {
+        each!(self, q => q.write(off, buf, fua).await)
+    }
+    async fn flush(&self) -> io::Result<()> {
+        each!(self, q => q.flush().await)
+    }
+    async fn discard(&self, off: u64, len: u64) -> io::Result<()> {
+        each!(self, q => q.discard(off, len).await)
+    }
+    async fn write_zeroes(&self, off: u64, len: u64, unmap: bool) -> io::Result<()> {
+        each!(self, q => q.write_zeroes(off, len, unmap).await)
+    }
+    async fn block_status(&self, off: u64, len: u64) -> io::Result<Vec<Extent>> {
+        each!(self, q => q.block_status(off, len).await)
+    }
+}

@@ -1,0 +1,97 @@
+//! `ublkd del`: stop a device's daemon (SIGTERM: it stops and deletes its device) or, when no
+//! daemon serves the device any more, stop and delete it ourselves. Stale state files go too.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ublk::Control;
+
+use crate::state::{self, pid_alive};
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct DelArgs {
+    /// The device to delete.
+    #[arg(short = 'n', long = "number")]
+    id: Option<u32>,
+    /// Delete every ublk device, and clean up stale state files.
+    #[arg(short = 'a', long)]
+    all: bool,
+}
+
+fn gone(ctrl: &mut Control, id: u32) -> bool {
+    matches!(ctrl.get_dev_info(id), Err(e) if e.raw_os_error() == Some(libc::ENODEV))
+}
+
+/// Delete one device. Returns an error message for the user.
+fn delete(ctrl: &mut Control, id: u32) -> Result<(), String> {
+    let info = match ctrl.get_dev_info(id) {
+        Ok(i) => i,
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+            state::remove(id);
+            return Err(format!("device {id} does not exist"));
+        }
+        Err(e) => return Err(format!("device {id}: {e}")),
+    };
+    let pid = if info.ublksrv_pid > 0 { info.ublksrv_pid } else { state::load(id).map(|s| s.pid).unwrap_or(0) };
+    if pid_alive(pid) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && !gone(ctrl, id) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !gone(ctrl, id) {
+            tracing::warn!("daemon {pid} of device {id} did not stop in 30 s; killing it");
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    if !gone(ctrl, id) {
+        match ublk::device::remove_orphan(ctrl, id) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+            Err(e) => return Err(format!("deleting device {id}: {e}")),
+        }
+    }
+    state::remove(id);
+    Ok(())
+}
+
+pub fn run(a: DelArgs) -> ExitCode {
+    let mut ctrl = match Control::open() {
+        Ok(c) => c,
+        Err(e) => return crate::fail(e),
+    };
+    if let Some(id) = a.id {
+        return match delete(&mut ctrl, id) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(m) => crate::fail(m),
+        };
+    }
+    let mut ids = crate::cmd::list::device_ids();
+    ids.extend(state::all_ids());
+    ids.sort();
+    ids.dedup();
+    let mut failed = false;
+    for id in ids {
+        if gone(&mut ctrl, id) {
+            state::remove(id); // stale: no device behind it
+            continue;
+        }
+        if let Err(m) = delete(&mut ctrl, id) {
+            eprintln!("ublkd: error: {m}");
+            failed = true;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

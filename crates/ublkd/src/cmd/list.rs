@@ -1,0 +1,76 @@
+//! `ublkd list`: the devices the driver knows, with what our state files add.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use target::size::format_size;
+use ublk::Control;
+
+use crate::report::DeviceReport;
+use crate::state;
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this device.
+    #[arg(short = 'n', long = "number")]
+    id: Option<u32>,
+    /// Print JSON (an array of devices).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Ids of the ublk devices that exist now (from /dev/ublkcN nodes).
+pub fn device_ids() -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir("/sys/class/ublk-char")
+        .or_else(|_| std::fs::read_dir("/dev"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("ublkc")?.parse().ok()).collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v.dedup();
+    v
+}
+
+pub fn run(a: ListArgs) -> ExitCode {
+    let mut ctrl = match Control::open() {
+        Ok(c) => c,
+        Err(e) => return crate::fail(e),
+    };
+    let ids = match a.id {
+        Some(id) => vec![id],
+        None => device_ids(),
+    };
+    let mut reports = Vec::new();
+    for id in ids {
+        match ctrl.get_dev_info(id) {
+            Ok(info) => reports.push(DeviceReport::new(&info, state::load(id).as_ref())),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                if a.id.is_some() {
+                    return crate::fail(format!("device {id} does not exist"));
+                }
+            }
+            Err(e) => return crate::fail(format!("device {id}: {e}")),
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!("{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  TARGET", "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "PID");
+    for r in &reports {
+        println!(
+            "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  {}",
+            r.id,
+            r.block_device,
+            r.state,
+            r.queues,
+            r.depth,
+            r.size.map(format_size).unwrap_or_else(|| "?".into()),
+            r.mode.as_deref().unwrap_or("?"),
+            r.pid,
+            r.target.as_deref().unwrap_or("(no state file)")
+        );
+    }
+    ExitCode::SUCCESS
+}

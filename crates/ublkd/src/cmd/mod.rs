@@ -1,0 +1,6 @@
+//! One file per subcommand.
+
+pub mod add;
+pub mod del;
+pub mod features;
+pub mod list;

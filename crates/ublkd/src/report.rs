@@ -1,0 +1,50 @@
+//! The description of a device printed by `add --json` and `list`.
+
+use serde::Serialize;
+use ublk::features;
+use ublk::uapi::ublksrv_ctrl_dev_info;
+
+use crate::state::{pid_alive, DeviceState};
+
+#[derive(Debug, Serialize)]
+pub struct DeviceReport {
+    pub id: u32,
+    pub block_device: String,
+    pub char_device: String,
+    /// live, quiesced, fail-io, dead (driver state), or orphan (no daemon serves it).
+    pub state: String,
+    pub pid: i32,
+    pub queues: u16,
+    pub depth: u16,
+    pub max_io: u32,
+    pub size: Option<u64>,
+    pub target: Option<String>,
+    pub spec: Option<crate::spec::TargetSpec>,
+    pub mode: Option<String>,
+    pub flags: Vec<String>,
+}
+
+impl DeviceReport {
+    pub fn new(info: &ublksrv_ctrl_dev_info, st: Option<&DeviceState>) -> DeviceReport {
+        let pid = if info.ublksrv_pid > 0 { info.ublksrv_pid } else { st.map(|s| s.pid).unwrap_or(0) };
+        let mut state = features::state_name(info.state).to_string();
+        if state == "live" && !pid_alive(pid) {
+            state = "orphan".into();
+        }
+        DeviceReport {
+            id: info.dev_id,
+            block_device: format!("/dev/ublkb{}", info.dev_id),
+            char_device: format!("/dev/ublkc{}", info.dev_id),
+            state,
+            pid,
+            queues: info.nr_hw_queues,
+            depth: info.queue_depth,
+            max_io: info.max_io_buf_bytes,
+            size: st.map(|s| s.size),
+            target: st.map(|s| s.target.describe()),
+            spec: st.map(|s| s.target.clone()),
+            mode: st.map(|s| s.mode.name().to_string()),
+            flags: features::names(info.flags),
+        }
+    }
+}

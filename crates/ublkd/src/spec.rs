@@ -1,0 +1,176 @@
+//! What a target is, as data: parsed from the command line, stored in a device's state file, and
+//! opened again by a recovering daemon.
+
+use std::path::PathBuf;
+
+use target::file::FileTarget;
+use target::mem::MemTarget;
+use target::null::NullTarget;
+use target::size::format_size;
+pub use target::OpenError;
+
+use crate::any::AnyTarget;
+
+/// A target description. `serde` form: `{"type":"file","path":...}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TargetSpec {
+    Null {
+        size: u64,
+        #[serde(default = "default_block")]
+        logical_block: u32,
+    },
+    Mem {
+        size: u64,
+        #[serde(default = "default_block")]
+        logical_block: u32,
+    },
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        size: Option<u64>,
+        #[serde(default)]
+        buffered: bool,
+        #[serde(default)]
+        read_only: bool,
+    },
+}
+
+fn default_block() -> u32 {
+    512
+}
+
+fn check_size(size: u64, block: u32) -> Result<(), OpenError> {
+    if !matches!(block, 512 | 1024 | 2048 | 4096) {
+        return Err(OpenError::Invalid(format!(
+            "logical block size {block} is not one of 512, 1024, 2048, 4096"
+        )));
+    }
+    if size == 0 {
+        return Err(OpenError::Invalid("size must be greater than zero".into()));
+    }
+    if size % block as u64 != 0 {
+        return Err(OpenError::Invalid(format!(
+            "size {size} is not a multiple of the {block}-byte block size"
+        )));
+    }
+    Ok(())
+}
+
+impl TargetSpec {
+    /// A short human description for `list`.
+    pub fn describe(&self) -> String {
+        match self {
+            TargetSpec::Null { size, .. } => format!("null {}", format_size(*size)),
+            TargetSpec::Mem { size, .. } => format!("mem {}", format_size(*size)),
+            TargetSpec::File { path, buffered, .. } => {
+                format!(
+                    "file {}{}",
+                    path.display(),
+                    if *buffered { " (buffered)" } else { "" }
+                )
+            }
+        }
+    }
+
+    /// Check and open. Nothing is created on failure.
+    pub fn open(&self) -> Result<AnyTarget, OpenError> {
+        match self {
+            TargetSpec::Null {
+                size,
+                logical_block,
+            } => {
+                check_size(*size, *logical_block)?;
+                Ok(AnyTarget::Null(NullTarget::new(*size, *logical_block)))
+            }
+            TargetSpec::Mem {
+                size,
+                logical_block,
+            } => {
+                check_size(*size, *logical_block)?;
+                MemTarget::new(*size, *logical_block)
+                    .map(AnyTarget::Mem)
+                    .map_err(|e| {
+                        OpenError::Io(format!(
+                            "cannot reserve {} of memory: {e}",
+                            format_size(*size)
+                        ))
+                    })
+            }
+            TargetSpec::File {
+                path,
+                size,
+                buffered,
+                read_only,
+            } => FileTarget::open(path, *size, *buffered, *read_only).map(AnyTarget::File),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use target::Target;
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let s = TargetSpec::File {
+            path: "/x.img".into(),
+            size: Some(4096),
+            buffered: true,
+            read_only: false,
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains("\"type\":\"file\""), "{j}");
+        assert_eq!(serde_json::from_str::<TargetSpec>(&j).unwrap(), s);
+        let n: TargetSpec = serde_json::from_str(r#"{"type":"null","size":1024}"#).unwrap();
+        assert_eq!(
+            n,
+            TargetSpec::Null {
+                size: 1024,
+                logical_block: 512
+            }
+        );
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let e = TargetSpec::Null {
+            size: 1000,
+            logical_block: 512,
+        }
+        .open()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("not a multiple of the 512-byte block size"),
+            "{e}"
+        );
+        let e = TargetSpec::Mem {
+            size: 0,
+            logical_block: 512,
+        }
+        .open()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("greater than zero"), "{e}");
+        let e = TargetSpec::Mem {
+            size: 4096,
+            logical_block: 1000,
+        }
+        .open()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("not one of"), "{e}");
+        let t = TargetSpec::Null {
+            size: 1 << 40,
+            logical_block: 4096,
+        }
+        .open()
+        .unwrap();
+        assert_eq!(t.geometry().size, 1 << 40);
+    }
+}

@@ -1,0 +1,109 @@
+//! Per-device state files under /run/ublkd: who serves a device and what it serves, so `list`
+//! can describe it and a recovering daemon can reopen the same target.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use ublk::BufMode;
+
+use crate::spec::TargetSpec;
+
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("UBLKD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/ublkd"))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub id: u32,
+    pub pid: i32,
+    pub target: TargetSpec,
+    pub queues: u16,
+    pub depth: u16,
+    pub max_io: u32,
+    pub mode: BufMode,
+    pub size: u64,
+    pub block_device: String,
+    pub log: PathBuf,
+}
+
+pub fn path_for(id: u32) -> PathBuf {
+    state_dir().join(format!("{id}.json"))
+}
+
+pub fn log_path_for(id: u32) -> PathBuf {
+    state_dir().join(format!("{id}.log"))
+}
+
+/// Write atomically (temp file + rename), so readers never see half a file.
+pub fn save(s: &DeviceState) -> io::Result<()> {
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(format!(".{}.json.tmp", s.id));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
+    std::fs::rename(tmp, path_for(s.id))
+}
+
+pub fn load(id: u32) -> Option<DeviceState> {
+    load_path(&path_for(id))
+}
+
+fn load_path(p: &Path) -> Option<DeviceState> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+pub fn remove(id: u32) {
+    let _ = std::fs::remove_file(path_for(id));
+}
+
+/// Ids with a state file.
+pub fn all_ids() -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir(state_dir()) else { return vec![] };
+    let mut v: Vec<u32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 (after the parenthesised name) is the state; Z/X are dead.
+        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_remove_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        std::env::set_var("UBLKD_STATE_DIR", d.path());
+        let s = DeviceState {
+            id: 7,
+            pid: std::process::id() as i32,
+            target: TargetSpec::Null { size: 4096, logical_block: 512 },
+            queues: 1,
+            depth: 2,
+            max_io: 4096,
+            mode: BufMode::Copy,
+            size: 4096,
+            block_device: "/dev/ublkb7".into(),
+            log: "/x".into(),
+        };
+        save(&s).unwrap();
+        assert_eq!(all_ids(), vec![7]);
+        assert_eq!(load(7).unwrap().target, s.target);
+        assert!(pid_alive(s.pid));
+        assert!(!pid_alive(0));
+        remove(7);
+        assert!(all_ids().is_empty());
+    }
+}
