@@ -1,0 +1,413 @@
+//! One queue's link to the server: a connection, the requests in flight on it (matched to
+//! replies by handle), and reconnection.
+//!
+//! A reader task owns the receive side: it parses each reply, fills the request's buffer and
+//! completes it. Senders take a FIFO lock so each request goes out whole. When the connection
+//! breaks, every request in flight is told `Lost` and sends itself again on the next connection,
+//! until its deadline: then it fails with EIO. Re-sending in any order is safe for a block
+//! device: a FLUSH covers only writes that had completed (been acknowledged) when it was sent,
+//! and an acknowledged write is never re-sent; an unacknowledged one is not covered by any flush
+//! the caller has seen complete.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::Shutdown;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use rt::IoBuf;
+use rt::sync::{OneshotSender, oneshot};
+
+use super::handshake::{self, ExportParams};
+use super::uri::Uri;
+use crate::local::{Lock, Notify};
+use crate::proto::{self, ReplyHeader, chunk};
+use crate::sock::Sock;
+
+/// The answer to one request.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// Data of a READ (the whole requested length).
+    pub data: Option<IoBuf>,
+    /// Block status descriptors of our `base:allocation` context.
+    pub status: Vec<proto::Descriptor>,
+}
+
+enum Outcome {
+    Done(Result<Answer, u32>),
+    /// The connection broke before the reply: send again.
+    Lost,
+}
+
+struct Pending {
+    typ: u16,
+    off: u64,
+    len: u32,
+    /// Receives READ data (allocated by the reader's peer, so the reply can land directly).
+    data: Option<IoBuf>,
+    status: Vec<proto::Descriptor>,
+    error: Option<u32>,
+    /// `None` once the requester stopped waiting; the reply is still consumed.
+    tx: Option<OneshotSender<Outcome>>,
+}
+
+struct Conn {
+    sock: Sock,
+    write: Lock,
+    pending: RefCell<HashMap<u64, Pending>>,
+    dead: Cell<bool>,
+    params: ExportParams,
+}
+
+impl Conn {
+    fn kill(&self) {
+        self.dead.set(true);
+        self.sock.shutdown(Shutdown::Both);
+    }
+}
+
+/// Parameters of a link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub uri: Uri,
+    /// A request that cannot complete within this time (server down or stuck) fails with EIO.
+    pub timeout: Duration,
+}
+
+pub struct Link {
+    cfg: LinkConfig,
+    /// What the first connection negotiated; a reconnect must offer the same export.
+    params: ExportParams,
+    conn: RefCell<Option<Rc<Conn>>>,
+    /// A socket negotiated before the runtime ran (installed at first use: the reader task
+    /// needs a runtime to spawn on).
+    initial: RefCell<Option<Sock>>,
+    connecting: Cell<bool>,
+    reconnected: Rc<Notify>,
+    next_handle: Cell<u64>,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl Link {
+    /// A link to the export described by `params`: over `sock` if one is already negotiated,
+    /// else connecting at first use. Needs no runtime; requests do.
+    pub fn new(cfg: LinkConfig, sock: Option<Sock>, params: ExportParams) -> Rc<Link> {
+        Rc::new(Link {
+            cfg,
+            params,
+            conn: RefCell::new(None),
+            initial: RefCell::new(sock),
+            connecting: Cell::new(false),
+            reconnected: Rc::new(Notify::default()),
+            next_handle: Cell::new(1),
+        })
+    }
+
+    pub fn params(&self) -> &ExportParams {
+        &self.params
+    }
+
+    fn install(&self, sock: Sock, params: ExportParams) {
+        let c = Rc::new(Conn {
+            sock,
+            write: Lock::default(),
+            pending: RefCell::new(HashMap::new()),
+            dead: Cell::new(false),
+            params,
+        });
+        rt::spawn(reader(c.clone()));
+        *self.conn.borrow_mut() = Some(c);
+    }
+
+    /// A live connection, waiting for a reconnect until `deadline`.
+    async fn live(self: &Rc<Self>, deadline: Instant) -> io::Result<Rc<Conn>> {
+        let first = self.initial.borrow_mut().take();
+        if let Some(sock) = first {
+            self.install(sock, self.params);
+        }
+        loop {
+            if let Some(c) = self.conn.borrow().as_ref()
+                && !c.dead.get()
+            {
+                return Ok(c.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(eio());
+            }
+            if !self.connecting.get() {
+                self.connecting.set(true);
+                rt::spawn(reconnect(Rc::downgrade(self)));
+            }
+            if rt::time::timeout(left, self.reconnected.notified())
+                .await
+                .is_err()
+            {
+                return Err(eio());
+            }
+        }
+    }
+
+    /// Send one request (with `payload[start..start+len]` for a WRITE) and wait for its answer,
+    /// re-sending it after reconnects, within the link's timeout.
+    pub async fn call(
+        self: &Rc<Self>,
+        typ: u16,
+        flags: u16,
+        off: u64,
+        len: u32,
+        payload: Option<(&IoBuf, usize)>,
+    ) -> io::Result<Answer> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        loop {
+            let c = self.live(deadline).await?;
+            let handle = self.next_handle.get();
+            self.next_handle.set(handle.wrapping_add(1));
+            let (tx, rx) = oneshot();
+            let data = (typ == proto::cmd::READ).then(|| IoBuf::with_capacity(len as usize));
+            c.pending.borrow_mut().insert(
+                handle,
+                Pending {
+                    typ,
+                    off,
+                    len,
+                    data,
+                    status: Vec::new(),
+                    error: None,
+                    tx: Some(tx),
+                },
+            );
+            let req = proto::Request {
+                flags,
+                typ,
+                handle,
+                offset: off,
+                len,
+            };
+            let sent = {
+                let _g = c.write.lock().await;
+                let h = proto::encode_request(&req);
+                match payload {
+                    Some((buf, start)) => c.sock.send_with_data(&h, buf, start, len as usize).await,
+                    None => c.sock.send(&h).await,
+                }
+            };
+            if sent.is_err() {
+                c.kill(); // the reader reports every request on it as lost, this one included
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rt::time::timeout(left, rx.recv()).await {
+                Ok(Some(Outcome::Done(Ok(a)))) => return Ok(a),
+                Ok(Some(Outcome::Done(Err(e)))) => return Err(proto::wire_to_io(e)),
+                Ok(Some(Outcome::Lost)) | Ok(None) => continue,
+                Err(_) => {
+                    // Stuck server: give up on this connection (its requests retry elsewhere).
+                    tracing::warn!(
+                        "nbd: request timed out after {:?}; reconnecting",
+                        self.cfg.timeout
+                    );
+                    if let Some(p) = c.pending.borrow_mut().get_mut(&handle) {
+                        p.tx = None;
+                    }
+                    c.kill();
+                    return Err(eio());
+                }
+            }
+        }
+    }
+
+    /// Tell the server we are leaving (best effort) and close.
+    pub async fn disconnect(&self) {
+        let c = self.conn.borrow().clone();
+        if let Some(c) = c
+            && !c.dead.get()
+        {
+            let req = proto::Request {
+                flags: 0,
+                typ: proto::cmd::DISC,
+                handle: 0,
+                offset: 0,
+                len: 0,
+            };
+            let _g = c.write.lock().await;
+            let _ = c.sock.send(&proto::encode_request(&req)).await;
+            c.kill();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.borrow().as_ref() {
+            c.kill(); // ends the reader task
+        }
+    }
+}
+
+/// Reconnect with backoff for at most the link timeout (waiters give up by then anyway).
+async fn reconnect(link: Weak<Link>) {
+    let (cfg, want) = match link.upgrade() {
+        Some(l) => (l.cfg.clone(), l.params),
+        None => return,
+    };
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = rt::time::timeout(
+            cfg.timeout.min(Duration::from_secs(10)),
+            handshake::open(&cfg.uri.endpoint, &cfg.uri.name),
+        )
+        .await;
+        let Some(l) = link.upgrade() else { return };
+        match attempt {
+            Ok(Ok((sock, p))) if p.size == want.size && p.flags == want.flags => {
+                tracing::info!("nbd: reconnected to {:?}", cfg.uri.endpoint);
+                l.install(sock, p);
+                l.connecting.set(false);
+                l.reconnected.notify_all();
+                return;
+            }
+            Ok(Ok(_)) => tracing::error!("nbd: export changed size or flags across reconnect"),
+            Ok(Err(e)) => tracing::debug!("nbd: reconnect failed: {e}"),
+            Err(_) => tracing::debug!("nbd: reconnect timed out"),
+        }
+        if start.elapsed() >= cfg.timeout {
+            l.connecting.set(false);
+            l.reconnected.notify_all(); // waiters re-check their deadlines
+            return;
+        }
+        drop(l);
+        rt::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Read replies until the connection breaks; then report every request in flight as lost.
+async fn reader(c: Rc<Conn>) {
+    if let Err(e) = read_replies(&c).await
+        && !c.dead.get()
+    {
+        tracing::warn!("nbd: connection lost: {e}");
+    }
+    c.kill();
+    let lost: Vec<Pending> = c.pending.borrow_mut().drain().map(|(_, p)| p).collect();
+    for p in lost {
+        if let Some(tx) = p.tx {
+            let _ = tx.send(Outcome::Lost);
+        }
+    }
+}
+
+fn bad(why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("protocol violation: {why}"),
+    )
+}
+
+/// Largest chunk payload we accept for error and block status chunks.
+const MAX_META_CHUNK: u32 = 1 << 20;
+
+async fn read_replies(c: &Conn) -> io::Result<()> {
+    let mut hdr = IoBuf::with_capacity(proto::STRUCTURED_REPLY_LEN);
+    loop {
+        c.sock.read_into(&mut hdr, proto::SIMPLE_REPLY_LEN).await?;
+        let h = match proto::parse_reply_header(hdr.as_slice()).map_err(|e| bad(e.0))? {
+            Some(h) => h,
+            None => {
+                hdr.set_len(proto::STRUCTURED_REPLY_LEN);
+                rt::netx::recv_range(c.sock.fd(), &mut hdr, 16, 4).await?;
+                proto::parse_reply_header(hdr.as_slice())
+                    .map_err(|e| bad(e.0))?
+                    .ok_or_else(|| bad("short chunk header"))?
+            }
+        };
+        let handle = match h {
+            ReplyHeader::Simple { handle, .. } | ReplyHeader::Chunk { handle, .. } => handle,
+        };
+        // Take the request out while its payload is read, so no RefCell borrow spans an await.
+        let mut p = c
+            .pending
+            .borrow_mut()
+            .remove(&handle)
+            .ok_or_else(|| bad("reply to unknown handle"))?;
+        let done = match h {
+            ReplyHeader::Simple { error, .. } => {
+                if error != 0 {
+                    p.error = Some(error);
+                } else if let Some(buf) = p.data.as_mut() {
+                    if c.params.structured {
+                        return Err(bad("simple reply with data after structured replies"));
+                    }
+                    rt::net::recv_exact(c.sock.fd(), buf).await?;
+                }
+                true
+            }
+            ReplyHeader::Chunk {
+                flags, typ, len, ..
+            } => {
+                read_chunk(c, &mut p, typ, len).await?;
+                flags & chunk::FLAG_DONE != 0
+            }
+        };
+        if !done {
+            c.pending.borrow_mut().insert(handle, p);
+            continue;
+        }
+        if let Some(tx) = p.tx {
+            let out = match p.error {
+                Some(e) => Err(e),
+                None => Ok(Answer {
+                    data: p.data,
+                    status: p.status,
+                }),
+            };
+            let _ = tx.send(Outcome::Done(out));
+        }
+    }
+}
+
+/// Consume one structured chunk of `len` payload bytes for request `p`.
+async fn read_chunk(c: &Conn, p: &mut Pending, typ: u16, len: u32) -> io::Result<()> {
+    let end = p.off + p.len as u64;
+    match typ {
+        chunk::NONE if len == 0 => Ok(()),
+        chunk::OFFSET_DATA if p.typ == proto::cmd::READ && len > 8 => {
+            let at = proto::parse_offset(&c.sock.read_vec(8).await?).map_err(|e| bad(e.0))?;
+            let n = (len - 8) as u64;
+            if at < p.off || at.checked_add(n).is_none_or(|e| e > end) {
+                return Err(bad("data chunk outside the request"));
+            }
+            let buf = p.data.as_mut().expect("read has a buffer");
+            rt::netx::recv_range(c.sock.fd(), buf, (at - p.off) as usize, n as usize).await
+        }
+        chunk::OFFSET_HOLE if p.typ == proto::cmd::READ && len == 12 => {
+            let (at, n) = proto::parse_hole(&c.sock.read_vec(12).await?).map_err(|e| bad(e.0))?;
+            if at < p.off || at + n as u64 > end {
+                return Err(bad("hole chunk outside the request"));
+            }
+            let s = (at - p.off) as usize;
+            p.data.as_mut().expect("read has a buffer").as_mut_slice()[s..s + n as usize].fill(0);
+            Ok(())
+        }
+        chunk::BLOCK_STATUS if p.typ == proto::cmd::BLOCK_STATUS && len <= MAX_META_CHUNK => {
+            let (ctx, d) = proto::parse_block_status(&c.sock.read_vec(len as usize).await?)
+                .map_err(|e| bad(e.0))?;
+            if Some(ctx) == c.params.base_allocation {
+                p.status = d;
+            }
+            Ok(())
+        }
+        t if chunk::is_error(t) && len <= MAX_META_CHUNK => {
+            let e = proto::parse_error_payload(&c.sock.read_vec(len as usize).await?)
+                .map_err(|e| bad(e.0))?;
+            p.error.get_or_insert(e);
+            Ok(())
+        }
+        _ => Err(bad("unexpected chunk type or length")),
+    }
+}
