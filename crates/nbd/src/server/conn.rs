@@ -42,18 +42,23 @@ pub async fn serve<Q: TargetQueue + 'static>(
     lim: ConnLimits,
 ) {
     let session = match rt::time::timeout(lim.handshake_timeout, negotiate(&sock, &export)).await {
-        Ok(Ok(Some(s))) => s,
-        Ok(Ok(None)) => return,
+        Ok(Ok(Some(s))) => Some(s),
+        Ok(Ok(None)) => None,
         Ok(Err(e)) => {
             tracing::debug!("nbd: negotiation failed: {e}");
-            return;
+            None
         }
         Err(_) => {
             tracing::debug!("nbd: negotiation timed out");
-            return;
+            None
         }
     };
-    transmit(sock, q, &export, &session, lim).await;
+    match session {
+        Some(s) => transmit(sock.clone(), q, &export, &s, lim).await,
+        // Closing the fd is not enough: an abandoned recv still in the ring holds the socket
+        // open. Shutting it down completes that recv and tells the client at once.
+        None => sock.shutdown(Shutdown::Both),
+    }
 }
 
 /// Greeting and option haggling. `Ok(None)`: the client aborted or must be dropped.
