@@ -7,6 +7,8 @@
 //! - [`client`]: `NbdTarget`, an NBD client used as a block device backend.
 
 pub mod client;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod local;
 pub mod proto;
 pub mod server;
