@@ -38,6 +38,8 @@ enum Outcome {
     Done(Result<Answer, u32>),
     /// The connection broke before the reply: send again.
     Lost,
+    /// The deadline passed while the server held the request.
+    TimedOut,
 }
 
 struct Pending {
@@ -48,6 +50,9 @@ struct Pending {
     data: Option<IoBuf>,
     status: Vec<proto::Descriptor>,
     error: Option<u32>,
+    /// Bytes of READ data received (structured replies must cover the whole request).
+    covered: u64,
+    deadline: Instant,
     /// `None` once the requester stopped waiting; the reply is still consumed.
     tx: Option<OneshotSender<Outcome>>,
 }
@@ -84,6 +89,7 @@ pub struct Link {
     /// needs a runtime to spawn on).
     initial: RefCell<Option<Sock>>,
     connecting: Cell<bool>,
+    watchdog: Cell<bool>,
     reconnected: Rc<Notify>,
     next_handle: Cell<u64>,
 }
@@ -102,6 +108,7 @@ impl Link {
             conn: RefCell::new(None),
             initial: RefCell::new(sock),
             connecting: Cell::new(false),
+            watchdog: Cell::new(false),
             reconnected: Rc::new(Notify::default()),
             next_handle: Cell::new(1),
         })
@@ -125,6 +132,9 @@ impl Link {
 
     /// A live connection, waiting for a reconnect until `deadline`.
     async fn live(self: &Rc<Self>, deadline: Instant) -> io::Result<Rc<Conn>> {
+        if !self.watchdog.replace(true) {
+            rt::spawn(watchdog(Rc::downgrade(self), self.cfg.timeout));
+        }
         let first = self.initial.borrow_mut().take();
         if let Some(sock) = first {
             self.install(sock, self.params);
@@ -178,6 +188,8 @@ impl Link {
                     data,
                     status: Vec::new(),
                     error: None,
+                    covered: 0,
+                    deadline,
                     tx: Some(tx),
                 },
             );
@@ -199,23 +211,12 @@ impl Link {
             if sent.is_err() {
                 c.kill(); // the reader reports every request on it as lost, this one included
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rt::time::timeout(left, rx.recv()).await {
-                Ok(Some(Outcome::Done(Ok(a)))) => return Ok(a),
-                Ok(Some(Outcome::Done(Err(e)))) => return Err(proto::wire_to_io(e)),
-                Ok(Some(Outcome::Lost)) | Ok(None) => continue,
-                Err(_) => {
-                    // Stuck server: give up on this connection (its requests retry elsewhere).
-                    tracing::warn!(
-                        "nbd: request timed out after {:?}; reconnecting",
-                        self.cfg.timeout
-                    );
-                    if let Some(p) = c.pending.borrow_mut().get_mut(&handle) {
-                        p.tx = None;
-                    }
-                    c.kill();
-                    return Err(eio());
-                }
+            // No timer per request: the link's watchdog enforces deadlines.
+            match rx.recv().await {
+                Some(Outcome::Done(Ok(a))) => return Ok(a),
+                Some(Outcome::Done(Err(e))) => return Err(proto::wire_to_io(e)),
+                Some(Outcome::Lost) | None => continue,
+                Some(Outcome::TimedOut) => return Err(eio()),
             }
         }
     }
@@ -244,6 +245,34 @@ impl Drop for Link {
     fn drop(&mut self) {
         if let Some(c) = self.conn.borrow().as_ref() {
             c.kill(); // ends the reader task
+        }
+    }
+}
+
+/// Fail requests whose deadline passed on a live connection, and drop that connection: a server
+/// that sits on a request is stuck, and its other requests are better re-sent on a fresh one.
+/// One timer per link instead of one per request.
+async fn watchdog(link: Weak<Link>, timeout: Duration) {
+    let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        rt::time::sleep(tick).await;
+        let Some(l) = link.upgrade() else { return };
+        let Some(c) = l.conn.borrow().clone() else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut expired = false;
+        for p in c.pending.borrow_mut().values_mut() {
+            if p.deadline <= now
+                && let Some(tx) = p.tx.take()
+            {
+                expired = true;
+                let _ = tx.send(Outcome::TimedOut);
+            }
+        }
+        if expired && !c.dead.get() {
+            tracing::warn!("nbd: request timed out after {timeout:?}; reconnecting");
+            c.kill();
         }
     }
 }
@@ -344,6 +373,7 @@ async fn read_replies(c: &Conn) -> io::Result<()> {
                         return Err(bad("simple reply with data after structured replies"));
                     }
                     rt::net::recv_exact(c.sock.fd(), buf).await?;
+                    p.covered = p.len as u64;
                 }
                 true
             }
@@ -357,6 +387,9 @@ async fn read_replies(c: &Conn) -> io::Result<()> {
         if !done {
             c.pending.borrow_mut().insert(handle, p);
             continue;
+        }
+        if p.typ == proto::cmd::READ && p.error.is_none() && p.covered != p.len as u64 {
+            return Err(bad("read reply does not cover the request"));
         }
         if let Some(tx) = p.tx {
             let out = match p.error {
@@ -383,6 +416,7 @@ async fn read_chunk(c: &Conn, p: &mut Pending, typ: u16, len: u32) -> io::Result
                 return Err(bad("data chunk outside the request"));
             }
             let buf = p.data.as_mut().expect("read has a buffer");
+            p.covered += n;
             rt::netx::recv_range(c.sock.fd(), buf, (at - p.off) as usize, n as usize).await
         }
         chunk::OFFSET_HOLE if p.typ == proto::cmd::READ && len == 12 => {
@@ -390,6 +424,7 @@ async fn read_chunk(c: &Conn, p: &mut Pending, typ: u16, len: u32) -> io::Result
             if at < p.off || at + n as u64 > end {
                 return Err(bad("hole chunk outside the request"));
             }
+            p.covered += n as u64;
             let s = (at - p.off) as usize;
             p.data.as_mut().expect("read has a buffer").as_mut_slice()[s..s + n as usize].fill(0);
             Ok(())

@@ -268,13 +268,11 @@ fn worker<T: Target>(
         let conns: Rc<RefCell<HashMap<u64, Rc<Sock>>>> = Default::default();
         let mut next_key = 0u64;
         let gone = Rc::new(Notify::default());
+        // One poll for the whole loop: a fresh one per accept would leave an armed op behind
+        // for every connection.
+        let mut stop = std::pin::pin!(rt::poll::readable(shutdown.fd()));
         loop {
-            let fd = match select2(
-                rt::net::accept(listener.fd()),
-                rt::poll::readable(shutdown.fd()),
-            )
-            .await
-            {
+            let fd = match select2(rt::net::accept(listener.fd()), stop.as_mut()).await {
                 Either::Right(_) => break,
                 Either::Left(Ok(fd)) => fd,
                 Either::Left(Err(e)) => {
