@@ -23,6 +23,8 @@ pub const FEATURES: &[(u64, &str)] = &[
     (UBLK_F_INTEGRITY, "INTEGRITY"),
     (UBLK_F_SAFE_STOP_DEV, "SAFE_STOP_DEV"),
     (UBLK_F_NO_AUTO_PART_SCAN, "NO_AUTO_PART_SCAN"),
+    (UBLK_F_SHMEM_ZC, "SHMEM_ZC"),
+    (UBLK_F_IO_DESC_SIZE, "IO_DESC_SIZE"),
 ];
 
 /// Names of the set bits; unknown bits appear as `BIT_n`.

@@ -104,6 +104,8 @@ pub const UBLK_F_BATCH_IO: u64 = 1 << 15;
 pub const UBLK_F_INTEGRITY: u64 = 1 << 16;
 pub const UBLK_F_SAFE_STOP_DEV: u64 = 1 << 17;
 pub const UBLK_F_NO_AUTO_PART_SCAN: u64 = 1 << 18;
+pub const UBLK_F_SHMEM_ZC: u64 = 1 << 19;
+pub const UBLK_F_IO_DESC_SIZE: u64 = 1 << 20;
 
 // Device states.
 pub const UBLK_S_DEV_DEAD: u16 = 0;

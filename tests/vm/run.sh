@@ -1,0 +1,235 @@
+#!/bin/bash
+# The VM suite: runs against the real ublk driver (inside the guest booted by scripts/vm.sh, or
+# directly on a host that has /dev/ublk-control). Usage: tests/vm/run.sh [--compat]
+#   --compat: the subset for the oldest supported kernel (fio verify per target, ext4 round trip).
+# Needs root, fio, e2fsprogs, util-linux. Ends with "N passed, N failed"; exits 1 on any failure.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+UBLKD=${UBLKD:-$ROOT/target/release/ublkd}
+COMPAT=0
+[ "${1:-}" = "--compat" ] && COMPAT=1
+SCRATCH=${SCRATCH:-/tmp/ublkd-suite}
+LOG_DIR=${LOG_DIR:-$SCRATCH/logs}
+rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+[ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
+modprobe ublk_drv 2>/dev/null
+[ -e /dev/ublk-control ] || { echo "ublk_drv is not available"; echo "0 passed, 1 failed"; exit 1; }
+echo "kernel $(uname -r), $(nproc) CPUs, ublkd $("$UBLKD" --version)"
+
+# Backing files live on a scratch file system; tmpfs if nothing else (buffered fallback).
+BACK=$SCRATCH/back
+mkdir -p "$BACK"
+
+fio_verify() { # DEV NAME BS IODEPTH [extra fio args]
+    local dev=$1 name=$2 bs=$3 qd=$4; shift 4
+    fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite \
+        $bs --iodepth="$qd" --size=24M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --randrepeat=0 --output-format=normal "$@" >"$LOG_DIR/fio-$name.out" 2>&1 || return 1
+    grep -q "err= 0" "$LOG_DIR/fio-$name.out" || return 1
+    ! grep -qi "verify: bad\|verify failed\|crc32c: verify" "$LOG_DIR/fio-$name.out"
+}
+
+test_fio_verify() { # TARGET-ARGS...
+    local label=$1; shift
+    local dev
+    dev=$("$UBLKD" add "$@" -q 2 -d 128) || { fail "verify $label: add"; return; }
+    check "verify $label 4k qd1" fio_verify "$dev" "$label-4k-qd1" "--bs=4k" 1
+    check "verify $label 4k qd128" fio_verify "$dev" "$label-4k-qd128" "--bs=4k" 128
+    check "verify $label 64k-512k qd1" fio_verify "$dev" "$label-big-qd1" "--bsrange=64k-512k" 1
+    check "verify $label 64k-512k qd128" fio_verify "$dev" "$label-big-qd128" "--bsrange=64k-512k" 128
+    check "del $label" "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+test_null_io() {
+    local dev
+    dev=$("$UBLKD" add -t null --size 4G -q 2) || { fail "null: add"; return; }
+    check "null 4k randrw qd128 no errors" fio --name=null --filename="$dev" --ioengine=io_uring --direct=1 \
+        --rw=randrw --bs=4k --iodepth=128 --runtime=3 --time_based
+    check "null 64k-512k qd1 no errors" fio --name=null2 --filename="$dev" --ioengine=io_uring --direct=1 \
+        --rw=randrw --bsrange=64k-512k --iodepth=1 --runtime=2 --time_based
+    check "null size is 4G" test "$(blockdev --getsize64 "$dev")" = $((4 << 30))
+    check "del null" "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+make_tree() { # DIR: a tree of files with varied sizes
+    local d=$1 i
+    mkdir -p "$d/a/b/c" "$d/x"
+    for i in $(seq 1 40); do head -c $((i * 3797)) /dev/urandom >"$d/a/f$i"; done
+    for i in $(seq 1 10); do head -c $((i * 65536 + 17)) /dev/urandom >"$d/a/b/c/g$i"; done
+    head -c $((3 << 20)) /dev/urandom >"$d/x/big"
+    cp -r /etc/ssl "$d/x/" 2>/dev/null || true
+}
+
+ext4_round_trip() { # DEV LABEL
+    local dev=$1 label=$2 mnt=$SCRATCH/mnt-$2 src=$SCRATCH/tree-$2
+    mkdir -p "$mnt"
+    rm -rf "$src"; make_tree "$src"
+    (cd "$src" && find . -type f -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums-$label"
+    mkfs.ext4 -q -F "$dev" || return 1
+    mount "$dev" "$mnt" || return 1
+    cp -a "$src/." "$mnt/" || { umount "$mnt"; return 1; }
+    umount "$mnt" || return 1
+    fsck.ext4 -fn "$dev" || return 1
+    mount "$dev" "$mnt" || return 1
+    (cd "$mnt" && find . -type f ! -path './lost+found/*' -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-$label"
+    umount "$mnt" || return 1
+    diff "$SCRATCH/sums-$label" "$SCRATCH/sums2-$label"
+}
+
+test_ext4() {
+    local dev file
+    dev=$("$UBLKD" add -t mem --size 256M -q 2) || { fail "ext4 mem: add"; return; }
+    check "ext4 on mem: mkfs, write, fsck, checksums" ext4_round_trip "$dev" mem
+    check "del ext4 mem" "$UBLKD" del -n "${dev#/dev/ublkb}"
+
+    file=$BACK/ext4.img
+    truncate -s 256M "$file"
+    dev=$("$UBLKD" add -t file --path "$file" -q 2) || { fail "ext4 file: add"; return; }
+    check "ext4 on file: mkfs, write, fsck, checksums" ext4_round_trip "$dev" file
+    local devsum
+    devsum=$(sha256sum <"$dev" | cut -d' ' -f1)
+    check "del ext4 file" "$UBLKD" del -n "${dev#/dev/ublkb}"
+    check "file device: backing file holds the device's bytes" test "$devsum" = "$(sha256sum <"$file" | cut -d' ' -f1)"
+}
+
+zeroes_after() { # DEV OFFSET LEN: the range reads as zeroes
+    cmp -s -n "$3" <(dd if="$1" bs=4096 skip=$(($2 / 4096)) count=$(($3 / 4096)) iflag=direct status=none) /dev/zero
+}
+
+discard_and_zeroes() { # DEV
+    local dev=$1
+    dd if=/dev/urandom of="$dev" bs=1M count=8 oflag=direct status=none || return 1
+    ! zeroes_after "$dev" 0 $((1 << 20)) || return 1
+    blkdiscard -o $((1 << 20)) -l $((1 << 20)) "$dev" || return 1
+    zeroes_after "$dev" $((1 << 20)) $((1 << 20)) || return 1
+    blkdiscard -z -o $((4 << 20)) -l $((2 << 20)) "$dev" || return 1
+    zeroes_after "$dev" $((4 << 20)) $((2 << 20)) || return 1
+    # Neighbours keep their data.
+    ! zeroes_after "$dev" 0 $((1 << 20)) && ! zeroes_after "$dev" $((3 << 20)) $((1 << 20))
+}
+
+test_discard() {
+    local dev
+    dev=$("$UBLKD" add -t mem --size 64M) || { fail "discard mem: add"; return; }
+    check "mem: discard and write-zeroes read back zeroes" discard_and_zeroes "$dev"
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    truncate -s 64M "$BACK/discard.img"
+    dev=$("$UBLKD" add -t file --path "$BACK/discard.img") || { fail "discard file: add"; return; }
+    check "file: discard and write-zeroes read back zeroes" discard_and_zeroes "$dev"
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+test_deep_queue() {
+    local dev
+    dev=$("$UBLKD" add -t null --size 1G -q 1 -d 4096) || { fail "depth 4096: add"; return; }
+    check "depth 4096 granted" bash -c "'$UBLKD' list -n ${dev#/dev/ublkb} --json | grep -q '\"depth\": 4096'"
+    check "fio at qd 4096 completes" fio --name=deep --filename="$dev" --ioengine=io_uring --direct=1 \
+        --rw=randread --bs=4k --iodepth=4096 --iodepth_batch_submit=256 --iodepth_batch_complete_max=256 \
+        --number_ios=20000 --size=1G
+    local pid rss
+    pid=$("$UBLKD" list -n "${dev#/dev/ublkb}" --json | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$')
+    rss=$(awk '/VmRSS/ {print $2}' /proc/"$pid"/status)
+    echo "depth-4096 daemon RSS after load: ${rss} KiB"
+    check "depth 4096 daemon RSS under 64 MiB after load" test "${rss:-999999}" -lt 65536
+    check "del depth 4096" "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+create_delete_32() {
+    local i ids=()
+    for i in $(seq 1 32); do
+        "$UBLKD" add -t null --size 16M -q 1 -d 8 >/dev/null || return 1
+    done
+    [ "$(ls /dev | grep -c '^ublkb')" -eq 32 ] || return 1
+    "$UBLKD" del --all || return 1
+    [ "$(ls /dev | grep -c '^ublk[bc]')" -eq 0 ]
+}
+
+test_many_devices() {
+    check "32 devices created and deleted" create_delete_32
+}
+
+test_bad_input() {
+    local f=$BACK/small.img
+    truncate -s 1M "$f"
+    expect_error "bad: unknown target" "invalid value 'qcow9'" "$UBLKD" add -t qcow9 --size 1G
+    expect_error "bad: unknown flag" "unexpected argument '--bogus'" "$UBLKD" add -t null --size 1G --bogus
+    expect_error "bad: size not a block multiple" "not a multiple of the 512-byte block size" "$UBLKD" add -t null --size 1000
+    expect_error "bad: garbage size" "invalid size" "$UBLKD" add -t null --size 12Q
+    expect_error "bad: depth 0" "outside 1..=4096" "$UBLKD" add -t null --size 1G -d 0
+    expect_error "bad: depth 4097" "outside 1..=4096" "$UBLKD" add -t null --size 1G -d 4097
+    expect_error "bad: missing file" "No such file" "$UBLKD" add -t file --path "$BACK/none.img"
+    expect_error "bad: directory as file" "neither a regular file" "$UBLKD" add -t file --path "$BACK"
+    expect_error "bad: file smaller than --size" "smaller than --size" "$UBLKD" add -t file --path "$f" --size 2M
+    expect_error "bad: del of missing id" "device 77 does not exist" "$UBLKD" del -n 77
+    expect_error "bad: list of missing id" "device 77 does not exist" "$UBLKD" list -n 77
+    local dev
+    dev=$("$UBLKD" add -t null --size 1G -n 5) || { fail "bad: add id 5"; return; }
+    expect_error "bad: id in use" "device id 5 is already in use" "$UBLKD" add -t null --size 1G -n 5
+    "$UBLKD" del -n 5
+    if id nobody >/dev/null 2>&1; then
+        expect_error "bad: not root" "must run as root" setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" add -t null --size 1G
+    fi
+    check_clean "bad input leaves nothing behind"
+    # Last: without the driver (no devices may exist for rmmod to work).
+    if rmmod ublk_drv 2>/dev/null; then
+        expect_error "bad: driver not loaded" "modprobe ublk_drv" "$UBLKD" add -t null --size 1G
+        expect_error "bad: list without driver" "modprobe ublk_drv" "$UBLKD" list
+        modprobe ublk_drv
+    else
+        fail "bad: driver not loaded" "could not rmmod ublk_drv"
+    fi
+}
+
+test_features() {
+    check "features lists CMD_IOCTL_ENCODE" bash -c "'$UBLKD' features --json | grep -q CMD_IOCTL_ENCODE"
+}
+
+test_list_json() {
+    local dev out
+    dev=$("$UBLKD" add -t mem --size 64M -q 1 -d 32) || { fail "list: add"; return; }
+    out=$("$UBLKD" list --json)
+    check "list --json shows the device live with its target" \
+        bash -c "echo '$out' | grep -q '\"state\": \"live\"' && echo '$out' | grep -q '\"depth\": 32' && echo '$out' | grep -q 'mem 64M'"
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+test_user_copy() {
+    local dev
+    dev=$("$UBLKD" add -t mem --size 64M -q 2 --user-copy) || { fail "user-copy: add"; return; }
+    check "user-copy: list shows the mode" bash -c "'$UBLKD' list --json | grep -q '\"mode\": \"user-copy\"'"
+    check "user-copy mem verify 4k-512k qd32" fio_verify "$dev" "usercopy" "--bsrange=4k-512k" 32
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+truncate -s 256M "$BACK/verify.img"
+if [ "$COMPAT" = 1 ]; then
+    test_fio_verify mem -t mem --size 256M
+    test_fio_verify file -t file --path "$BACK/verify.img"
+    test_null_io
+    test_ext4
+else
+    test_features
+    test_fio_verify mem -t mem --size 256M
+    test_fio_verify file -t file --path "$BACK/verify.img"
+    test_fio_verify file-buffered -t file --path "$BACK/verify.img" --buffered
+    test_null_io
+    test_user_copy
+    test_ext4
+    test_discard
+    test_deep_queue
+    test_many_devices
+    test_list_json
+    test_bad_input
+fi
+"$UBLKD" del --all 2>/dev/null
+check_clean "no device, daemon or state file left after the suite"
+
+echo
+[ "$FAILED" -gt 0 ] && printf 'failed: %s\n' "${FAILED_NAMES[@]}"
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
