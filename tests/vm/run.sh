@@ -28,7 +28,7 @@ mkdir -p "$BACK"
 fio_verify() { # DEV NAME BS IODEPTH [extra fio args]
     local dev=$1 name=$2 bs=$3 qd=$4; shift 4
     fio --name="$name" --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite \
-        $bs --iodepth="$qd" --size=24M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        $bs --iodepth="$qd" --size=16M --verify=crc32c --do_verify=1 --verify_fatal=1 \
         --randrepeat=0 --output-format=normal "$@" >"$LOG_DIR/fio-$name.out" 2>&1 || return 1
     grep -q "err= 0" "$LOG_DIR/fio-$name.out" || return 1
     ! grep -qi "verify: bad\|verify failed\|crc32c: verify" "$LOG_DIR/fio-$name.out"
@@ -127,6 +127,9 @@ test_discard() {
 test_deep_queue() {
     local dev
     dev=$("$UBLKD" add -t null --size 1G -q 1 -d 4096) || { fail "depth 4096: add"; return; }
+    local idle_pid
+    idle_pid=$("$UBLKD" list -n "${dev#/dev/ublkb}" --json | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$')
+    echo "depth-4096 daemon RSS at idle: $(awk '/VmRSS/ {print $2}' /proc/"$idle_pid"/status) KiB"
     check "depth 4096 granted" bash -c "'$UBLKD' list -n ${dev#/dev/ublkb} --json | grep -q '\"depth\": 4096'"
     check "fio at qd 4096 completes" fio --name=deep --filename="$dev" --ioengine=io_uring --direct=1 \
         --rw=randread --bs=4k --iodepth=4096 --iodepth_batch_submit=256 --iodepth_batch_complete_max=256 \

@@ -215,7 +215,13 @@ impl IoBuf {
             }
             // SAFETY: the range lies within this view's stride of our mapping and is page
             // aligned; DONTNEED on private anonymous memory drops the pages (they read as zero).
-            unsafe { libc::madvise(self.mem.ptr.add(self.off + start).cast(), end - start, libc::MADV_DONTNEED) };
+            unsafe {
+                libc::madvise(
+                    self.mem.ptr.add(self.off + start).cast(),
+                    end - start,
+                    libc::MADV_DONTNEED,
+                )
+            };
         }
     }
 }

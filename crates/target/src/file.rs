@@ -9,7 +9,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::{OpenError, Caps, Extent, Geometry, IoBuf, Target, TargetQueue};
+use crate::{Caps, Extent, Geometry, IoBuf, OpenError, Target, TargetQueue};
 
 pub struct FileTarget {
     file: Arc<File>,
@@ -111,13 +111,15 @@ impl FileTarget {
             }
         }
         let size = match size {
-            Some(s) if s > file_size => return Err(OpenError::Invalid(format!(
+            Some(s) if s > file_size => {
+                return Err(OpenError::Invalid(format!(
                 "{} holds {} bytes, smaller than --size {} (grow it first, e.g. truncate -s {})",
                 path.display(),
                 file_size,
                 s,
                 s
-            ))),
+            )))
+            }
             Some(s) => s,
             None => file_size,
         };

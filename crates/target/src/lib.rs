@@ -15,7 +15,6 @@ pub mod mem;
 pub mod null;
 pub mod size;
 
-
 /// Why a target could not be opened; the message is one line for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

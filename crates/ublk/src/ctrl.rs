@@ -16,7 +16,9 @@ pub const CONTROL_PATH: &str = "/dev/ublk-control";
 /// Why the control device could not be used, in words a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{CONTROL_PATH} does not exist: the ublk_drv module is not loaded (run: modprobe ublk_drv)")]
+    #[error(
+        "{CONTROL_PATH} does not exist: the ublk_drv module is not loaded (run: modprobe ublk_drv)"
+    )]
     NoDriver,
     #[error("permission denied on {CONTROL_PATH}: ublkd must run as root")]
     NotRoot,
@@ -31,12 +33,18 @@ pub struct Control {
 
 impl Control {
     pub fn open() -> Result<Control, ControlError> {
-        let fd = OpenOptions::new().read(true).write(true).open(CONTROL_PATH).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => ControlError::NoDriver,
-            io::ErrorKind::PermissionDenied => ControlError::NotRoot,
-            _ => ControlError::Other(e),
-        })?;
-        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder().build(4).map_err(ControlError::Other)?;
+        let fd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(CONTROL_PATH)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => ControlError::NoDriver,
+                io::ErrorKind::PermissionDenied => ControlError::NotRoot,
+                _ => ControlError::Other(e),
+            })?;
+        let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+            .build(4)
+            .map_err(ControlError::Other)?;
         Ok(Control { fd, ring })
     }
 
@@ -46,10 +54,14 @@ impl Control {
         // SAFETY: ublksrv_ctrl_cmd is 32 bytes of plain data; we copy it into the payload.
         let raw: [u8; 32] = unsafe { std::mem::transmute(c) };
         bytes[..32].copy_from_slice(&raw);
-        let e = opcode::UringCmd80::new(types::Fd(self.fd.as_raw_fd()), op).cmd(bytes).build().user_data(1);
+        let e = opcode::UringCmd80::new(types::Fd(self.fd.as_raw_fd()), op)
+            .cmd(bytes)
+            .build()
+            .user_data(1);
         // SAFETY: `c.addr` (if any) points to a buffer that the caller keeps alive until this
         // function returns, and we wait for the completion before returning.
-        unsafe { self.ring.submission().push(&e) }.map_err(|_| io::Error::other("control ring full"))?;
+        unsafe { self.ring.submission().push(&e) }
+            .map_err(|_| io::Error::other("control ring full"))?;
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => break,
@@ -57,7 +69,11 @@ impl Control {
                 Err(e) => return Err(e),
             }
         }
-        let cqe = self.ring.completion().next().ok_or_else(|| io::Error::other("control: no completion"))?;
+        let cqe = self
+            .ring
+            .completion()
+            .next()
+            .ok_or_else(|| io::Error::other("control: no completion"))?;
         let res = cqe.result();
         if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
@@ -67,7 +83,11 @@ impl Control {
     }
 
     fn header(dev_id: u32) -> ublksrv_ctrl_cmd {
-        ublksrv_ctrl_cmd { dev_id, queue_id: u16::MAX, ..Default::default() }
+        ublksrv_ctrl_cmd {
+            dev_id,
+            queue_id: u16::MAX,
+            ..Default::default()
+        }
     }
 
     /// Features this kernel's driver supports (Linux 6.5+; older kernels: EOPNOTSUPP/EINVAL).
@@ -99,7 +119,10 @@ impl Control {
     }
 
     pub fn get_params(&mut self, dev_id: u32) -> io::Result<ublk_params> {
-        let mut p = ublk_params { len: std::mem::size_of::<ublk_params>() as u32, ..Default::default() };
+        let mut p = ublk_params {
+            len: std::mem::size_of::<ublk_params>() as u32,
+            ..Default::default()
+        };
         let mut c = Self::header(dev_id);
         c.addr = &mut p as *mut _ as u64;
         c.len = p.len as u16;
@@ -116,7 +139,8 @@ impl Control {
 
     /// Remove the disk; the queues' pending fetches complete with UBLK_IO_RES_ABORT.
     pub fn stop_dev(&mut self, dev_id: u32) -> io::Result<()> {
-        self.cmd(UBLK_U_CMD_STOP_DEV, Self::header(dev_id)).map(drop)
+        self.cmd(UBLK_U_CMD_STOP_DEV, Self::header(dev_id))
+            .map(drop)
     }
 
     /// Delete the device. Waits until its char device is closed by everyone.
@@ -160,12 +184,15 @@ impl Control {
         c.addr = mask.as_mut_ptr() as u64;
         c.len = mask.len() as u16;
         self.cmd(UBLK_U_CMD_GET_QUEUE_AFFINITY, c)?;
-        Ok((0..mask.len() * 8).filter(|i| mask[i / 8] & (1 << (i % 8)) != 0).collect())
+        Ok((0..mask.len() * 8)
+            .filter(|i| mask[i / 8] & (1 << (i % 8)) != 0)
+            .collect())
     }
 
     /// Begin handing a device whose daemon died to a new daemon.
     pub fn start_user_recovery(&mut self, dev_id: u32) -> io::Result<()> {
-        self.cmd(UBLK_U_CMD_START_USER_RECOVERY, Self::header(dev_id)).map(drop)
+        self.cmd(UBLK_U_CMD_START_USER_RECOVERY, Self::header(dev_id))
+            .map(drop)
     }
 
     /// Finish recovery once every tag of every queue is fetched again.

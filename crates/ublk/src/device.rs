@@ -56,7 +56,10 @@ pub fn kernel_features(ctrl: &mut Control) -> Option<u64> {
 
 /// Fill `ublk_params` from a target's geometry.
 pub fn params_for(geo: &Geometry, max_io: u32) -> ublk_params {
-    let mut p = ublk_params { types: UBLK_PARAM_TYPE_BASIC, ..Default::default() };
+    let mut p = ublk_params {
+        types: UBLK_PARAM_TYPE_BASIC,
+        ..Default::default()
+    };
     let c = geo.caps;
     let mut attrs = 0;
     if c.read_only {
@@ -114,13 +117,25 @@ impl Device {
     /// exists. On any error everything created so far is torn down.
     pub fn create<T: Target>(target: Arc<T>, opts: &DeviceOptions) -> Result<Device, DeviceError> {
         if opts.depth == 0 || opts.depth as u32 > UBLK_MAX_QUEUE_DEPTH {
-            return Err(DeviceError::Invalid(format!("queue depth {} is outside 1..={UBLK_MAX_QUEUE_DEPTH}", opts.depth)));
+            return Err(DeviceError::Invalid(format!(
+                "queue depth {} is outside 1..={UBLK_MAX_QUEUE_DEPTH}",
+                opts.depth
+            )));
         }
         if opts.queues == 0 || opts.queues as u32 > UBLK_MAX_NR_QUEUES {
-            return Err(DeviceError::Invalid(format!("queue count {} is outside 1..={UBLK_MAX_NR_QUEUES}", opts.queues)));
+            return Err(DeviceError::Invalid(format!(
+                "queue count {} is outside 1..={UBLK_MAX_NR_QUEUES}",
+                opts.queues
+            )));
         }
-        if opts.max_io < 4096 || opts.max_io > (1 << UBLK_IO_BUF_BITS) || !opts.max_io.is_power_of_two() {
-            return Err(DeviceError::Invalid(format!("max I/O size {} must be a power of two in 4K..=32M", opts.max_io)));
+        if opts.max_io < 4096
+            || opts.max_io > (1 << UBLK_IO_BUF_BITS)
+            || !opts.max_io.is_power_of_two()
+        {
+            return Err(DeviceError::Invalid(format!(
+                "max I/O size {} must be a power of two in 4K..=32M",
+                opts.max_io
+            )));
         }
         let mut ctrl = Control::open()?;
         let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags;
@@ -145,10 +160,14 @@ impl Device {
             flags,
             ..Default::default()
         };
-        ctrl.add_dev(&mut info).map_err(|e| match e.raw_os_error() {
-            Some(libc::EEXIST) => DeviceError::IdInUse(want_id),
-            _ => DeviceError::Io { what: "ADD_DEV".into(), err: e },
-        })?;
+        ctrl.add_dev(&mut info)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EEXIST) => DeviceError::IdInUse(want_id),
+                _ => DeviceError::Io {
+                    what: "ADD_DEV".into(),
+                    err: e,
+                },
+            })?;
         let mut dev = Device {
             ctrl,
             info,
@@ -168,11 +187,16 @@ impl Device {
         }
         let geo = target.geometry();
         let params = params_for(&geo, dev.info.max_io_buf_bytes);
-        dev.ctrl.set_params(dev.info.dev_id, &params).map_err(ioerr("SET_PARAMS"))?;
+        dev.ctrl
+            .set_params(dev.info.dev_id, &params)
+            .map_err(ioerr("SET_PARAMS"))?;
         let cdev = Arc::new(open_char_dev(dev.info.dev_id)?);
         dev.cdev = Some(cdev.clone());
         for q in 0..dev.info.nr_hw_queues {
-            let cpus = dev.ctrl.get_queue_affinity(dev.info.dev_id, q).unwrap_or_default();
+            let cpus = dev
+                .ctrl
+                .get_queue_affinity(dev.info.dev_id, q)
+                .unwrap_or_default();
             let cfg = QueueConfig {
                 dev_id: dev.info.dev_id,
                 q_id: q,
@@ -200,9 +224,14 @@ impl Device {
         }
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
-        dev.ctrl.start_dev(dev.info.dev_id, pid).map_err(ioerr("START_DEV"))?;
+        dev.ctrl
+            .start_dev(dev.info.dev_id, pid)
+            .map_err(ioerr("START_DEV"))?;
         dev.started = true;
-        wait_for_node(&format!("/dev/ublkb{}", dev.info.dev_id), Duration::from_secs(5))?;
+        wait_for_node(
+            &format!("/dev/ublkb{}", dev.info.dev_id),
+            Duration::from_secs(5),
+        )?;
         if let Ok(i) = dev.ctrl.get_dev_info(dev.info.dev_id) {
             dev.info = i;
         }
@@ -264,7 +293,12 @@ impl Device {
         match self.ctrl.del_dev(id) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
-            Err(e) => return Err(DeviceError::Io { what: format!("DEL_DEV {id}"), err: e }),
+            Err(e) => {
+                return Err(DeviceError::Io {
+                    what: format!("DEL_DEV {id}"),
+                    err: e,
+                })
+            }
         }
         Ok(stats)
     }
@@ -291,7 +325,12 @@ fn open_char_dev(id: u32) -> Result<File, DeviceError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => return Err(DeviceError::Io { what: format!("open {path}"), err: e }),
+            Err(e) => {
+                return Err(DeviceError::Io {
+                    what: format!("open {path}"),
+                    err: e,
+                })
+            }
         }
     }
 }
@@ -300,7 +339,10 @@ fn wait_for_node(path: &str, limit: Duration) -> Result<(), DeviceError> {
     let deadline = Instant::now() + limit;
     while !std::path::Path::new(path).exists() {
         if Instant::now() >= deadline {
-            return Err(DeviceError::Io { what: path.into(), err: io::ErrorKind::NotFound.into() });
+            return Err(DeviceError::Io {
+                what: path.into(),
+                err: io::ErrorKind::NotFound.into(),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -328,7 +370,13 @@ mod tests {
             size: 1 << 30,
             logical_block: 4096,
             physical_block: 4096,
-            caps: Caps { flush: true, fua: true, discard: true, write_zeroes: false, ..Caps::default() },
+            caps: Caps {
+                flush: true,
+                fua: true,
+                discard: true,
+                write_zeroes: false,
+                ..Caps::default()
+            },
         };
         let p = params_for(&geo, 512 << 10);
         assert_eq!(p.basic.logical_bs_shift, 12);
@@ -338,6 +386,10 @@ mod tests {
         assert_ne!(p.types & UBLK_PARAM_TYPE_DISCARD, 0);
         assert!(p.discard.max_discard_sectors > 0);
         assert_eq!(p.discard.max_write_zeroes_sectors, 0);
-        assert_eq!(p.discard.max_discard_sectors % 8, 0, "multiple of the logical block");
+        assert_eq!(
+            p.discard.max_discard_sectors % 8,
+            0,
+            "multiple of the logical block"
+        );
     }
 }

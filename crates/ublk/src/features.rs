@@ -33,7 +33,11 @@ pub fn names(flags: u64) -> Vec<String> {
         .filter(|b| flags & (1u64 << b) != 0)
         .map(|b| {
             let f = 1u64 << b;
-            FEATURES.iter().find(|(v, _)| *v == f).map(|(_, n)| n.to_string()).unwrap_or_else(|| format!("BIT_{b}"))
+            FEATURES
+                .iter()
+                .find(|(v, _)| *v == f)
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_else(|| format!("BIT_{b}"))
         })
         .collect()
 }
@@ -55,7 +59,10 @@ mod tests {
 
     #[test]
     fn names_known_and_unknown_bits() {
-        assert_eq!(names(UBLK_F_USER_COPY | UBLK_F_QUIESCE | (1 << 40)), vec!["USER_COPY", "QUIESCE", "BIT_40"]);
+        assert_eq!(
+            names(UBLK_F_USER_COPY | UBLK_F_QUIESCE | (1 << 40)),
+            vec!["USER_COPY", "QUIESCE", "BIT_40"]
+        );
         assert!(names(0).is_empty());
     }
 }

@@ -72,17 +72,29 @@ impl DescArray {
     fn map(fd: RawFd, q_id: u16, depth: u16) -> io::Result<DescArray> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let map_len = (depth as usize * std::mem::size_of::<ublksrv_io_desc>()).next_multiple_of(page);
+        let map_len =
+            (depth as usize * std::mem::size_of::<ublksrv_io_desc>()).next_multiple_of(page);
         let off = desc_mmap_offset(q_id, page);
         // SAFETY: a shared read-only mapping of the char device at the driver's documented offset;
         // the result is checked.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ, libc::MAP_SHARED | libc::MAP_POPULATE, fd, off as i64)
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                off as i64,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(DescArray { ptr: p.cast(), len: depth as usize, map_len })
+        Ok(DescArray {
+            ptr: p.cast(),
+            len: depth as usize,
+            map_len,
+        })
     }
 
     /// The descriptor of `tag`, read after its fetch completed (the driver wrote it before
@@ -159,8 +171,11 @@ pub fn run_queue<T: Target>(
     });
     let c2 = ctx.clone();
     rt.block_on(async move {
-        let tasks: Vec<_> =
-            bufs.into_iter().enumerate().map(|(tag, buf)| rt::spawn(tag_loop(c2.clone(), tag as u16, buf))).collect();
+        let tasks: Vec<_> = bufs
+            .into_iter()
+            .enumerate()
+            .map(|(tag, buf)| rt::spawn(tag_loop(c2.clone(), tag as u16, buf)))
+            .collect();
         let all = async {
             for t in tasks {
                 t.await;
@@ -174,15 +189,25 @@ pub fn run_queue<T: Target>(
     let s = rt.stats();
     drop(rt); // cancels and drains anything left before the buffers go
     drop(cdev);
-    Ok(QueueStats { requests: ctx.requests.get(), errors: ctx.errors.get(), enters: s.enters, completions: s.completions })
+    Ok(QueueStats {
+        requests: ctx.requests.get(),
+        errors: ctx.errors.get(),
+        enters: s.enters,
+        completions: s.completions,
+    })
 }
 
-async fn futures_select<A: std::future::Future<Output = ()> + Unpin, B: std::future::Future<Output = ()> + Unpin>(
+async fn futures_select<
+    A: std::future::Future<Output = ()> + Unpin,
+    B: std::future::Future<Output = ()> + Unpin,
+>(
     mut a: A,
     mut b: B,
 ) {
     std::future::poll_fn(|cx| {
-        if std::pin::Pin::new(&mut a).poll(cx).is_ready() || std::pin::Pin::new(&mut b).poll(cx).is_ready() {
+        if std::pin::Pin::new(&mut a).poll(cx).is_ready()
+            || std::pin::Pin::new(&mut b).poll(cx).is_ready()
+        {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
@@ -201,13 +226,24 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
             BufMode::Copy => buf.addr() as u64,
             BufMode::UserCopy => 0,
         };
-        let cmd = ublksrv_io_cmd { q_id: q.cfg.q_id, tag, result, addr }.to_bytes();
+        let cmd = ublksrv_io_cmd {
+            q_id: q.cfg.q_id,
+            tag,
+            result,
+            addr,
+        }
+        .to_bytes();
         let c = rt::fs::uring_cmd16(q.cdev, op, cmd, None, Some(buf.keepalive())).await;
         match c.result {
             UBLK_IO_RES_OK => {}
             UBLK_IO_RES_ABORT => return,
             e => {
-                tracing::error!(q = q.cfg.q_id, tag, "io command failed: {}", io::Error::from_raw_os_error(-e));
+                tracing::error!(
+                    q = q.cfg.q_id,
+                    tag,
+                    "io command failed: {}",
+                    io::Error::from_raw_os_error(-e)
+                );
                 return;
             }
         }
@@ -218,7 +254,8 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
         if touched > len.max(KEEP_RESIDENT) && q.resident.get() > RESIDENT_BUDGET {
             let keep = len.max(KEEP_RESIDENT).next_multiple_of(rt::buf::ALIGN);
             buf.release_from(keep);
-            q.resident.set(q.resident.get() - (touched - keep.min(touched)));
+            q.resident
+                .set(q.resident.get() - (touched - keep.min(touched)));
             touched = keep.min(touched);
         }
         result = handle(&q, tag, &desc, &mut buf).await;
@@ -239,7 +276,12 @@ fn errno(e: &io::Error) -> i32 {
 }
 
 /// Serve one request; the result goes into the commit (bytes done, or -errno).
-async fn handle<Q: TargetQueue>(q: &QueueCtx<Q>, tag: u16, d: &ublksrv_io_desc, buf: &mut IoBuf) -> i32 {
+async fn handle<Q: TargetQueue>(
+    q: &QueueCtx<Q>,
+    tag: u16,
+    d: &ublksrv_io_desc,
+    buf: &mut IoBuf,
+) -> i32 {
     let off = d.start_sector << 9;
     let len = (d.nr_sectors as u64) << 9;
     let t = &q.target;
@@ -272,7 +314,10 @@ async fn handle<Q: TargetQueue>(q: &QueueCtx<Q>, tag: u16, d: &ublksrv_io_desc, 
         }
         UBLK_IO_OP_FLUSH => t.flush().await.map(|_| ()),
         UBLK_IO_OP_DISCARD => t.discard(off, len).await,
-        UBLK_IO_OP_WRITE_ZEROES => t.write_zeroes(off, len, d.flags() & UBLK_IO_F_NOUNMAP == 0).await,
+        UBLK_IO_OP_WRITE_ZEROES => {
+            t.write_zeroes(off, len, d.flags() & UBLK_IO_F_NOUNMAP == 0)
+                .await
+        }
         other => {
             tracing::warn!(tag, op = other, "unsupported request op");
             return -libc::EOPNOTSUPP;

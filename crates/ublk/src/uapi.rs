@@ -287,13 +287,17 @@ pub struct ublk_params {
 /// Byte offset of the descriptor array of queue `q_id` in the char device's mmap space: the
 /// driver reserves room for the maximum depth per queue.
 pub fn desc_mmap_offset(q_id: u16, page_size: usize) -> u64 {
-    let per_queue = (UBLK_MAX_QUEUE_DEPTH as usize * size_of::<ublksrv_io_desc>()).next_multiple_of(page_size);
+    let per_queue =
+        (UBLK_MAX_QUEUE_DEPTH as usize * size_of::<ublksrv_io_desc>()).next_multiple_of(page_size);
     UBLKSRV_CMD_BUF_OFFSET + q_id as u64 * per_queue as u64
 }
 
 /// pread/pwrite offset of a request's data in user-copy mode.
 pub fn user_copy_offset(q_id: u16, tag: u16, byte_off: u64) -> u64 {
-    UBLKSRV_IO_BUF_OFFSET + ((q_id as u64) << UBLK_QID_OFF) + ((tag as u64) << UBLK_TAG_OFF) + byte_off
+    UBLKSRV_IO_BUF_OFFSET
+        + ((q_id as u64) << UBLK_QID_OFF)
+        + ((tag as u64) << UBLK_TAG_OFF)
+        + byte_off
 }
 
 #[cfg(test)]
@@ -320,7 +324,12 @@ mod tests {
 
     #[test]
     fn io_cmd_bytes_are_native_layout() {
-        let c = ublksrv_io_cmd { q_id: 1, tag: 2, result: -5, addr: 0x1122 };
+        let c = ublksrv_io_cmd {
+            q_id: 1,
+            tag: 2,
+            result: -5,
+            addr: 0x1122,
+        };
         let b = c.to_bytes();
         // SAFETY: ublksrv_io_cmd is repr(C) plain data of 16 bytes.
         let raw: [u8; 16] = unsafe { std::mem::transmute(c) };

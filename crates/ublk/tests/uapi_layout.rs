@@ -16,6 +16,9 @@ fn include_dir() -> Option<PathBuf> {
     p.join("linux/ublk_cmd.h").exists().then_some(p)
 }
 
+/// (name, C expression) pairs for the generated program, and (name, our value) pairs.
+type Table = (Vec<(&'static str, &'static str)>, Vec<(&'static str, u64)>);
+
 macro_rules! table {
     ($( $name:literal => $c:literal, $rust:expr; )*) => {
         (vec![$( ($name, $c) ),*], vec![$( ($name, ($rust) as u64) ),*])
@@ -31,7 +34,7 @@ fn layout_matches_the_kernel_header() {
         eprintln!("SKIP!!! uapi layout test: no 7.3 ublk_cmd.h (run scripts/kernels.sh)");
         return;
     };
-    let (c_exprs, rust): (Vec<(&str, &str)>, Vec<(&str, u64)>) = table! {
+    let (c_exprs, rust): Table = table! {
         "sz_ctrl_cmd" => "sizeof(struct ublksrv_ctrl_cmd)", size_of::<ublksrv_ctrl_cmd>();
         "off_ctrl_cmd_queue_id" => "offsetof(struct ublksrv_ctrl_cmd, queue_id)", offset_of!(ublksrv_ctrl_cmd, queue_id);
         "off_ctrl_cmd_len" => "offsetof(struct ublksrv_ctrl_cmd, len)", offset_of!(ublksrv_ctrl_cmd, len);
@@ -122,13 +125,27 @@ fn layout_matches_the_kernel_header() {
     let src = dir.path().join("layout.c");
     let mut c = String::from("#include <stdio.h>\n#include <stddef.h>\n#include <linux/ioctl.h>\n#include <linux/ublk_cmd.h>\nint main(void) {\n");
     for (name, expr) in &c_exprs {
-        c.push_str(&format!("  printf(\"{name} %llu\\n\", (unsigned long long)({expr}));\n"));
+        c.push_str(&format!(
+            "  printf(\"{name} %llu\\n\", (unsigned long long)({expr}));\n"
+        ));
     }
     c.push_str("  return 0;\n}\n");
     std::fs::write(&src, c).unwrap();
     let exe = dir.path().join("layout");
-    let out = Command::new("cc").arg("-I").arg(&inc).arg(&src).arg("-o").arg(&exe).output().expect("run cc");
-    assert!(out.status.success(), "compiling against {}: {}", inc.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("cc")
+        .arg("-I")
+        .arg(&inc)
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "compiling against {}: {}",
+        inc.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(&exe).output().unwrap();
     let kernel: HashMap<String, u64> = String::from_utf8(out.stdout)
         .unwrap()

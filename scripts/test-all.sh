@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Run every test: host unit/integration tests (cargo test), then the VM suite against the real
+# ublk driver: the full suite on Linux 7.3 and the compatibility subset on 6.12, each in one VM
+# boot. On a host whose own kernel has /dev/ublk-control the suite runs directly instead.
+#
+# Ends with one line "N passed, N failed" summing everything; exits non-zero on any failure.
+# In CI (CI=true) a VM that cannot boot or lacks ublk_drv is a failure. Only a developer's
+# local run may skip the VM part, and it says so loudly.
+#
+# Options: --host-only (skip the VM suite), --vm-only, --kernel 7.3|6.12 (just that one).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+host=1 vm=1 kernels=(7.3 6.12)
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --host-only) vm=0 ;;
+    --vm-only) host=0 ;;
+    --kernel) kernels=("$2"); shift ;;
+    *) echo "test-all.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+passed=0 failed=0
+out=$(mktemp -d /tmp/ublkd-test-all.XXXXXX)
+
+# Add the counts of a "N passed, N failed" line (the last one in $1).
+count_plain() {
+    local line p f
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
+    if [[ -z "$line" ]]; then
+        failed=$((failed + 1))
+        echo "test-all.sh: no result line in $1 (counted as one failure)"
+        return
+    fi
+    p=${line%% passed*}
+    f=${line#*, }; f=${f%% failed*}
+    passed=$((passed + p)) failed=$((failed + f))
+}
+
+if [[ $host -eq 1 ]]; then
+    echo "=== host: cargo test --workspace"
+    cargo test --workspace 2>&1 | tee "$out/cargo.log"
+    rc=${PIPESTATUS[0]}
+    while read -r p f; do
+        passed=$((passed + p)) failed=$((failed + f))
+    done < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$out/cargo.log")
+    if [[ $rc -ne 0 ]] && ! grep -q '^test result: FAILED' "$out/cargo.log"; then
+        echo "test-all.sh: cargo test failed before running tests (build error?)"
+        failed=$((failed + 1))
+    fi
+fi
+
+if [[ $vm -eq 1 ]]; then
+    echo "=== building release binaries for the VM suite"
+    if ! cargo build --release --workspace --bins; then
+        echo "test-all.sh: release build failed"
+        failed=$((failed + 1))
+    elif [[ -e /dev/ublk-control ]]; then
+        echo "=== this host has ublk_drv: running the VM suite directly on $(uname -r)"
+        tests/vm/run.sh 2>&1 | tee "$out/vm-host.log"
+        count_plain "$out/vm-host.log"
+    elif ! command -v vng >/dev/null 2>&1 && [[ "${CI:-}" != true ]]; then
+        echo "!!!!!!!! SKIPPING THE VM SUITE: no ublk driver here and virtme-ng is not installed."
+        echo "!!!!!!!! Run scripts/install-deps.sh to test against the real driver."
+    else
+        for k in "${kernels[@]}"; do
+            args=()
+            [[ $k == 6.12 ]] && args=(--compat)
+            echo "=== VM suite on Linux $k ${args[*]:-}"
+            scripts/vm.sh --kernel "$k" --timeout 2400 -- tests/vm/run.sh "${args[@]}" 2>&1 | tee "$out/vm-$k.log"
+            count_plain "$out/vm-$k.log"
+        done
+    fi
+fi
+
+echo
+echo "logs: $out"
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]
