@@ -119,6 +119,15 @@ impl<T: 'static> Drop for Op<T> {
             }
             Some(slot @ Lifecycle::Pending(_)) => {
                 *slot = Lifecycle::Ignored(Box::new(data));
+                drop(ops);
+                // Nobody wants the result: ask the kernel to end it early (a timer would
+                // otherwise stay armed for its whole duration). Ops that cannot be cancelled
+                // just complete normally; either way the slot keeps `data` until then.
+                let e = io_uring::opcode::AsyncCancel::new(self.key as u64)
+                    .build()
+                    .user_data(crate::runtime::IGNORED_USER_DATA);
+                // SAFETY: a cancel request carries no pointers.
+                unsafe { self.rt.push(&e) };
             }
             _ => {}
         }
