@@ -2,6 +2,7 @@
 
 use std::io;
 
+use nbd::client::{NbdQueue, NbdTarget};
 use target::file::{FileQueue, FileTarget};
 use target::mem::{MemQueue, MemTarget};
 use target::null::{NullQueue, NullTarget};
@@ -11,12 +12,25 @@ pub enum AnyTarget {
     Null(NullTarget),
     Mem(MemTarget),
     File(FileTarget),
+    Nbd(NbdTarget),
 }
 
 pub enum AnyQueue {
     Null(NullQueue),
     Mem(MemQueue),
     File(FileQueue),
+    Nbd(NbdQueue),
+}
+
+impl AnyTarget {
+    /// How many queues (ublk queues, NBD export threads) the target can serve: an NBD server
+    /// without multi-conn allows one; every other target has no limit.
+    pub fn max_queues(&self) -> usize {
+        match self {
+            AnyTarget::Nbd(t) => t.max_queues(),
+            _ => usize::MAX,
+        }
+    }
 }
 
 impl Target for AnyTarget {
@@ -26,6 +40,7 @@ impl Target for AnyTarget {
             AnyTarget::Null(t) => t.geometry(),
             AnyTarget::Mem(t) => t.geometry(),
             AnyTarget::File(t) => t.geometry(),
+            AnyTarget::Nbd(t) => t.geometry(),
         }
     }
     fn open_queue(&self, qid: u16) -> io::Result<AnyQueue> {
@@ -33,6 +48,7 @@ impl Target for AnyTarget {
             AnyTarget::Null(t) => AnyQueue::Null(t.open_queue(qid)?),
             AnyTarget::Mem(t) => AnyQueue::Mem(t.open_queue(qid)?),
             AnyTarget::File(t) => AnyQueue::File(t.open_queue(qid)?),
+            AnyTarget::Nbd(t) => AnyQueue::Nbd(t.open_queue(qid)?),
         })
     }
 }
@@ -43,6 +59,7 @@ macro_rules! each {
             AnyQueue::Null($q) => $e,
             AnyQueue::Mem($q) => $e,
             AnyQueue::File($q) => $e,
+            AnyQueue::Nbd($q) => $e,
         }
     };
 }

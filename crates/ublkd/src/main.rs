@@ -2,6 +2,7 @@
 //!
 //! `add` starts a daemon (this same binary, `ublkd serve`) that creates the device and serves it
 //! until `del` or SIGTERM; `list`, `del`, `features` talk to the driver and the state files.
+//! `export` serves a target over NBD in the foreground (no ublk driver needed).
 
 mod any;
 mod args;
@@ -16,7 +17,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ublkd", version, about = "Serve Linux block devices from userspace (ublk)")]
+#[command(
+    name = "ublkd",
+    version,
+    about = "Serve Linux block devices from userspace (ublk)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -30,6 +35,9 @@ enum Command {
     List(cmd::list::ListArgs),
     /// Stop a device's daemon and remove the device (also cleans up devices whose daemon died).
     Del(cmd::del::DelArgs),
+    /// Serve a target as an NBD export in the foreground (same -t options as add); stops on
+    /// SIGTERM/SIGINT.
+    Export(cmd::export::ExportArgs),
     /// Print the ublk features of the running kernel.
     Features(cmd::features::FeaturesArgs),
     /// Run the daemon for one device in the foreground (used by `add`).
@@ -48,7 +56,12 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("UBLKD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -56,13 +69,20 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
             // clap's first line is the error itself; the usage that follows is noise here.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
             eprintln!("ublkd: error: {first} (see ublkd --help)");
             return ExitCode::from(2);
         }
@@ -72,6 +92,7 @@ fn main() -> ExitCode {
         Command::Add(a) => cmd::add::run(a),
         Command::List(a) => cmd::list::run(a),
         Command::Del(a) => cmd::del::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Features(a) => cmd::features::run(a),
         Command::Serve(a) => serve::run(a),
     }

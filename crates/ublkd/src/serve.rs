@@ -44,8 +44,11 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     pub fn options(&self) -> Result<DeviceOptions, String> {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let max_io = u32::try_from(self.max_io).map_err(|_| format!("--max-io {} is too large", self.max_io))?;
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let max_io = u32::try_from(self.max_io)
+            .map_err(|_| format!("--max-io {} is too large", self.max_io))?;
         if self.depth == 0 || self.depth > 4096 {
             return Err(format!("--depth {} is outside 1..=4096", self.depth));
         }
@@ -57,7 +60,11 @@ impl DeviceArgs {
             queues: self.queues.unwrap_or(cpus.min(4) as u16),
             depth: self.depth,
             max_io,
-            mode: if self.user_copy { BufMode::UserCopy } else { BufMode::Copy },
+            mode: if self.user_copy {
+                BufMode::UserCopy
+            } else {
+                BufMode::Copy
+            },
             extra_flags: 0,
             busy_poll: self.busy_poll_us.map(Duration::from_micros),
         })
@@ -74,7 +81,7 @@ pub struct ServeArgs {
 }
 
 /// Block the stop signals in every thread; the main thread takes them with `sigtimedwait`.
-fn block_stop_signals() -> libc::sigset_t {
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigset operations on a local set; pthread_sigmask affects this thread and the
     // threads it spawns afterwards.
     unsafe {
@@ -89,8 +96,11 @@ fn block_stop_signals() -> libc::sigset_t {
 }
 
 /// Wait up to `d` for a stop signal; returns it.
-fn wait_signal(set: &libc::sigset_t, d: Duration) -> Option<i32> {
-    let ts = libc::timespec { tv_sec: d.as_secs() as _, tv_nsec: d.subsec_nanos() as _ };
+pub(crate) fn wait_signal(set: &libc::sigset_t, d: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: d.as_secs() as _,
+        tv_nsec: d.subsec_nanos() as _,
+    };
     // SAFETY: valid set and timeout pointers; a null siginfo is allowed.
     let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (s > 0).then_some(s)
@@ -102,7 +112,7 @@ pub fn run(a: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return crate::fail(e),
     };
-    let opts = match a.dev.options() {
+    let mut opts = match a.dev.options() {
         Ok(o) => o,
         Err(e) => return crate::fail(e),
     };
@@ -111,6 +121,9 @@ pub fn run(a: ServeArgs) -> ExitCode {
         Err(e) => return crate::fail(e),
     };
     let geo = target.geometry();
+    // An NBD server without multi-conn allows one connection, so one queue.
+    let (queues, clamp_note) = clamp_queues(opts.queues as usize, target.max_queues(), "queue");
+    opts.queues = queues as u16;
     let dev = match Device::create(target, &opts) {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
@@ -131,7 +144,10 @@ pub fn run(a: ServeArgs) -> ExitCode {
         log: state::log_path_for(id),
     };
     if let Err(e) = state::save(&st) {
-        tracing::warn!("cannot write state file {}: {e}", state::path_for(id).display());
+        tracing::warn!(
+            "cannot write state file {}: {e}",
+            state::path_for(id).display()
+        );
     }
     tracing::info!(
         "device {} live: {} queues x depth {}, max io {}, {} mode, target {}",
@@ -152,6 +168,9 @@ pub fn run(a: ServeArgs) -> ExitCode {
         drop(out);
         redirect_output(&st.log);
     }
+    if let Some(note) = clamp_note {
+        tracing::info!("{note}"); // after the redirect, so a daemon's log has it too
+    }
     let reason = loop {
         if let Some(s) = wait_signal(&sigs, Duration::from_millis(200)) {
             break format!("signal {s}");
@@ -166,7 +185,11 @@ pub fn run(a: ServeArgs) -> ExitCode {
     match r {
         Ok(stats) => {
             for (q, s) in stats.iter().enumerate() {
-                let batch = if s.enters > 0 { s.completions as f64 / s.enters as f64 } else { 0.0 };
+                let batch = if s.enters > 0 {
+                    s.completions as f64 / s.enters as f64
+                } else {
+                    0.0
+                };
                 tracing::info!(
                     "queue {q}: {} requests, {} errors, {} enters, {:.1} completions per enter",
                     s.requests,
@@ -182,9 +205,33 @@ pub fn run(a: ServeArgs) -> ExitCode {
     }
 }
 
+/// `want` queues (or export threads: `what`) lowered to what the target allows, and a note
+/// saying why when it had to be.
+pub(crate) fn clamp_queues(want: usize, max: usize, what: &str) -> (usize, Option<String>) {
+    if want <= max {
+        return (want, None);
+    }
+    let s = if max == 1 { "" } else { "s" };
+    let why = if max == 1 {
+        "server does not allow multi-conn".to_string()
+    } else {
+        format!("the target allows at most {max} {what}s")
+    };
+    (
+        max,
+        Some(format!("{why}: using {max} {what}{s} instead of {want}")),
+    )
+}
+
 /// Point stdout and stderr at the log file (append), stdin at /dev/null.
 fn redirect_output(log: &std::path::Path) {
-    let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(log) else { return };
+    let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    else {
+        return;
+    };
     let null = std::fs::File::open("/dev/null").ok();
     // SAFETY: dup2 onto the standard descriptors; both source fds are valid and stay open for
     // the duration of the calls.

@@ -2,5 +2,6 @@
 
 pub mod add;
 pub mod del;
+pub mod export;
 pub mod features;
 pub mod list;
