@@ -31,7 +31,7 @@ apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" \
     busybox-static kmod udev \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux \
-    ca-certificates curl xz-utils zstd dpkg-dev
+    xz-utils
 
 # The downgrade must leave a working qemu-img behind.
 qemu-img --version >/dev/null
@@ -39,6 +39,9 @@ qemu-system-x86_64 --version >/dev/null
 
 # virtme-ng (vng) boots a kernel with the host's root fs as the guest's root.
 if ! python3 -c 'import virtme_ng' 2>/dev/null; then
+    # A bare Debian python3 has no pip module.
+    python3 -m pip --version >/dev/null 2>&1 ||
+        apt-get install -y -q --no-install-recommends python3-pip
     # Debian's own python3 refuses system-wide pip installs (PEP 668).
     python3 -m pip install -q virtme-ng ||
         python3 -m pip install -q --break-system-packages virtme-ng

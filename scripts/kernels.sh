@@ -21,6 +21,8 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 mkdir -p "$debs"
+# Leftovers of an interrupted run.
+rm -rf "$cache"/stage.*
 
 # A kernel is ready when its image, modules and depmod output all exist.
 kernel_ready() {
@@ -51,11 +53,12 @@ install_kernel() {
     local dest="/usr/lib/modules/$kver"
     mkdir -p "$dest"
     local d
+    # No-clobber: files are per-kver, and a running guest may be reading them.
     for d in "$stage/lib/modules/$kver" "$stage/usr/lib/modules/$kver"; do
-        [[ -d "$d" ]] && cp -a "$d/." "$dest/"
+        if [[ -d "$d" ]]; then cp -an "$d/." "$dest/"; fi
     done
     if [[ -f "$stage/boot/vmlinuz-$kver" ]]; then
-        cp "$stage/boot/vmlinuz-$kver" "$dest/vmlinuz"
+        cp -n "$stage/boot/vmlinuz-$kver" "$dest/vmlinuz"
     fi
     rm -rf "$stage"
 
@@ -134,20 +137,30 @@ fetch_73() {
     local ver
     ver="$(apt-cache "${o[@]}" show "$bin" | awk '/^Version:/ {print $2; exit}')"
 
-    (cd "$debs" && apt-get "${o[@]}" -q download \
-        "$bin=$ver" "linux-modules-$kver=$ver" "linux-base-$kver=$ver" \
-        "linux-libc-dev=$ver")
+    # Fetch only what the deb cache lacks (file names use %3a for ':').
+    local v="${ver//:/%3a}" want=() p f
+    for p in "$bin" "linux-modules-$kver" "linux-base-$kver" linux-libc-dev; do
+        f="$debs/${p}_${v}_amd64.deb"
+        [[ $p == linux-libc-dev ]] && f="$debs/${p}_${v}_all.deb"
+        [[ -s "$f" ]] || want+=("$p=$ver")
+    done
+    if [[ ${#want[@]} -gt 0 ]]; then
+        (cd "$debs" && apt-get "${o[@]}" -q download "${want[@]}")
+    fi
 
-    local v="${ver//:/%3a}"
     install_kernel "$kver" \
         "$debs/${bin}_${v}_amd64.deb" \
         "$debs/linux-modules-${kver}_${v}_amd64.deb" \
         "$debs/linux-base-${kver}_${v}_amd64.deb"
 
-    # UAPI headers go to a private prefix, never over /usr/include.
-    rm -rf "$uapi"
-    mkdir -p "$uapi"
-    dpkg-deb -x "$debs/linux-libc-dev_${v}_all.deb" "$uapi"
+    # UAPI headers go to a private prefix, never over /usr/include; swap the
+    # directory in whole so a concurrent build never sees it half-written.
+    rm -rf "$uapi.new" "$uapi.old"
+    mkdir -p "$uapi.new"
+    dpkg-deb -x "$debs/linux-libc-dev_${v}_all.deb" "$uapi.new"
+    if [[ -d "$uapi" ]]; then mv "$uapi" "$uapi.old"; fi
+    mv "$uapi.new" "$uapi"
+    rm -rf "$uapi.old"
     echo "$ver" >"$cache/uapi-7.3.version"
 
     echo "$kver" >"$cache/kver-7.3"
@@ -176,8 +189,11 @@ fetch_612() {
     local kver="${img#linux-image-}"
     local ver
     ver="$(apt-cache show "$img" | awk '/^Version:/ {print $2; exit}')"
-    (cd "$debs" && apt-get -o APT::Sandbox::User=root -q download "$img=$ver")
-    install_kernel "$kver" "$debs/${img}_${ver//:/%3a}_amd64.deb"
+    local deb="$debs/${img}_${ver//:/%3a}_amd64.deb"
+    if [[ ! -s "$deb" ]]; then
+        (cd "$debs" && apt-get -o APT::Sandbox::User=root -q download "$img=$ver")
+    fi
+    install_kernel "$kver" "$deb"
     echo "$kver" >"$cache/kver-6.12"
 }
 
