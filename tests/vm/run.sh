@@ -15,6 +15,8 @@ LOG_DIR=${LOG_DIR:-$SCRATCH/logs}
 rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+# shellcheck source=nbd.sh
+. "$HERE/nbd.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -227,6 +229,8 @@ else
     test_deep_queue
     test_many_devices
     test_list_json
+    test_nbd_export_kernel_client
+    test_nbd_target_over_nbdkit
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null
