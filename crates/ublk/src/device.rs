@@ -190,38 +190,7 @@ impl Device {
         dev.ctrl
             .set_params(dev.info.dev_id, &params)
             .map_err(ioerr("SET_PARAMS"))?;
-        let cdev = Arc::new(open_char_dev(dev.info.dev_id)?);
-        dev.cdev = Some(cdev.clone());
-        for q in 0..dev.info.nr_hw_queues {
-            let cpus = dev
-                .ctrl
-                .get_queue_affinity(dev.info.dev_id, q)
-                .unwrap_or_default();
-            let cfg = QueueConfig {
-                dev_id: dev.info.dev_id,
-                q_id: q,
-                depth: dev.info.queue_depth,
-                max_io: dev.info.max_io_buf_bytes,
-                mode: opts.mode,
-                cpus,
-                busy_poll: opts.busy_poll,
-            };
-            let stop = rt::sync::Signal::new();
-            dev.stops.push(stop.clone());
-            let t = target.clone();
-            let c = cdev.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("ublk{}q{}", dev.info.dev_id, q))
-                .spawn(move || {
-                    let r = run_queue(&*t, c, cfg, stop);
-                    if let Err(e) = &r {
-                        tracing::error!("queue {q}: {e}");
-                    }
-                    r
-                })
-                .map_err(ioerr("spawning queue thread"))?;
-            dev.queues.push(h);
-        }
+        dev.spawn_queues(target, opts.busy_poll)?;
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         dev.ctrl
@@ -240,6 +209,131 @@ impl Device {
 
     pub fn id(&self) -> u32 {
         self.info.dev_id
+    }
+
+    /// Open the char device and start one thread per queue, each fetching every tag.
+    fn spawn_queues<T: Target>(
+        &mut self,
+        target: Arc<T>,
+        busy_poll: Option<Duration>,
+    ) -> Result<(), DeviceError> {
+        let cdev = Arc::new(open_char_dev(self.info.dev_id)?);
+        self.cdev = Some(cdev.clone());
+        for q in 0..self.info.nr_hw_queues {
+            let cpus = self
+                .ctrl
+                .get_queue_affinity(self.info.dev_id, q)
+                .unwrap_or_default();
+            let cfg = QueueConfig {
+                dev_id: self.info.dev_id,
+                q_id: q,
+                depth: self.info.queue_depth,
+                max_io: self.info.max_io_buf_bytes,
+                mode: self.mode,
+                cpus,
+                busy_poll,
+            };
+            let stop = rt::sync::Signal::new();
+            self.stops.push(stop.clone());
+            let t = target.clone();
+            let c = cdev.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("ublk{}q{}", self.info.dev_id, q))
+                .spawn(move || {
+                    let r = run_queue(&*t, c, cfg, stop);
+                    if let Err(e) = &r {
+                        tracing::error!("queue {q}: {e}");
+                    }
+                    r
+                })
+                .map_err(ioerr("spawning queue thread"))?;
+            self.queues.push(h);
+        }
+        Ok(())
+    }
+
+    /// Take over device `id` whose daemon died (or quiesced it for an upgrade):
+    /// START_USER_RECOVERY, fetch every tag again from `target`, END_USER_RECOVERY. Queues, depth
+    /// and buffer mode are the device's own. On failure the device is left for another attempt,
+    /// never deleted.
+    pub fn recover<T: Target>(
+        target: Arc<T>,
+        id: u32,
+        busy_poll: Option<Duration>,
+    ) -> Result<Device, DeviceError> {
+        let mut ctrl = Control::open()?;
+        let info = ctrl.get_dev_info(id).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODEV) => DeviceError::Invalid(format!("device {id} does not exist")),
+            _ => DeviceError::Io {
+                what: format!("device {id}"),
+                err: e,
+            },
+        })?;
+        if info.flags & UBLK_F_USER_RECOVERY == 0 {
+            return Err(DeviceError::Invalid(format!(
+                "device {id} was created with --recovery off and cannot be recovered (delete it: ublkd del -n {id})"
+            )));
+        }
+        let mode = if info.flags & UBLK_F_USER_COPY != 0 {
+            BufMode::UserCopy
+        } else {
+            BufMode::Copy
+        };
+        ctrl.start_user_recovery(id).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => DeviceError::Invalid(format!(
+                "device {id} is not waiting for recovery (its daemon is alive, or the driver has not noticed its exit yet)"
+            )),
+            _ => DeviceError::Io { what: "START_USER_RECOVERY".into(), err: e },
+        })?;
+        let mut dev = Device {
+            ctrl,
+            info,
+            mode,
+            cdev: None,
+            queues: Vec::new(),
+            stops: Vec::new(),
+            started: false,
+            deleted: false,
+        };
+        // Until END_USER_RECOVERY succeeds, failing must leave the device in place.
+        let r = dev.spawn_queues(target, busy_poll).and_then(|()| {
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::getpid() };
+            dev.ctrl
+                .end_user_recovery(id, pid)
+                .map_err(ioerr("END_USER_RECOVERY"))
+        });
+        if let Err(e) = r {
+            dev.abandon();
+            return Err(e);
+        }
+        dev.started = true;
+        if let Ok(i) = dev.ctrl.get_dev_info(id) {
+            dev.info = i;
+        }
+        Ok(dev)
+    }
+
+    /// The driver's current state of the device (UBLK_S_DEV_*), if it still exists.
+    pub fn driver_state(&mut self) -> Option<u16> {
+        self.ctrl
+            .get_dev_info(self.info.dev_id)
+            .ok()
+            .map(|i| i.state)
+    }
+
+    /// Stop serving without stopping or deleting the device: the queues end, the char device
+    /// closes, and the driver keeps the disk for a recovering daemon (after a quiesce for an
+    /// upgrade, or a failed recovery).
+    pub fn abandon(mut self) {
+        for s in &self.stops {
+            s.raise();
+        }
+        for h in self.queues.drain(..) {
+            let _ = h.join();
+        }
+        self.cdev = None;
+        self.deleted = true;
     }
 
     /// True once every queue thread has ended (e.g. the device was stopped from outside).

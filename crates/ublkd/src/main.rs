@@ -40,9 +40,14 @@ enum Command {
     Export(cmd::export::ExportArgs),
     /// Print the ublk features of the running kernel.
     Features(cmd::features::FeaturesArgs),
+    /// Start a new daemon for a device whose daemon died (user recovery).
+    Recover(cmd::recover::RecoverArgs),
     /// Run the daemon for one device in the foreground (used by `add`).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
+    /// Run a recovering daemon for one device (used by `recover`).
+    #[command(hide = true)]
+    ServeRecover(serve::RecoverServeArgs),
 }
 
 /// Print an error as one line on stderr and exit 1.
@@ -94,6 +99,8 @@ fn main() -> ExitCode {
         Command::Del(a) => cmd::del::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Features(a) => cmd::features::run(a),
+        Command::Recover(a) => cmd::recover::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::ServeRecover(a) => serve::run_recover(a),
     }
 }

@@ -26,7 +26,11 @@ pub struct DeviceReport {
 
 impl DeviceReport {
     pub fn new(info: &ublksrv_ctrl_dev_info, st: Option<&DeviceState>) -> DeviceReport {
-        let pid = if info.ublksrv_pid > 0 { info.ublksrv_pid } else { st.map(|s| s.pid).unwrap_or(0) };
+        let pid = if info.ublksrv_pid > 0 {
+            info.ublksrv_pid
+        } else {
+            st.map(|s| s.pid).unwrap_or(0)
+        };
         let mut state = features::state_name(info.state).to_string();
         if state == "live" && !pid_alive(pid) {
             state = "orphan".into();

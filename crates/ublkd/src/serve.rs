@@ -40,6 +40,35 @@ pub struct DeviceArgs {
     /// Spin this many microseconds for completions before sleeping (lower qd1 latency, more CPU).
     #[arg(long, value_name = "USEC")]
     pub busy_poll_us: Option<u64>,
+    /// What the driver does when the daemon dies: keep the device and reissue in-flight I/O to a
+    /// recovering daemon (reissue), keep it and fail in-flight I/O (on), keep it but fail all I/O
+    /// until recovery (fail-io, Linux 6.13+), or remove it (off).
+    #[arg(long, value_enum, default_value_t = Recovery::Reissue)]
+    pub recovery: Recovery,
+}
+
+/// Recovery policy (UBLK_F_USER_RECOVERY and friends).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovery {
+    Reissue,
+    On,
+    FailIo,
+    Off,
+}
+
+impl Recovery {
+    pub fn flags(self) -> u64 {
+        use ublk::uapi::*;
+        match self {
+            Recovery::Reissue => UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE,
+            Recovery::On => UBLK_F_USER_RECOVERY,
+            Recovery::FailIo => UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO,
+            Recovery::Off => 0,
+        }
+    }
 }
 
 impl DeviceArgs {
@@ -65,7 +94,7 @@ impl DeviceArgs {
             } else {
                 BufMode::Copy
             },
-            extra_flags: 0,
+            extra_flags: self.recovery.flags(),
             busy_poll: self.busy_poll_us.map(Duration::from_micros),
         })
     }
@@ -128,21 +157,69 @@ pub fn run(a: ServeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
     };
-    let id = dev.id();
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    let st = DeviceState {
-        id,
-        pid,
-        target: spec.clone(),
-        queues: dev.info.nr_hw_queues,
-        depth: dev.info.queue_depth,
-        max_io: dev.info.max_io_buf_bytes,
-        mode: dev.mode,
-        size: geo.size,
-        block_device: format!("/dev/ublkb{id}"),
-        log: state::log_path_for(id),
+    let mut st = DeviceState::new(&dev, spec, geo.size, a.dev.recovery);
+    st.busy_poll_us = a.dev.busy_poll_us;
+    serve_device(dev, st, &sigs, a.daemon, clamp_note)
+}
+
+/// Hidden `serve-recover`: the daemon that takes over a device whose daemon died or handed it
+/// over (upgrade), reopening the target recorded in its state file.
+#[derive(Debug, Args)]
+pub struct RecoverServeArgs {
+    #[arg(short = 'n', long = "number")]
+    pub id: u32,
+    #[arg(long)]
+    pub daemon: bool,
+}
+
+pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
+    let sigs = block_stop_signals();
+    let Some(old) = state::load(a.id) else {
+        return crate::fail(format!(
+            "device {} has no state file in {}: cannot tell which target to reopen",
+            a.id,
+            state::state_dir().display()
+        ));
     };
+    if old.pid != std::process::id() as i32 && state::pid_alive(old.pid) {
+        return crate::fail(format!(
+            "device {} is still served by pid {}",
+            a.id, old.pid
+        ));
+    }
+    let target = match old.target.open() {
+        Ok(t) => Arc::new(t),
+        Err(e) => return crate::fail(e),
+    };
+    let geo = target.geometry();
+    if geo.size != old.size {
+        return crate::fail(format!(
+            "target size changed from {} to {} bytes; refusing to recover",
+            old.size, geo.size
+        ));
+    }
+    let dev = match Device::recover(target, a.id, old.busy_poll_us.map(Duration::from_micros)) {
+        Ok(d) => d,
+        Err(e) => return crate::fail(e),
+    };
+    let mut st = DeviceState::new(&dev, old.target.clone(), geo.size, old.recovery);
+    st.busy_poll_us = old.busy_poll_us;
+    st.supervisor_pid = old.supervisor_pid;
+    st.recoveries = old.recoveries + 1;
+    tracing::info!("recovered device {} (recovery #{})", a.id, st.recoveries);
+    serve_device(dev, st, &sigs, a.daemon, None)
+}
+
+/// Serve a live device: write its state, report readiness, wait for a stop signal or for the
+/// device to stop, then tear down. A device quiesced for a new daemon is left in place.
+fn serve_device(
+    mut dev: Device,
+    st: DeviceState,
+    sigs: &libc::sigset_t,
+    daemon: bool,
+    note: Option<String>,
+) -> ExitCode {
+    let id = st.id;
     if let Err(e) = state::save(&st) {
         tracing::warn!(
             "cannot write state file {}: {e}",
@@ -150,32 +227,44 @@ pub fn run(a: ServeArgs) -> ExitCode {
         );
     }
     tracing::info!(
-        "device {} live: {} queues x depth {}, max io {}, {} mode, target {}",
+        "device {} live: {} queues x depth {}, max io {}, {} mode, recovery {:?}, target {}",
         st.block_device,
         st.queues,
         st.depth,
         st.max_io,
         st.mode.name(),
-        spec.describe()
+        st.recovery,
+        st.target.describe()
     );
     let report = DeviceReport::new(&dev.info, Some(&st));
     let line = serde_json::to_string(&report).unwrap_or_default();
-    if a.daemon {
-        // The ready line tells `add` we are live; after it our stdout/stderr go to the log.
+    if daemon {
+        // The ready line tells the caller we are live; after it our output goes to the log.
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
         drop(out);
         redirect_output(&st.log);
+    } else {
+        println!("{}", st.block_device);
     }
-    if let Some(note) = clamp_note {
+    if let Some(note) = note {
         tracing::info!("{note}"); // after the redirect, so a daemon's log has it too
     }
     let reason = loop {
-        if let Some(s) = wait_signal(&sigs, Duration::from_millis(200)) {
+        if let Some(s) = wait_signal(sigs, Duration::from_millis(200)) {
             break format!("signal {s}");
         }
         if dev.queues_finished() {
+            // Quiesced for an upgrade: a new daemon takes over; leave the device alone.
+            if matches!(
+                dev.driver_state(),
+                Some(ublk::uapi::UBLK_S_DEV_QUIESCED | ublk::uapi::UBLK_S_DEV_FAIL_IO)
+            ) {
+                tracing::info!("device {id} quiesced: handing it over to a new daemon");
+                dev.abandon();
+                return ExitCode::SUCCESS;
+            }
             break "device stopped from outside".to_string();
         }
     };

@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use ublk::BufMode;
 
+use crate::serve::Recovery;
 use crate::spec::TargetSpec;
 
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("UBLKD_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/ublkd"))
+    std::env::var_os("UBLKD_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/ublkd"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +28,48 @@ pub struct DeviceState {
     pub size: u64,
     pub block_device: String,
     pub log: PathBuf,
+    #[serde(default = "default_recovery")]
+    pub recovery: Recovery,
+    #[serde(default)]
+    pub busy_poll_us: Option<u64>,
+    /// The `--restart` supervisor watching the daemon, if any.
+    #[serde(default)]
+    pub supervisor_pid: Option<i32>,
+    /// How many daemons took the device over after the first.
+    #[serde(default)]
+    pub recoveries: u32,
+}
+
+fn default_recovery() -> Recovery {
+    Recovery::Off
+}
+
+impl DeviceState {
+    /// The state of a device this process now serves.
+    pub fn new(
+        dev: &ublk::Device,
+        target: TargetSpec,
+        size: u64,
+        recovery: Recovery,
+    ) -> DeviceState {
+        let id = dev.id();
+        DeviceState {
+            id,
+            pid: std::process::id() as i32,
+            target,
+            queues: dev.info.nr_hw_queues,
+            depth: dev.info.queue_depth,
+            max_io: dev.info.max_io_buf_bytes,
+            mode: dev.mode,
+            size,
+            block_device: format!("/dev/ublkb{id}"),
+            log: log_path_for(id),
+            recovery,
+            busy_poll_us: None,
+            supervisor_pid: None,
+            recoveries: 0,
+        }
+    }
 }
 
 pub fn path_for(id: u32) -> PathBuf {
@@ -40,7 +85,10 @@ pub fn save(s: &DeviceState) -> io::Result<()> {
     let dir = state_dir();
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join(format!(".{}.json.tmp", s.id));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(s).map_err(io::Error::other)?,
+    )?;
     std::fs::rename(tmp, path_for(s.id))
 }
 
@@ -58,9 +106,18 @@ pub fn remove(id: u32) {
 
 /// Ids with a state file.
 pub fn all_ids() -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir(state_dir()) else { return vec![] };
+    let Ok(rd) = std::fs::read_dir(state_dir()) else {
+        return vec![];
+    };
     let mut v: Vec<u32> = rd
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
         .collect();
     v.sort();
     v
@@ -73,7 +130,10 @@ pub fn pid_alive(pid: i32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Field 3 (after the parenthesised name) is the state; Z/X are dead.
-        Ok(s) => s.rsplit_once(')').map(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))).unwrap_or(false),
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -89,7 +149,10 @@ mod tests {
         let s = DeviceState {
             id: 7,
             pid: std::process::id() as i32,
-            target: TargetSpec::Null { size: 4096, logical_block: 512 },
+            target: TargetSpec::Null {
+                size: 4096,
+                logical_block: 512,
+            },
             queues: 1,
             depth: 2,
             max_io: 4096,
@@ -97,6 +160,10 @@ mod tests {
             size: 4096,
             block_device: "/dev/ublkb7".into(),
             log: "/x".into(),
+            recovery: Recovery::Reissue,
+            busy_poll_us: None,
+            supervisor_pid: None,
+            recoveries: 0,
         };
         save(&s).unwrap();
         assert_eq!(all_ids(), vec![7]);

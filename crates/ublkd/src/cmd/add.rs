@@ -28,8 +28,16 @@ pub struct AddArgs {
 /// The arguments after `add`, minus the ones only `add` understands.
 fn passthrough_args() -> Vec<String> {
     let argv: Vec<String> = std::env::args().collect();
-    let pos = argv.iter().position(|a| a == "add").map(|p| p + 1).unwrap_or(argv.len());
-    argv[pos..].iter().filter(|a| *a != "--foreground" && *a != "--json").cloned().collect()
+    let pos = argv
+        .iter()
+        .position(|a| a == "add")
+        .map(|p| p + 1)
+        .unwrap_or(argv.len());
+    argv[pos..]
+        .iter()
+        .filter(|a| *a != "--foreground" && *a != "--json")
+        .cloned()
+        .collect()
 }
 
 pub fn run(a: AddArgs) -> ExitCode {
@@ -41,15 +49,28 @@ pub fn run(a: AddArgs) -> ExitCode {
         return crate::fail(e);
     }
     if a.foreground {
-        return crate::serve::run(crate::serve::ServeArgs { dev: a.dev, daemon: false });
+        return crate::serve::run(crate::serve::ServeArgs {
+            dev: a.dev,
+            daemon: false,
+        });
     }
+    let mut args = vec!["serve".to_string(), "--daemon".to_string()];
+    args.extend(passthrough_args());
+    spawn_daemon(args, a.json)
+}
+
+/// Start this binary with `args` as a daemon in its own session and wait for its ready line
+/// (printed as the device path, or whole with `json`), or pass on its one-line error.
+pub fn spawn_daemon(args: Vec<String>, json: bool) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => return crate::fail(format!("cannot find our own binary: {e}")),
     };
     let mut cmd = Command::new(exe);
-    cmd.arg("serve").arg("--daemon").args(passthrough_args());
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe; the daemon leaves our session so a terminal hangup
     // or Ctrl-C in the caller's shell does not reach it.
     unsafe {
@@ -67,7 +88,7 @@ pub fn run(a: AddArgs) -> ExitCode {
     let line = out.lines().find(|l| l.starts_with('{'));
     match line {
         Some(l) => {
-            if a.json {
+            if json {
                 println!("{l}");
             } else {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
@@ -85,7 +106,9 @@ pub fn run(a: AddArgs) -> ExitCode {
                 .rev()
                 .find(|l| l.contains("error"))
                 .map(|l| l.trim_start_matches("ublkd: error: ").to_string())
-                .unwrap_or_else(|| format!("the daemon exited ({status:?}) before the device was live"));
+                .unwrap_or_else(|| {
+                    format!("the daemon exited ({status:?}) before the device was live")
+                });
             crate::fail(msg)
         }
     }

@@ -34,7 +34,11 @@ fn delete(ctrl: &mut Control, id: u32) -> Result<(), String> {
         }
         Err(e) => return Err(format!("device {id}: {e}")),
     };
-    let pid = if info.ublksrv_pid > 0 { info.ublksrv_pid } else { state::load(id).map(|s| s.pid).unwrap_or(0) };
+    let pid = if info.ublksrv_pid > 0 {
+        info.ublksrv_pid
+    } else {
+        state::load(id).map(|s| s.pid).unwrap_or(0)
+    };
     if pid_alive(pid) {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid, libc::SIGTERM) };

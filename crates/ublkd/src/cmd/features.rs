@@ -23,7 +23,10 @@ pub fn run(a: FeaturesArgs) -> ExitCode {
     };
     let names = features::names(f);
     if a.json {
-        println!("{}", serde_json::json!({ "flags": format!("{f:#x}"), "features": names }));
+        println!(
+            "{}",
+            serde_json::json!({ "flags": format!("{f:#x}"), "features": names })
+        );
     } else {
         println!("ublk features {f:#x}:");
         for n in names {

@@ -24,7 +24,15 @@ pub fn device_ids() -> Vec<u32> {
     let mut v: Vec<u32> = std::fs::read_dir("/sys/class/ublk-char")
         .or_else(|_| std::fs::read_dir("/dev"))
         .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("ublkc")?.parse().ok()).collect()
+            rd.filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("ublkc")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
         })
         .unwrap_or_default();
     v.sort();
@@ -54,10 +62,16 @@ pub fn run(a: ListArgs) -> ExitCode {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
-    println!("{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  TARGET", "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "PID");
+    println!(
+        "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  TARGET",
+        "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "PID"
+    );
     for r in &reports {
         println!(
             "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  {}",

@@ -5,3 +5,4 @@ pub mod del;
 pub mod export;
 pub mod features;
 pub mod list;
+pub mod recover;
