@@ -71,7 +71,10 @@ mod tests {
     fn dropped_timer_is_cancelled_in_the_kernel() {
         let rt = Runtime::new().unwrap();
         rt.block_on(async {
-            assert_eq!(timeout(Duration::from_millis(5), sleep(Duration::from_secs(10))).await, Err(Elapsed));
+            assert_eq!(
+                timeout(Duration::from_millis(5), sleep(Duration::from_secs(10))).await,
+                Err(Elapsed)
+            );
             // One more turn of the loop submits the cancel and reaps the cancelled timer.
             sleep(Duration::from_millis(20)).await;
             let left = crate::runtime::current().ops.borrow().len();
