@@ -208,9 +208,10 @@ if [[ -z "$rc" ]]; then
 fi
 
 # Kernel warnings don't fail the run, but must not go unnoticed.
-if grep -E 'WARNING: |BUG: |INFO: task .* blocked' "$run/dmesg.log" >"$run/kernel-warnings.log" 2>/dev/null; then
+warnings="$(grep -E 'WARNING: |BUG: |INFO: task .* blocked' "$run/dmesg.log" 2>/dev/null || true)"
+if [[ -n "$warnings" ]]; then
     echo "vm.sh: the guest kernel logged warnings (see $run/dmesg.log):" >&2
-    head -n 20 "$run/kernel-warnings.log" >&2
+    head -n 20 <<<"$warnings" >&2
     keep=1
 fi
 

@@ -75,3 +75,138 @@ test_recovery() {
     check "recovery: del works on a device whose daemon died" del_after_daemon_death
     check_clean "recovery tests leave nothing behind"
 }
+
+# Longest gap between successful 4k direct reads while $1 (a command) runs; prints ms.
+probe_start() { # DEV OUT
+    ( while [ ! -e "$2.stop" ]; do
+          timeout 60 dd if="$1" of=/dev/null bs=4k count=1 iflag=direct status=none && now_ms
+      done >"$2" 2>/dev/null ) &
+    PROBE_PID=$!
+}
+probe_stop() { # OUT -> prints the longest gap in ms
+    touch "$1.stop"; wait "$PROBE_PID" 2>/dev/null; rm -f "$1.stop"
+    awk '/^[0-9]+$/ { if (prev && $1 - prev > max) max = $1 - prev; prev = $1 } END { printf "%d\n", max }' "$1"
+}
+
+wait_live_new_pid() { # ID OLDPID: wait until a different daemon serves the device
+    local i p
+    for i in $(seq 1 600); do
+        p=$(daemon_pid "$1" 2>/dev/null)
+        if [ -n "$p" ] && [ "$p" != "$2" ] && kill -0 "$p" 2>/dev/null && \
+           "$UBLKD" list -n "$1" --json | grep -q '"state": "live"'; then return 0; fi
+        sleep 0.05
+    done
+    return 1
+}
+
+restart_survives_repeated_kills() {
+    local dev id pid fpid i img=$BACK/restart.img
+    truncate -s 128M "$img"
+    dev=$("$UBLKD" add -t file --path "$img" -q 2 -d 64 --restart) || return 1
+    id=${dev#/dev/ublkb}
+    fio --name=rst --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k --iodepth=64 \
+        --size=96M --time_based --runtime=45 --verify=crc32c --do_verify=1 >"$LOG_DIR/restart-fio.out" 2>&1 &
+    fpid=$!
+    for i in $(seq 1 10); do
+        sleep "0.$((RANDOM % 9 + 1))"
+        pid=$(daemon_pid "$id")
+        kill -9 "$pid" || return 1
+        wait_live_new_pid "$id" "$pid" || { echo "no recovery after kill $i"; kill "$fpid"; return 1; }
+        echo "kill $i: daemon $pid replaced by $(daemon_pid "$id")"
+    done
+    wait "$fpid" || { echo "fio failed"; cat "$LOG_DIR/restart-fio.out"; return 1; }
+    grep -q "err= 0" "$LOG_DIR/restart-fio.out" || return 1
+    grep "supervisor" "/run/ublkd/$id.log" | tail -3
+    "$UBLKD" del -n "$id" || return 1
+    sleep 0.5
+    ! pgrep -f "ublkd (serve|supervise)" >/dev/null
+}
+
+upgrade_under_fio() {
+    local dev id fpid i gap maxgap=0 img=$BACK/upgrade.img
+    "$UBLKD" features | grep -q QUIESCE || { echo "kernel without QUIESCE"; return 1; }
+    truncate -s 128M "$img"
+    dev=$("$UBLKD" add -t file --path "$img" -q 2 -d 128) || return 1
+    id=${dev#/dev/ublkb}
+    # shellcheck disable=SC2046
+    fio $(rec_fio_args "$dev" upw) --size=64M --do_verify=0 >"$LOG_DIR/upgrade-fio-write.out" 2>&1 &
+    fpid=$!
+    sleep 1
+    for i in $(seq 1 10); do
+        probe_start "$dev" "$SCRATCH/probe"
+        sleep 0.3
+        if ! "$UBLKD" upgrade -n "$id" >/dev/null; then
+            echo "upgrade $i failed"; tail -20 "/run/ublkd/$id.log"
+            "$UBLKD" recover -n "$id"   # let the held I/O finish so nothing hangs
+            probe_stop "$SCRATCH/probe"; kill "$fpid"; wait "$fpid"; return 1
+        fi
+        sleep 0.3
+        gap=$(probe_stop "$SCRATCH/probe")
+        echo "upgrade $i: longest read stall $gap ms" | tee -a "$LOG_DIR/recovery-times.txt"
+        [ "$gap" -gt "$maxgap" ] && maxgap=$gap
+    done
+    wait "$fpid" || { echo "fio writer failed"; return 1; }
+    grep -q "err= 0" "$LOG_DIR/upgrade-fio-write.out" || return 1
+    # shellcheck disable=SC2046
+    fio $(rec_fio_args "$dev" upw) --size=64M --verify_only >"$LOG_DIR/upgrade-fio-verify.out" 2>&1 || return 1
+    grep -q "err= 0" "$LOG_DIR/upgrade-fio-verify.out" || return 1
+    echo "longest stall over 10 upgrades: $maxgap ms" | tee -a "$LOG_DIR/recovery-times.txt"
+    "$UBLKD" del -n "$id"
+}
+
+ext4_kill_and_recover() {
+    local dev id pid wpid img=$BACK/ext4rec.img mnt=$SCRATCH/mnt-rec list=$SCRATCH/synced.txt
+    truncate -s 256M "$img"; mkdir -p "$mnt"; : >"$list"; rm -f "$SCRATCH/writer.stop"
+    dev=$("$UBLKD" add -t file --path "$img" -q 2) || return 1
+    id=${dev#/dev/ublkb}
+    mkfs.ext4 -q -F "$dev" && mount "$dev" "$mnt" || return 1
+    # Writer: each file is fsynced before its checksum is recorded.
+    ( i=0; while [ ! -e "$SCRATCH/writer.stop" ]; do
+          i=$((i + 1)); head -c $(( (RANDOM % 64 + 1) * 4096 )) /dev/urandom >"$mnt/f$i" || exit 1
+          sync "$mnt/f$i" || exit 1
+          (cd "$mnt" && sha256sum "f$i") >>"$list"
+      done ) &
+    wpid=$!
+    sleep 3
+    pid=$(daemon_pid "$id"); kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    "$UBLKD" recover -n "$id" >/dev/null || { touch "$SCRATCH/writer.stop"; return 1; }
+    sleep 3
+    touch "$SCRATCH/writer.stop"; wait "$wpid" || { echo "writer saw an error"; return 1; }
+    echo "files fsynced: $(wc -l <"$list")"
+    umount "$mnt" || return 1
+    fsck.ext4 -fn "$dev" || return 1
+    mount "$dev" "$mnt" || return 1
+    (cd "$mnt" && sha256sum -c --quiet "$list") || { umount "$mnt"; return 1; }
+    umount "$mnt"
+    "$UBLKD" del -n "$id"
+}
+
+kill_during_add_and_del() {
+    local i dev id pid
+    for i in 1 2 3 4 5; do
+        "$UBLKD" add -t mem --size 64M >/dev/null 2>&1 &
+        sleep "0.0$((RANDOM % 9 + 1))"
+        pkill -9 -f "ublkd serve" || true
+        wait
+    done
+    for i in 1 2 3; do
+        dev=$("$UBLKD" add -t mem --size 64M) || return 1
+        id=${dev#/dev/ublkb}; pid=$(daemon_pid "$id")
+        "$UBLKD" del -n "$id" >/dev/null 2>&1 &
+        sleep "0.0$((RANDOM % 5 + 1))"
+        kill -9 "$pid" 2>/dev/null
+        wait
+    done
+    timeout 120 "$UBLKD" del --all || { echo "del --all failed"; "$UBLKD" list; return 1; }
+    ls /dev | grep '^ublk[bc]' && { echo "devices left"; "$UBLKD" list; return 1; }
+    ! pgrep -af "ublkd serve"
+}
+
+test_recovery_more() {
+    check "recovery: ext4 + fsynced writer survive kill -9 and recover, fsck clean" ext4_kill_and_recover
+    check "recovery: --restart survives 10 kill -9 under fio verify, no leaks" restart_survives_repeated_kills
+    check "recovery: 10 live upgrades under fio verify writer, zero errors" upgrade_under_fio
+    check "recovery: kill -9 during add and del, del --all cleans up" kill_during_add_and_del
+    check_clean "recovery tests leave nothing behind (2)"
+}

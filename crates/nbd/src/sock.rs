@@ -86,3 +86,122 @@ impl Sock {
         rt::netx::send_range(self.fd(), data, start, len, 0).await
     }
 }
+
+/// One piece of a gathered send: bytes owned by the piece (`Own`) or a range of a buffer whose
+/// memory a [`rt::buf::KeepAlive`] holds (`Buf`).
+pub enum Seg {
+    Own(Vec<u8>),
+    Buf {
+        keep: rt::buf::KeepAlive,
+        ptr: *const u8,
+        len: usize,
+    },
+}
+
+impl Seg {
+    /// `buf[start..start+len]`, kept alive without holding on to the `IoBuf` itself.
+    pub fn range(buf: &IoBuf, start: usize, len: usize) -> Seg {
+        assert!(start + len <= buf.len(), "range outside the buffer");
+        Seg::Buf {
+            keep: buf.keepalive(),
+            ptr: buf.addr().wrapping_add(start),
+            len,
+        }
+    }
+    fn iov(&self) -> libc::iovec {
+        match self {
+            Seg::Own(v) => libc::iovec {
+                iov_base: v.as_ptr() as *mut _,
+                iov_len: v.len(),
+            },
+            Seg::Buf { ptr, len, .. } => libc::iovec {
+                iov_base: *ptr as *mut _,
+                iov_len: *len,
+            },
+        }
+    }
+}
+
+/// Everything one SENDMSG points to, on the heap so it does not move while the op owns it.
+struct Gather<T> {
+    hdr: Box<libc::msghdr>,
+    iov: Vec<libc::iovec>,
+    /// Owns the memory the iovecs point into.
+    _owner: T,
+}
+
+/// Most iovecs in one sendmsg (Linux UIO_MAXIOV).
+const MAX_IOV: usize = 1024;
+
+impl Sock {
+    /// Send every segment of `parts`, in order, with as few `sendmsg` calls as the kernel allows
+    /// (one per [`MAX_IOV`] segments when the socket buffer has room). `parts` is handed back once
+    /// the kernel is done with it.
+    pub async fn send_gather<R: AsRef<[Seg]> + 'static + Unpin>(
+        &self,
+        parts: Vec<R>,
+    ) -> (io::Result<()>, Vec<R>) {
+        let iov_all: Vec<libc::iovec> = parts
+            .iter()
+            .flat_map(|r| r.as_ref().iter().map(Seg::iov))
+            .filter(|v| v.iov_len > 0)
+            .collect();
+        let mut g = Gather {
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            hdr: Box::new(unsafe { std::mem::zeroed() }),
+            iov: iov_all,
+            _owner: parts,
+        };
+        let mut first = 0; // first iovec not yet fully sent
+        while first < g.iov.len() {
+            let n_iov = (g.iov.len() - first).min(MAX_IOV);
+            g.hdr.msg_iov = g.iov[first..].as_mut_ptr();
+            g.hdr.msg_iovlen = n_iov as _;
+            let hdr: *const libc::msghdr = &*g.hdr;
+            let e = io_uring::opcode::SendMsg::new(io_uring::types::Fd(self.fd()), hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            // SAFETY: the header, the iovec array and the memory they point to are heap memory
+            // owned by `g` (directly or through keepalives), which the op owns until completion.
+            let c = unsafe { rt::op::Op::submit(e, g) }.await;
+            g = c.data;
+            if c.result < 0 {
+                return (Err(io::Error::from_raw_os_error(-c.result)), g._owner);
+            }
+            if c.result == 0 {
+                return (Err(io::ErrorKind::WriteZero.into()), g._owner);
+            }
+            // Skip what went out; a partly sent iovec is trimmed in place.
+            let mut n = c.result as usize;
+            while n > 0 {
+                let v = &mut g.iov[first];
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    first += 1;
+                } else {
+                    v.iov_base = (v.iov_base as *mut u8).wrapping_add(n) as *mut _;
+                    v.iov_len -= n;
+                    n = 0;
+                }
+            }
+        }
+        (Ok(()), g._owner)
+    }
+}
+
+impl Sock {
+    /// Receive whatever has arrived, up to `max` bytes, into `buf[start..]`. `Ok(0)`: the peer
+    /// closed (or reading was shut down).
+    pub async fn recv_some(&self, buf: &mut IoBuf, start: usize, max: usize) -> io::Result<usize> {
+        assert!(start + max <= buf.len(), "range outside the buffer");
+        let e = io_uring::opcode::Recv::new(
+            io_uring::types::Fd(self.fd()),
+            buf.addr().wrapping_add(start),
+            max as u32,
+        )
+        .build();
+        // SAFETY: the range lies inside `buf`; the op keeps its memory alive.
+        let c = unsafe { rt::op::Op::submit(e, buf.keepalive()) }.await;
+        c.io_result().map(|n| n as usize)
+    }
+}

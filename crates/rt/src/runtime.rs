@@ -116,11 +116,12 @@ impl Builder {
             ops: RefCell::new(Slab::with_capacity(self.entries as usize)),
             tasks: RefCell::new(Slab::new()),
             shared,
-            wake_buf: Box::new(Cell::new(0)),
+            wake_buf: Box::leak(Box::new(Cell::new(0))),
             wake_armed: Cell::new(false),
             stats: Cell::new(Stats::default()),
             busy_poll: self.busy_poll,
             cqe_scratch: RefCell::new(Vec::with_capacity(256)),
+            leak_on_drop: Cell::new(false),
         });
         Ok(Runtime { inner })
     }
@@ -131,12 +132,14 @@ pub(crate) struct Inner {
     pub(crate) ops: RefCell<Slab<Lifecycle>>,
     pub(crate) tasks: RefCell<Slab<TaskSlot>>,
     pub(crate) shared: Arc<Shared>,
-    /// Target of the eventfd read; boxed so its address is stable while the read is in flight.
-    wake_buf: Box<Cell<u64>>,
+    /// Target of the eventfd read. Leaked (8 bytes per runtime) so it stays valid however the
+    /// runtime ends, even when in-flight ops are abandoned to ring teardown.
+    wake_buf: &'static Cell<u64>,
     wake_armed: Cell<bool>,
     stats: Cell<Stats>,
     busy_poll: Option<Duration>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
+    leak_on_drop: Cell<bool>,
 }
 
 /// A single-threaded io_uring executor. Not `Send`: each thread builds its own.
@@ -217,6 +220,14 @@ impl Runtime {
         }
     }
 
+    /// On drop, do not wait for in-flight ops: leak their resources (memory stays valid, so the
+    /// kernel can never write into freed memory) and close the ring, whose teardown cancels them.
+    /// For ops that IORING_OP_ASYNC_CANCEL cannot reach, such as a ublk FETCH `uring_cmd`, which
+    /// only ring teardown cancels. Meant for a thread that is about to end.
+    pub fn leak_in_flight_on_drop(&self) {
+        self.inner.leak_on_drop.set(true);
+    }
+
     /// Cancel every op still in flight and wait (bounded) for the kernel to let go of their
     /// buffers. Called on drop; exposed so a caller can do it at a chosen moment.
     pub fn shutdown(&self, limit: Duration) -> bool {
@@ -231,6 +242,12 @@ impl Drop for Runtime {
         {
             let _enter = EnterGuard::enter(self.inner.clone());
             drop(tasks);
+        }
+        if self.inner.leak_on_drop.get() {
+            let _ = self.inner.ring.borrow().submit();
+            let ops = std::mem::take(&mut *self.inner.ops.borrow_mut());
+            std::mem::forget(ops);
+            return;
         }
         if !self.inner.drain(Duration::from_secs(10)) {
             // The kernel may still write into memory owned by ignored ops. Leaking is the only
@@ -324,7 +341,7 @@ impl Inner {
         )
         .build()
         .user_data(WAKE_USER_DATA);
-        // SAFETY: wake_buf is boxed inside Inner, which outlives the ring (drain waits for it).
+        // SAFETY: wake_buf is leaked, so valid forever.
         unsafe { self.push(&e) };
         self.wake_armed.set(true);
     }

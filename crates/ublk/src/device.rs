@@ -150,6 +150,11 @@ impl Device {
                     format!("this kernel offers {}", features::names(have).join(" ")),
                 ));
             }
+            // A recoverable device can also be quiesced for a live upgrade where the kernel
+            // allows it (Linux 6.16+); nothing is lost without it, `upgrade` just refuses.
+            if flags & UBLK_F_USER_RECOVERY != 0 && have & UBLK_F_QUIESCE != 0 {
+                flags |= UBLK_F_QUIESCE;
+            }
         }
         let want_id = opts.dev_id.unwrap_or(u32::MAX);
         let mut info = ublksrv_ctrl_dev_info {

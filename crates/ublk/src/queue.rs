@@ -119,8 +119,22 @@ struct QueueCtx<Q> {
     descs: DescArray,
     target: Q,
     requests: Cell<u64>,
+    /// Set when any tag saw UBLK_IO_RES_ABORT: the device is stopping or quiescing.
+    stopping: Cell<bool>,
+    /// Tags currently serving a request (between fetch completion and the next commit).
+    busy: Cell<usize>,
+    /// Woken when `stopping` or `busy` changes, to re-check whether the queue is done.
+    done_waker: Cell<Option<std::task::Waker>>,
     errors: Cell<u64>,
     resident: Cell<usize>,
+}
+
+impl<Q> QueueCtx<Q> {
+    fn wake_done(&self) {
+        if let Some(w) = self.done_waker.take() {
+            w.wake();
+        }
+    }
 }
 
 fn pin_to(cpus: &[usize]) {
@@ -168,6 +182,9 @@ pub fn run_queue<T: Target>(
         requests: Cell::new(0),
         errors: Cell::new(0),
         resident: Cell::new(0),
+        stopping: Cell::new(false),
+        busy: Cell::new(0),
+        done_waker: Cell::new(None),
     });
     let c2 = ctx.clone();
     rt.block_on(async move {
@@ -183,11 +200,26 @@ pub fn run_queue<T: Target>(
         };
         let all = std::pin::pin!(all);
         let stopped = std::pin::pin!(stop.wait());
-        // Whichever comes first: every tag saw ABORT, or we were told to stop.
-        futures_select(all, stopped).await;
+        // The driver may not abort a tag whose next request it already started (it requeues
+        // that request instead): once any tag saw ABORT and no tag is serving a request, the
+        // queue is done, and dropping the runtime cancels the remaining fetches.
+        let idle_after_abort = std::pin::pin!(std::future::poll_fn(|cx| {
+            if c2.stopping.get() && c2.busy.get() == 0 {
+                return std::task::Poll::Ready(());
+            }
+            c2.done_waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        }));
+        // Whichever comes first: every tag saw ABORT, the queue went idle after an ABORT, or we
+        // were told to stop.
+        let either = std::pin::pin!(futures_select(all, idle_after_abort));
+        futures_select(either, stopped).await;
     });
     let s = rt.stats();
-    drop(rt); // cancels and drains anything left before the buffers go
+    // Fetches the driver did not abort can only be cancelled by tearing the ring down; their
+    // buffers are leaked rather than freed while the kernel might still hold them.
+    rt.leak_in_flight_on_drop();
+    drop(rt);
     drop(cdev);
     Ok(QueueStats {
         requests: ctx.requests.get(),
@@ -236,7 +268,11 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
         let c = rt::fs::uring_cmd16(q.cdev, op, cmd, None, Some(buf.keepalive())).await;
         match c.result {
             UBLK_IO_RES_OK => {}
-            UBLK_IO_RES_ABORT => return,
+            UBLK_IO_RES_ABORT => {
+                q.stopping.set(true);
+                q.wake_done();
+                return;
+            }
             e => {
                 tracing::error!(
                     q = q.cfg.q_id,
@@ -258,7 +294,12 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
                 .set(q.resident.get() - (touched - keep.min(touched)));
             touched = keep.min(touched);
         }
+        q.busy.set(q.busy.get() + 1);
         result = handle(&q, tag, &desc, &mut buf).await;
+        q.busy.set(q.busy.get() - 1);
+        if q.stopping.get() {
+            q.wake_done();
+        }
         if matches!(desc.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE) && len > touched {
             q.resident.set(q.resident.get() + len - touched);
             touched = len;

@@ -11,6 +11,7 @@ mod report;
 mod serve;
 mod spec;
 mod state;
+mod supervise;
 
 use std::process::ExitCode;
 
@@ -42,12 +43,17 @@ enum Command {
     Features(cmd::features::FeaturesArgs),
     /// Start a new daemon for a device whose daemon died (user recovery).
     Recover(cmd::recover::RecoverArgs),
+    /// Hand a live device to a new daemon (this binary) without failing I/O (Linux 6.16+).
+    Upgrade(cmd::upgrade::UpgradeArgs),
     /// Run the daemon for one device in the foreground (used by `add`).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
     /// Run a recovering daemon for one device (used by `recover`).
     #[command(hide = true)]
     ServeRecover(serve::RecoverServeArgs),
+    /// Watch a device's daemon and recover the device when it dies (used by `add --restart`).
+    #[command(hide = true)]
+    Supervise(supervise::SuperviseArgs),
 }
 
 /// Print an error as one line on stderr and exit 1.
@@ -100,7 +106,9 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::export::run(a),
         Command::Features(a) => cmd::features::run(a),
         Command::Recover(a) => cmd::recover::run(a),
+        Command::Upgrade(a) => cmd::upgrade::run(a),
         Command::Serve(a) => serve::run(a),
         Command::ServeRecover(a) => serve::run_recover(a),
+        Command::Supervise(a) => supervise::run(a),
     }
 }

@@ -252,16 +252,18 @@ fn serve_device(
         tracing::info!("{note}"); // after the redirect, so a daemon's log has it too
     }
     let reason = loop {
-        if let Some(s) = wait_signal(sigs, Duration::from_millis(200)) {
+        if let Some(s) = wait_signal(sigs, Duration::from_millis(20)) {
             break format!("signal {s}");
         }
         if dev.queues_finished() {
-            // Quiesced for an upgrade: a new daemon takes over; leave the device alone.
-            if matches!(
-                dev.driver_state(),
-                Some(ublk::uapi::UBLK_S_DEV_QUIESCED | ublk::uapi::UBLK_S_DEV_FAIL_IO)
-            ) {
-                tracing::info!("device {id} quiesced: handing it over to a new daemon");
+            // Every fetch was aborted. STOP_DEV from outside leaves the device DEAD; a quiesce
+            // (upgrade) leaves it LIVE until we close the char device, after which the driver
+            // holds it for a new daemon. So a recoverable device that is not dead is handed over.
+            let recoverable = dev.info.flags & ublk::uapi::UBLK_F_USER_RECOVERY != 0;
+            let state = dev.driver_state();
+            // Stopping it ourselves now would wait forever for the I/O the driver holds.
+            if recoverable && state != Some(ublk::uapi::UBLK_S_DEV_DEAD) {
+                tracing::info!("device {id} quiesced (driver state {state:?}): handing it over to a new daemon");
                 dev.abandon();
                 return ExitCode::SUCCESS;
             }
@@ -313,7 +315,7 @@ pub(crate) fn clamp_queues(want: usize, max: usize, what: &str) -> (usize, Optio
 }
 
 /// Point stdout and stderr at the log file (append), stdin at /dev/null.
-fn redirect_output(log: &std::path::Path) {
+pub(crate) fn redirect_output(log: &std::path::Path) {
     let Ok(f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

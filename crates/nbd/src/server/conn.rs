@@ -1,9 +1,13 @@
 //! One client connection: negotiation, then the transmission phase. The reading loop parses
-//! requests in order and spawns one task per request, so requests run concurrently and replies
-//! go out in completion order; a FIFO lock keeps each reply whole on the socket. A byte budget,
-//! taken before a request's buffers exist, bounds the memory a connection can pin: when it runs
-//! out we stop reading, and TCP pushes back on the client.
+//! requests in order (from a buffer that one `recv` fills with as many pipelined requests as have
+//! arrived) and spawns one task per request, so requests run concurrently and replies go out in
+//! completion order. A finished request queues its reply whole; one writer task per connection
+//! sends everything queued in one gathered `sendmsg` per loop turn, so replies that finish
+//! together share a system call and each reply stays contiguous on the socket. A byte budget,
+//! taken before a request's buffers exist and released once its reply is sent, bounds the memory
+//! a connection can pin: when it runs out we stop reading, and TCP pushes back on the client.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
@@ -14,9 +18,9 @@ use target::{Extent, TargetQueue};
 
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};
-use crate::local::{Budget, Either, Lock, select2};
+use crate::local::{Budget, Either, Notify, Permit, select2};
 use crate::proto::{self, chunk};
-use crate::sock::Sock;
+use crate::sock::{Seg, Sock};
 
 /// Per-connection limits from the export configuration.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +37,9 @@ const REQUEST_COST: u64 = 4096;
 const HOLE_GRANULE: usize = 64 << 10;
 /// Most descriptors in one block status reply.
 const MAX_DESCRIPTORS: usize = 4096;
+/// Request stream read buffer: headers and small write payloads that arrived together are
+/// taken from here instead of one `recv` each.
+const READ_BUF: usize = 64 << 10;
 
 /// Serve one accepted connection until the client leaves, misbehaves, or reading is shut down.
 pub async fn serve<Q: TargetQueue + 'static>(
@@ -106,11 +113,101 @@ async fn negotiate(sock: &Sock, export: &ExportInfo) -> io::Result<Option<Sessio
     }
 }
 
-/// The transmission side shared by the reading loop and the request tasks.
+/// The transmission side shared by the reading loop, the request tasks and the writer.
 struct Conn {
     sock: Rc<Sock>,
-    write: Lock,
     structured: bool,
+    /// Replies waiting for the writer, each whole, in completion order.
+    out: RefCell<Vec<Reply>>,
+    more: Notify,
+    /// No more replies will come: the writer ends once the queue is empty.
+    closing: Cell<bool>,
+    /// A send failed: the connection is cut and further replies are dropped.
+    broken: Cell<bool>,
+}
+
+/// One reply's bytes, and the budget its request holds until they are sent.
+struct Reply {
+    segs: Vec<Seg>,
+    _permit: Permit,
+}
+
+impl AsRef<[Seg]> for Reply {
+    fn as_ref(&self) -> &[Seg] {
+        &self.segs
+    }
+}
+
+/// The request stream, read through a buffer.
+struct Reader {
+    buf: IoBuf,
+    start: usize,
+    end: usize,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader {
+            buf: IoBuf::with_capacity(READ_BUF),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Make at least `n` (<= READ_BUF) bytes available, receiving whatever has arrived.
+    async fn fill(&mut self, sock: &Sock, n: usize) -> io::Result<()> {
+        while self.available() < n {
+            if self.start > 0 && READ_BUF - self.start < n {
+                let (a, b) = (self.start, self.end);
+                self.buf.as_mut_slice().copy_within(a..b, 0);
+                self.start = 0;
+                self.end = b - a;
+            }
+            let got = sock
+                .recv_some(&mut self.buf, self.end, READ_BUF - self.end)
+                .await?;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += got;
+        }
+        Ok(())
+    }
+
+    async fn header(&mut self, sock: &Sock) -> io::Result<[u8; proto::REQUEST_LEN]> {
+        self.fill(sock, proto::REQUEST_LEN).await?;
+        let h = self.buf.as_slice()[self.start..self.start + proto::REQUEST_LEN]
+            .try_into()
+            .unwrap();
+        self.start += proto::REQUEST_LEN;
+        Ok(h)
+    }
+
+    /// A write payload of `len` bytes: what is buffered, then the rest straight from the socket.
+    async fn payload(&mut self, sock: &Sock, len: usize) -> io::Result<IoBuf> {
+        let mut b = IoBuf::with_capacity(len);
+        let k = self.available().min(len);
+        b.as_mut_slice()[..k].copy_from_slice(&self.buf.as_slice()[self.start..self.start + k]);
+        self.start += k;
+        if k < len {
+            rt::netx::recv_range(sock.fd(), &mut b, k, len - k).await?;
+        }
+        Ok(b)
+    }
+
+    /// Drop `n` bytes of the stream (a payload we refuse).
+    async fn discard(&mut self, sock: &Sock, n: u64) -> io::Result<()> {
+        let k = (self.available() as u64).min(n);
+        self.start += k as usize;
+        if n > k {
+            sock.discard(n - k).await?;
+        }
+        Ok(())
+    }
 }
 
 async fn transmit<Q: TargetQueue + 'static>(
@@ -130,19 +227,23 @@ async fn transmit<Q: TargetQueue + 'static>(
     };
     let conn = Rc::new(Conn {
         sock: sock.clone(),
-        write: Lock::default(),
         structured: s.structured,
+        out: RefCell::new(Vec::new()),
+        more: Notify::default(),
+        closing: Cell::new(false),
+        broken: Cell::new(false),
     });
+    let writer = rt::spawn(conn.clone().writer());
     let budget = Rc::new(Budget::new(
         lim.max_in_flight_bytes
             .max(REQUEST_COST + export.max_block as u64),
     ));
-    let mut hdr = IoBuf::with_capacity(proto::REQUEST_LEN);
+    let mut rd = Reader::new();
     loop {
-        if sock.read_into(&mut hdr, proto::REQUEST_LEN).await.is_err() {
+        let Ok(hdr) = rd.header(&sock).await else {
             break; // EOF, error, or shutdown(Read) by the server
-        }
-        let Ok(req) = proto::parse_request(hdr.as_slice()) else {
+        };
+        let Ok(req) = proto::parse_request(&hdr) else {
             tracing::debug!("nbd: bad request magic, closing");
             break;
         };
@@ -154,14 +255,10 @@ async fn transmit<Q: TargetQueue + 'static>(
             }
             Verdict::Fail { err, skip } => {
                 let permit = budget.acquire(REQUEST_COST).await;
-                if sock.discard(skip as u64).await.is_err() {
+                if rd.discard(&sock, skip as u64).await.is_err() {
                     break;
                 }
-                let c = conn.clone();
-                rt::spawn(async move {
-                    let _p = permit;
-                    c.reply_error(req.handle, err, "request rejected").await;
-                });
+                conn.reply_error(req.handle, err, "request rejected", permit);
             }
             Verdict::Run(cmd) => {
                 let data_len = match cmd {
@@ -170,18 +267,16 @@ async fn transmit<Q: TargetQueue + 'static>(
                 };
                 let permit = budget.acquire(REQUEST_COST + data_len).await;
                 let payload = if let Cmd::Write { len, .. } = cmd {
-                    let mut b = IoBuf::with_capacity(len as usize);
-                    if rt::net::recv_exact(sock.fd(), &mut b).await.is_err() {
-                        break; // disconnect mid-request: nothing to answer
+                    match rd.payload(&sock, len as usize).await {
+                        Ok(b) => Some(b),
+                        Err(_) => break, // disconnect mid-request: nothing to answer
                     }
-                    Some(b)
                 } else {
                     None
                 };
                 let (c, q) = (conn.clone(), q.clone());
                 rt::spawn(async move {
-                    let _p = permit;
-                    c.run(&*q, req.handle, cmd, payload).await;
+                    c.run(&*q, req.handle, cmd, payload, permit).await;
                 });
             }
         }
@@ -191,16 +286,26 @@ async fn transmit<Q: TargetQueue + 'static>(
         sock.shutdown(Shutdown::Both);
         budget.idle().await;
     }
+    conn.closing.set(true);
+    conn.more.notify_all();
+    writer.await;
     sock.shutdown(Shutdown::Both);
 }
 
 impl Conn {
-    async fn run<Q: TargetQueue>(&self, q: &Q, handle: u64, cmd: Cmd, payload: Option<IoBuf>) {
+    async fn run<Q: TargetQueue>(
+        &self,
+        q: &Q,
+        handle: u64,
+        cmd: Cmd,
+        payload: Option<IoBuf>,
+        permit: Permit,
+    ) {
         let res = match cmd {
             Cmd::Read { off, len, df } => {
                 let mut buf = IoBuf::with_capacity(len as usize);
                 match q.read(off, &mut buf).await {
-                    Ok(()) => return self.reply_read(handle, off, &buf, df).await,
+                    Ok(()) => return self.reply_read(handle, off, &buf, df, permit),
                     Err(e) => Err(e),
                 }
             }
@@ -231,89 +336,105 @@ impl Conn {
             Cmd::BlockStatus { off, len, one } => match q.block_status(off, len as u64).await {
                 Ok(ext) => {
                     let d = descriptors(&ext, len, one);
-                    return self.reply_block_status(handle, &d).await;
+                    return self.reply_block_status(handle, &d, permit);
                 }
                 Err(e) => Err(e),
             },
         };
         match res {
-            Ok(()) => self.reply_ok(handle).await,
-            Err(e) => {
-                self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string())
-                    .await
+            Ok(()) => self.reply_ok(handle, permit),
+            Err(e) => self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string(), permit),
+        }
+    }
+
+    /// Queue one whole reply for the writer (dropped, with its permit, if the connection broke).
+    fn push(&self, segs: Vec<Seg>, permit: Permit) {
+        if self.broken.get() {
+            return;
+        }
+        self.out.borrow_mut().push(Reply {
+            segs,
+            _permit: permit,
+        });
+        self.more.notify_all();
+    }
+
+    /// Send what is queued, one gathered `sendmsg` per batch, until the connection closes. A
+    /// failed send means the client is gone or broken: cut the connection so the reading loop
+    /// ends too, and drop the replies (their permits go back to the budget).
+    async fn writer(self: Rc<Self>) {
+        loop {
+            let batch = std::mem::take(&mut *self.out.borrow_mut());
+            if batch.is_empty() {
+                if self.closing.get() {
+                    return;
+                }
+                self.more.notified().await;
+                continue;
+            }
+            let (r, batch) = self.sock.send_gather(batch).await;
+            drop(batch);
+            if r.is_err() {
+                self.broken.set(true);
+                self.sock.shutdown(Shutdown::Both);
+                self.out.borrow_mut().clear();
             }
         }
     }
 
-    /// A failed send means the client is gone or broken: cut the connection so the reading loop
-    /// ends too.
-    fn check_send(&self, r: io::Result<()>) {
-        if r.is_err() {
-            self.sock.shutdown(Shutdown::Both);
-        }
-    }
-
-    async fn reply_ok(&self, handle: u64) {
-        let _g = self.write.lock().await;
-        let r = if self.structured {
-            let h = proto::encode_chunk_header(chunk::FLAG_DONE, chunk::NONE, handle, 0);
-            self.sock.send(&h).await
+    fn reply_ok(&self, handle: u64, permit: Permit) {
+        let h = if self.structured {
+            proto::encode_chunk_header(chunk::FLAG_DONE, chunk::NONE, handle, 0).to_vec()
         } else {
-            self.sock.send(&proto::encode_simple_reply(0, handle)).await
+            proto::encode_simple_reply(0, handle).to_vec()
         };
-        self.check_send(r);
+        self.push(vec![Seg::Own(h)], permit);
     }
 
-    async fn reply_error(&self, handle: u64, error: u32, msg: &str) {
-        let _g = self.write.lock().await;
-        let r = if self.structured {
+    fn reply_error(&self, handle: u64, error: u32, msg: &str, permit: Permit) {
+        let v = if self.structured {
             let p = proto::encode_error_payload(error, msg);
             let mut v =
                 proto::encode_chunk_header(chunk::FLAG_DONE, chunk::ERROR, handle, p.len() as u32)
                     .to_vec();
             v.extend(p);
-            self.sock.send(&v).await
+            v
         } else {
-            self.sock
-                .send(&proto::encode_simple_reply(error, handle))
-                .await
+            proto::encode_simple_reply(error, handle).to_vec()
         };
-        self.check_send(r);
+        self.push(vec![Seg::Own(v)], permit);
     }
 
-    async fn reply_read(&self, handle: u64, off: u64, buf: &IoBuf, df: bool) {
-        let _g = self.write.lock().await;
+    fn reply_read(&self, handle: u64, off: u64, buf: &IoBuf, df: bool, permit: Permit) {
         if !self.structured {
-            let h = proto::encode_simple_reply(0, handle);
-            let r = self.sock.send_with_data(&h, buf, 0, buf.len()).await;
-            return self.check_send(r);
+            let h = proto::encode_simple_reply(0, handle).to_vec();
+            return self.push(vec![Seg::Own(h), Seg::range(buf, 0, buf.len())], permit);
         }
         let pieces = plan_read(buf.as_slice(), df);
         let n = pieces.len();
+        let mut segs = Vec::with_capacity(2 * n);
         for (i, p) in pieces.into_iter().enumerate() {
             let flags = if i + 1 == n { chunk::FLAG_DONE } else { 0 };
             let at = off + p.start as u64;
-            let r = if p.hole {
+            if p.hole {
                 let mut v =
                     proto::encode_chunk_header(flags, chunk::OFFSET_HOLE, handle, 12).to_vec();
                 v.extend_from_slice(&at.to_be_bytes());
                 v.extend_from_slice(&(p.len as u32).to_be_bytes());
-                self.sock.send(&v).await
+                segs.push(Seg::Own(v));
             } else {
                 let mut v =
                     proto::encode_chunk_header(flags, chunk::OFFSET_DATA, handle, 8 + p.len as u32)
                         .to_vec();
                 v.extend_from_slice(&at.to_be_bytes());
-                self.sock.send_with_data(&v, buf, p.start, p.len).await
-            };
-            if r.is_err() {
-                return self.check_send(r);
+                segs.push(Seg::Own(v));
+                segs.push(Seg::range(buf, p.start, p.len));
             }
         }
+        self.push(segs, permit);
     }
 
-    async fn reply_block_status(&self, handle: u64, d: &[proto::Descriptor]) {
-        let _g = self.write.lock().await;
+    fn reply_block_status(&self, handle: u64, d: &[proto::Descriptor], permit: Permit) {
         let p = proto::encode_block_status(BASE_ALLOCATION_ID, d);
         let mut v = proto::encode_chunk_header(
             chunk::FLAG_DONE,
@@ -323,8 +444,7 @@ impl Conn {
         )
         .to_vec();
         v.extend(p);
-        let r = self.sock.send(&v).await;
-        self.check_send(r);
+        self.push(vec![Seg::Own(v)], permit);
     }
 }
 

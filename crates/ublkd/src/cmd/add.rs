@@ -23,6 +23,10 @@ pub struct AddArgs {
     /// Print the device's description as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run a supervisor that recovers the device whenever its daemon dies (needs --recovery
+    /// other than off).
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// The arguments after `add`, minus the ones only `add` understands.
@@ -35,7 +39,7 @@ fn passthrough_args() -> Vec<String> {
         .unwrap_or(argv.len());
     argv[pos..]
         .iter()
-        .filter(|a| *a != "--foreground" && *a != "--json")
+        .filter(|a| *a != "--foreground" && *a != "--json" && *a != "--restart")
         .cloned()
         .collect()
 }
@@ -54,7 +58,14 @@ pub fn run(a: AddArgs) -> ExitCode {
             daemon: false,
         });
     }
-    let mut args = vec!["serve".to_string(), "--daemon".to_string()];
+    if a.restart && a.dev.recovery == crate::serve::Recovery::Off {
+        return crate::fail("--restart needs a recovery mode (drop --recovery off)");
+    }
+    let mut args = if a.restart {
+        vec!["supervise".to_string(), "--".to_string()]
+    } else {
+        vec!["serve".to_string(), "--daemon".to_string()]
+    };
     args.extend(passthrough_args());
     spawn_daemon(args, a.json)
 }

@@ -39,14 +39,25 @@ fn delete(ctrl: &mut Control, id: u32) -> Result<(), String> {
     } else {
         state::load(id).map(|s| s.pid).unwrap_or(0)
     };
-    if pid_alive(pid) {
+    // A --restart supervisor would bring the daemon back: stop it first (it passes SIGTERM on
+    // to the daemon and exits once the device is gone).
+    if let Some(sup) = state::load(id)
+        .and_then(|s| s.supervisor_pid)
+        .filter(|p| pid_alive(*p))
+    {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(sup, libc::SIGTERM) };
+    } else if pid_alive(pid) {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    if pid_alive(pid) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && !gone(ctrl, id) {
+        // Stop waiting early if the daemon dies without finishing (killed mid-way).
+        while Instant::now() < deadline && !gone(ctrl, id) && pid_alive(pid) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !gone(ctrl, id) {
+        if !gone(ctrl, id) && pid_alive(pid) {
             tracing::warn!("daemon {pid} of device {id} did not stop in 30 s; killing it");
             // SAFETY: plain kill(2).
             unsafe { libc::kill(pid, libc::SIGKILL) };

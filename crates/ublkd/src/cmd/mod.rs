@@ -6,3 +6,4 @@ pub mod export;
 pub mod features;
 pub mod list;
 pub mod recover;
+pub mod upgrade;
