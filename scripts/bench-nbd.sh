@@ -4,7 +4,7 @@
 #   scripts/bench-nbd.sh [--quick] [--runtime S] [--reps N] [--out DIR] [--ublkd PATH]
 #                        [--backends "file mem"] [--servers "ublkd qemu-nbd nbdkit"]
 #                        [--file-cache buffered|direct] [--ublkd-args "..."] [--port-base P]
-#                        [--no-load-wait] [--keep]
+#                        [--pin split|none] [--no-load-wait] [--keep]
 #
 # Serves the same 1 GiB file (random data, on the disk under /var/tmp) and the same kind of
 # 1 GiB memory disk with each server, all on 127.0.0.1, and runs 4k randread/randwrite at
@@ -24,6 +24,13 @@
 #         a 1 GiB file on /dev/shm (tmpfs) with --cache=writeback. Each memory disk is first
 #         filled by a sequential 1 MiB write through NBD so reads hit allocated memory.
 #
+# CPU placement: with --pin split (default) the servers run on the upper half of the CPUs and
+# fio on the lower half (on 2 CPUs: server on CPU 1, fio on CPU 0), the same for every server, so
+# fio does not compete with the server and the scheduler's placement does not decide the result:
+# unpinned, a qd1 ping-pong runs ~8x faster when client and server happen to share a CPU (a
+# context switch) than when they do not (a cross-CPU wakeup of an idle vCPU), and which one
+# happens varies from run to run. --pin none leaves placement to the scheduler.
+#
 # The machine may have other jobs (VMs): before measuring we wait (up to 10 min) for the 1-minute
 # load average to drop below 1.0, and record it at start and end. fio runs on the same cores as
 # the server, identically for every server. Everything started here is killed on exit.
@@ -41,6 +48,7 @@ FILE_CACHE=buffered
 UBLKD_ARGS=""
 PORT_BASE=10910
 LOAD_WAIT=1
+PIN=split
 KEEP=0
 SIZE_MIB=1024
 WORKDIR=/var/tmp/bench-nbd
@@ -60,6 +68,7 @@ while [ $# -gt 0 ]; do
         --file-cache) FILE_CACHE=$2; shift ;;
         --ublkd-args) UBLKD_ARGS=$2; shift ;;
         --port-base) PORT_BASE=$2; shift ;;
+        --pin) PIN=$2; shift ;;
         --no-load-wait) LOAD_WAIT=0 ;;
         --keep) KEEP=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -68,6 +77,14 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$FILE_CACHE" in buffered|direct) ;; *) echo "bench-nbd: --file-cache buffered|direct" >&2; exit 2 ;; esac
+case "$PIN" in split|none) ;; *) echo "bench-nbd: --pin split|none" >&2; exit 2 ;; esac
+NCPU=$(nproc)
+SRV_CPUS=""; FIO_CPUS=""
+if [ "$PIN" = split ] && [ "$NCPU" -ge 2 ]; then
+    FIO_CPUS="0-$((NCPU / 2 - 1))"; SRV_CPUS="$((NCPU / 2))-$((NCPU - 1))"
+fi
+# A prefix, not a function: `cmd &` must leave the server's own pid in $! (taskset execs).
+SRV=(taskset -c "${SRV_CPUS:-0-$((NCPU - 1))}")
 [ -n "$OUT" ] || OUT=/tmp/bench-nbd-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT/json" "$WORKDIR"
 
@@ -112,6 +129,7 @@ loadavg() { cut -d' ' -f1 /proc/loadavg; }
     echo "nbdkit: $(nbdkit --version 2>/dev/null | head -1)"
     echo "ublkd: $UBLKD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null)$(cd "$HERE" && git diff --quiet -- crates 2>/dev/null || echo '+dirty'))"
     echo "file: $WORKDIR/disk.img on $(findmnt -no FSTYPE,SOURCE -T "$WORKDIR" | tr -s ' '), cache mode $FILE_CACHE"
+    echo "cpu placement: ${PIN} (servers on CPUs ${SRV_CPUS:-any}, fio on CPUs ${FIO_CPUS:-any})"
     echo "runtime per run: ${RUNTIME}s, reps: $REPS, ublkd extra args: '${UBLKD_ARGS}'"
 } > "$OUT/machine.txt"
 
@@ -165,25 +183,25 @@ start_server() { # server backend
         ublkd/file)
             local buf=""; [ "$FILE_CACHE" = buffered ] && buf=--buffered
             # shellcheck disable=SC2086
-            "$UBLKD" export -t file --path "$WORKDIR/disk.img" $buf --name $NAME \
+            "${SRV[@]}" "$UBLKD" export -t file --path "$WORKDIR/disk.img" $buf --name $NAME \
                 --listen 127.0.0.1:$port $UBLKD_ARGS 2>"$errlog" & ;;
         ublkd/mem)
             # shellcheck disable=SC2086
-            "$UBLKD" export -t mem --size ${SIZE_MIB}M --name $NAME \
+            "${SRV[@]}" "$UBLKD" export -t mem --size ${SIZE_MIB}M --name $NAME \
                 --listen 127.0.0.1:$port $UBLKD_ARGS 2>"$errlog" & ;;
         qemu-nbd/file)
             local c=writeback; [ "$FILE_CACHE" = direct ] && c=none
-            qemu-nbd -f raw -x $NAME -b 127.0.0.1 -p $port -t -e 16 --cache=$c --aio=io_uring \
+            "${SRV[@]}" qemu-nbd -f raw -x $NAME -b 127.0.0.1 -p $port -t -e 16 --cache=$c --aio=io_uring \
                 "$WORKDIR/disk.img" 2>"$errlog" & ;;
         qemu-nbd/mem)
             rm -f "$SHMFILE"; truncate -s ${SIZE_MIB}M "$SHMFILE"
-            qemu-nbd -f raw -x $NAME -b 127.0.0.1 -p $port -t -e 16 --cache=writeback --aio=io_uring \
+            "${SRV[@]}" qemu-nbd -f raw -x $NAME -b 127.0.0.1 -p $port -t -e 16 --cache=writeback --aio=io_uring \
                 "$SHMFILE" 2>"$errlog" & ;;
         nbdkit/file)
             local c=default; [ "$FILE_CACHE" = direct ] && c=none
-            nbdkit -f -i 127.0.0.1 -p $port -e $NAME file "$WORKDIR/disk.img" cache=$c 2>"$errlog" & ;;
+            "${SRV[@]}" nbdkit -f -i 127.0.0.1 -p $port -e $NAME file "$WORKDIR/disk.img" cache=$c 2>"$errlog" & ;;
         nbdkit/mem)
-            nbdkit -f -i 127.0.0.1 -p $port -e $NAME memory ${SIZE_MIB}M 2>"$errlog" & ;;
+            "${SRV[@]}" nbdkit -f -i 127.0.0.1 -p $port -e $NAME memory ${SIZE_MIB}M 2>"$errlog" & ;;
     esac
     local pid=$!
     PIDS+=("$pid"); PID[$s]=$pid; PORT[$s]=$port
@@ -213,7 +231,7 @@ run_fio() { # server backend workload rep
     local rw=${w%%-*} rest=${w#*-}; local qd=${rest%%-*}; qd=${qd#qd}; local nj=${w##*-j}
     local json="json/$b-$s-$w-r$r.json"
     local t0; t0=$(cpu_ticks "${PID[$s]}")
-    timeout $((RUNTIME + 60)) fio --name="$w" --ioengine=nbd --uri="nbd://127.0.0.1:${PORT[$s]}/$NAME" \
+    timeout $((RUNTIME + 60)) taskset -c "${FIO_CPUS:-0-$((NCPU - 1))}" fio --name="$w" --ioengine=nbd --uri="nbd://127.0.0.1:${PORT[$s]}/$NAME" \
         --rw="$rw" --bs=4k --iodepth="$qd" --numjobs="$nj" --time_based --runtime="$RUNTIME" \
         --group_reporting --randrepeat=0 --norandommap --output-format=json \
         --output="$OUT/$json" >/dev/null 2>"$OUT/fio-err.log" \
@@ -232,7 +250,7 @@ EOF
 }
 
 prefill() { # server
-    timeout 300 fio --name=prefill --ioengine=nbd --uri="nbd://127.0.0.1:${PORT[$1]}/$NAME" \
+    timeout 300 taskset -c "${FIO_CPUS:-0-$((NCPU - 1))}" fio --name=prefill --ioengine=nbd --uri="nbd://127.0.0.1:${PORT[$1]}/$NAME" \
         --rw=write --bs=1M --iodepth=8 --size=${SIZE_MIB}M --output=/dev/null 2>"$OUT/fio-err.log" \
         || { log "prefill failed on $1:"; cat "$OUT/fio-err.log" >&2; exit 1; }
 }
