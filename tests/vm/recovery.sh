@@ -183,21 +183,26 @@ ext4_kill_and_recover() {
 }
 
 kill_during_add_and_del() {
-    local i dev id pid
+    local i dev id pid apid dpid
     for i in 1 2 3 4 5; do
-        "$UBLKD" add -t mem --size 64M >/dev/null 2>&1 &
+        timeout 60 "$UBLKD" add -t mem --size 64M >/dev/null 2>&1 &
+        apid=$!
         sleep "0.0$((RANDOM % 9 + 1))"
         pkill -9 -f "ublkd serve" || true
-        wait
+        wait "$apid"
+        echo "add $i: add exited $?"
     done
     for i in 1 2 3; do
-        dev=$("$UBLKD" add -t mem --size 64M) || return 1
+        dev=$(timeout 60 "$UBLKD" add -t mem --size 64M) || { echo "add for del $i failed"; return 1; }
         id=${dev#/dev/ublkb}; pid=$(daemon_pid "$id")
-        "$UBLKD" del -n "$id" >/dev/null 2>&1 &
+        timeout 90 "$UBLKD" del -n "$id" >/dev/null 2>&1 &
+        dpid=$!
         sleep "0.0$((RANDOM % 5 + 1))"
         kill -9 "$pid" 2>/dev/null
-        wait
+        wait "$dpid"
+        echo "del $i: del exited $?"
     done
+    "$UBLKD" list
     timeout 120 "$UBLKD" del --all || { echo "del --all failed"; "$UBLKD" list; return 1; }
     ls /dev | grep '^ublk[bc]' && { echo "devices left"; "$UBLKD" list; return 1; }
     ! pgrep -af "ublkd serve"
