@@ -11,6 +11,7 @@ use std::io;
 pub use rt::IoBuf;
 
 pub mod file;
+pub mod filter;
 pub mod mem;
 pub mod null;
 pub mod size;

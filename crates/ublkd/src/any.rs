@@ -1,9 +1,13 @@
 //! Run-time choice of target without boxing per request: an enum per level, each method a match.
+//! The exception is a filter (`--filter delay:...`): it wraps another `AnyTarget`, so its queue's
+//! futures recurse through `AnyQueue` and are boxed, one allocation per request, only on devices
+//! that use a filter. Unfiltered devices keep the allocation-free path.
 
 use std::io;
 
 use nbd::client::{NbdQueue, NbdTarget};
 use target::file::{FileQueue, FileTarget};
+use target::filter::delay::{Delay, DelayQueue};
 use target::mem::{MemQueue, MemTarget};
 use target::null::{NullQueue, NullTarget};
 use target::{Extent, Geometry, IoBuf, Target, TargetQueue};
@@ -13,6 +17,7 @@ pub enum AnyTarget {
     Mem(MemTarget),
     File(FileTarget),
     Nbd(NbdTarget),
+    Delay(Box<Delay<AnyTarget>>),
 }
 
 pub enum AnyQueue {
@@ -20,6 +25,7 @@ pub enum AnyQueue {
     Mem(MemQueue),
     File(FileQueue),
     Nbd(NbdQueue),
+    Delay(Box<DelayQueue<AnyQueue>>),
 }
 
 impl AnyTarget {
@@ -28,6 +34,7 @@ impl AnyTarget {
     pub fn max_queues(&self) -> usize {
         match self {
             AnyTarget::Nbd(t) => t.max_queues(),
+            AnyTarget::Delay(t) => t.inner().max_queues(),
             _ => usize::MAX,
         }
     }
@@ -41,6 +48,7 @@ impl Target for AnyTarget {
             AnyTarget::Mem(t) => t.geometry(),
             AnyTarget::File(t) => t.geometry(),
             AnyTarget::Nbd(t) => t.geometry(),
+            AnyTarget::Delay(t) => t.geometry(),
         }
     }
     fn open_queue(&self, qid: u16) -> io::Result<AnyQueue> {
@@ -49,6 +57,7 @@ impl Target for AnyTarget {
             AnyTarget::Mem(t) => AnyQueue::Mem(t.open_queue(qid)?),
             AnyTarget::File(t) => AnyQueue::File(t.open_queue(qid)?),
             AnyTarget::Nbd(t) => AnyQueue::Nbd(t.open_queue(qid)?),
+            AnyTarget::Delay(t) => AnyQueue::Delay(Box::new(t.open_queue(qid)?)),
         })
     }
 }
@@ -60,6 +69,8 @@ macro_rules! each {
             AnyQueue::Mem($q) => $e,
             AnyQueue::File($q) => $e,
             AnyQueue::Nbd($q) => $e,
+            // Recursive (the filter's inner queue is an AnyQueue): box the future to give it a size.
+            AnyQueue::Delay($q) => Box::pin(async move { $e }).await,
         }
     };
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use target::size::parse_size;
 
-use crate::spec::TargetSpec;
+use crate::spec::{FilterSpec, TargetSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetKind {
@@ -48,6 +48,10 @@ pub struct TargetArgs {
     /// (nbd target; default 30).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Put a filter in front of the target; repeat to stack (the first wraps the target).
+    /// `delay:ms=N` or `delay:us=N`: a fixed latency per request, unlimited concurrency.
+    #[arg(long = "filter", value_name = "SPEC")]
+    pub filters: Vec<String>,
 }
 
 /// Default `--timeout` of the nbd target.
@@ -56,6 +60,22 @@ pub const DEFAULT_NBD_TIMEOUT_SECS: u64 = 30;
 impl TargetArgs {
     /// Check combinations and build the spec. Errors are one line.
     pub fn to_spec(&self) -> Result<TargetSpec, String> {
+        let base = self.base_spec()?;
+        if self.filters.is_empty() {
+            return Ok(base);
+        }
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| FilterSpec::parse(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TargetSpec::Filtered {
+            filters,
+            inner: Box::new(base),
+        })
+    }
+
+    fn base_spec(&self) -> Result<TargetSpec, String> {
         let only_file = |flag: &str| format!("{flag} applies only to -t file");
         let only_nbd = |flag: &str| format!("{flag} applies only to -t nbd");
         let lb = self.logical_block.map(|b| b as u32).unwrap_or(512);
@@ -158,7 +178,25 @@ mod tests {
             logical_block: None,
             uri: None,
             timeout: None,
+            filters: Vec::new(),
         }
+    }
+
+    #[test]
+    fn filters_wrap_the_target_and_bad_ones_are_one_line() {
+        let mut a = args(TargetKind::Null);
+        a.size = Some(1 << 20);
+        a.filters = vec!["delay:us=100".into()];
+        match a.to_spec().unwrap() {
+            TargetSpec::Filtered { filters, inner } => {
+                assert_eq!(filters, vec![FilterSpec::Delay { us: 100 }]);
+                assert!(matches!(*inner, TargetSpec::Null { .. }));
+            }
+            s => panic!("{s:?}"),
+        }
+        a.filters = vec!["delay:ms=oops".into()];
+        let e = a.to_spec().unwrap_err();
+        assert!(e.contains("delay:ms=N") && !e.contains('\n'), "{e}");
     }
 
     #[test]

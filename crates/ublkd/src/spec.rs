@@ -7,6 +7,7 @@ use std::time::Duration;
 use nbd::client::{NbdConfig, NbdTarget};
 
 use target::file::FileTarget;
+use target::filter::delay::Delay;
 use target::mem::MemTarget;
 use target::null::NullTarget;
 use target::size::format_size;
@@ -44,6 +45,55 @@ pub enum TargetSpec {
         #[serde(default = "default_nbd_timeout")]
         timeout_secs: u64,
     },
+    /// Another target seen through filters (`--filter`), applied in order: the first wraps the
+    /// target, the last is what the frontend sees.
+    Filtered {
+        filters: Vec<FilterSpec>,
+        inner: Box<TargetSpec>,
+    },
+}
+
+/// A filter, as data. `serde` form: `{"type":"delay","us":5000}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum FilterSpec {
+    /// Fixed latency per request, unlimited concurrency.
+    Delay { us: u64 },
+}
+
+impl FilterSpec {
+    /// Parse `delay:ms=N` or `delay:us=N`. Errors are one line.
+    pub fn parse(s: &str) -> Result<FilterSpec, String> {
+        match s.split_once(':') {
+            Some(("delay", params)) => {
+                let d = target::filter::delay::parse_params(params).map_err(|e| e.to_string())?;
+                Ok(FilterSpec::Delay {
+                    us: d.as_micros() as u64,
+                })
+            }
+            _ if s == "delay" => {
+                Err("--filter delay needs a latency: delay:ms=N or delay:us=N".into())
+            }
+            _ => Err(format!(
+                "unknown filter '{s}' (known: delay:ms=N, delay:us=N)"
+            )),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            FilterSpec::Delay { us } if us % 1000 == 0 => format!("delay:ms={}", us / 1000),
+            FilterSpec::Delay { us } => format!("delay:us={us}"),
+        }
+    }
+
+    fn wrap(&self, inner: AnyTarget) -> AnyTarget {
+        match self {
+            FilterSpec::Delay { us } => {
+                AnyTarget::Delay(Box::new(Delay::new(inner, Duration::from_micros(*us))))
+            }
+        }
+    }
 }
 
 fn default_nbd_timeout() -> u64 {
@@ -85,6 +135,14 @@ impl TargetSpec {
                 )
             }
             TargetSpec::Nbd { uri, .. } => format!("nbd {uri}"),
+            TargetSpec::Filtered { filters, inner } => {
+                let mut d = inner.describe();
+                for f in filters {
+                    d.push_str(" +");
+                    d.push_str(&f.describe());
+                }
+                d
+            }
         }
     }
 
@@ -124,6 +182,9 @@ impl TargetSpec {
                 NbdTarget::open(c)
                     .map(AnyTarget::Nbd)
                     .map_err(|e| OpenError::Io(format!("NBD server {uri}: {e}")))
+            }
+            TargetSpec::Filtered { filters, inner } => {
+                Ok(filters.iter().fold(inner.open()?, |t, f| f.wrap(t)))
             }
         }
     }
@@ -178,6 +239,42 @@ mod tests {
             e.contains("nbd://127.0.0.1:1/x") && !e.contains('\n'),
             "{e}"
         );
+    }
+
+    #[test]
+    fn filters_parse_round_trip_and_open() {
+        assert_eq!(
+            FilterSpec::parse("delay:ms=5").unwrap(),
+            FilterSpec::Delay { us: 5000 }
+        );
+        assert_eq!(
+            FilterSpec::parse("delay:us=250").unwrap(),
+            FilterSpec::Delay { us: 250 }
+        );
+        for bad in [
+            "delay",
+            "delay:",
+            "delay:ms=x",
+            "delay:s=1",
+            "slow:ms=1",
+            "",
+        ] {
+            let e = FilterSpec::parse(bad).unwrap_err();
+            assert!(!e.is_empty() && !e.contains('\n'), "{bad}: {e}");
+        }
+        let s = TargetSpec::Filtered {
+            filters: vec![FilterSpec::Delay { us: 5000 }],
+            inner: Box::new(TargetSpec::Null {
+                size: 1 << 20,
+                logical_block: 512,
+            }),
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<TargetSpec>(&j).unwrap(), s);
+        assert_eq!(s.describe(), "null 1M +delay:ms=5");
+        let t = s.open().unwrap();
+        assert_eq!(t.geometry().size, 1 << 20);
+        assert!(matches!(t, AnyTarget::Delay(_)));
     }
 
     #[test]

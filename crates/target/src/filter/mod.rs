@@ -1,0 +1,3 @@
+//! Filters: targets that wrap another target (in the spirit of nbdkit's filters).
+
+pub mod delay;
