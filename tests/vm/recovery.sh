@@ -100,7 +100,7 @@ wait_live_new_pid() { # ID OLDPID: wait until a different daemon serves the devi
 }
 
 restart_survives_repeated_kills() {
-    local dev id pid fpid i img=$BACK/restart.img
+    local dev id pid fpid i t0 img=$BACK/restart.img
     truncate -s 128M "$img"
     dev=$("$UBLKD" add -t file --path "$img" -q 2 -d 64 --restart) || return 1
     id=${dev#/dev/ublkb}
@@ -110,9 +110,11 @@ restart_survives_repeated_kills() {
     for i in $(seq 1 10); do
         sleep "0.$((RANDOM % 9 + 1))"
         pid=$(daemon_pid "$id")
+        t0=$(now_ms)
         kill -9 "$pid" || return 1
         wait_live_new_pid "$id" "$pid" || { echo "no recovery after kill $i"; kill "$fpid"; return 1; }
-        echo "kill $i: daemon $pid replaced by $(daemon_pid "$id")"
+        echo "restart kill $i: daemon $pid replaced by $(daemon_pid "$id") in $(( $(now_ms) - t0 )) ms" \
+            | tee -a "$LOG_DIR/recovery-times.txt"
     done
     wait "$fpid" || { echo "fio failed"; cat "$LOG_DIR/restart-fio.out"; return 1; }
     grep -q "err= 0" "$LOG_DIR/restart-fio.out" || return 1

@@ -11,12 +11,19 @@ UBLKD=${UBLKD:-$ROOT/target/release/ublkd}
 COMPAT=0
 [ "${1:-}" = "--compat" ] && COMPAT=1
 SCRATCH=${SCRATCH:-/tmp/ublkd-suite}
+# Logs survive the VM when the host-shared directory is there (scripts/vm.sh mounts it).
+if [ -z "${LOG_DIR:-}" ] && [ -d /tmp/ublkd-vm ] && [ -w /tmp/ublkd-vm ]; then
+    LOG_DIR=/tmp/ublkd-vm/suite-logs-$(uname -r)
+    rm -rf "$LOG_DIR"
+fi
 LOG_DIR=${LOG_DIR:-$SCRATCH/logs}
 rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 # shellcheck source=nbd.sh
 . "$HERE/nbd.sh"
+# shellcheck source=recovery.sh
+. "$HERE/recovery.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -217,6 +224,7 @@ if [ "$COMPAT" = 1 ]; then
     test_fio_verify file -t file --path "$BACK/verify.img"
     test_null_io
     test_ext4
+    check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -231,12 +239,15 @@ else
     test_list_json
     test_nbd_export_kernel_client
     test_nbd_target_over_nbdkit
+    test_recovery
+    test_recovery_more
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null
 check_clean "no device, daemon or state file left after the suite"
 
 echo
+if [ -s "$LOG_DIR/recovery-times.txt" ]; then echo "recovery timings:"; cat "$LOG_DIR/recovery-times.txt"; fi
 [ "$FAILED" -gt 0 ] && printf 'failed: %s\n' "${FAILED_NAMES[@]}"
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
