@@ -27,11 +27,13 @@ fi
 # kmod: modprobe/depmod, used on the host (depmod) and inside the guest.
 # udev: gives the guest udevd so /dev/disk/* links and uevents behave normally.
 # fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads.
+# jq: bench/guest.sh reads fio's JSON. fonts-dejavu-core: the TTF crates/bench-plot renders
+# text with (plotters' ab_glyph; no fontconfig/freetype needed).
 apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" \
     busybox-static kmod udev \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux \
-    xz-utils
+    xz-utils jq fonts-dejavu-core
 
 # The downgrade must leave a working qemu-img behind.
 qemu-img --version >/dev/null

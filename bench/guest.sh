@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Guest half of scripts/bench.sh: runs inside the VM (as root, ublk_drv loaded), writes raw fio
+# JSON and a per-run CSV to $OUT. Not meant to be run by hand on a host (it reloads null_blk).
+#
+# Environment: UBLKD (binary), OUT (results dir, host-visible), RUNTIME (s per cell), RUNS,
+# QD_SWEEP (1: run the delay-filter queue-depth sweep), LOAD1 (host load at boot, recorded).
+set -euo pipefail
+
+UBLKD=${UBLKD:?}
+OUT=${OUT:?}
+RUNTIME=${RUNTIME:-5}
+RUNS=${RUNS:-3}
+QD_SWEEP=${QD_SWEEP:-1}
+LOAD1=${LOAD1:-}
+SCRATCH=${TMPDIR:-/tmp}
+FILE_MIB=1024
+CLK_TCK=$(getconf CLK_TCK)
+KVER=$(uname -r)
+
+mkdir -p "$OUT/raw" "$OUT/logs"
+# Run ublkd from the guest's tmpfs: every `add` execs it, and reading it over the host's 9p share
+# (slow under TCG) would count in the creation time.
+cp "$UBLKD" "$SCRATCH/ublkd"
+UBLKD=$SCRATCH/ublkd
+CSV=$OUT/runs.csv
+echo "kernel,group,device,rw,iodepth,numjobs,rep,iops,lat_us,cpu_us_per_io,batch,create_ms,rss_idle_kib,rss_load_kib,requests,nr_requests,cpu_stat_us_per_io" >"$CSV"
+note() { echo "bench(guest): $*" >&2; echo "$*" >>"$OUT/notes.txt"; }
+now_ns() { date +%s%N; }
+
+# ---- kernel baselines --------------------------------------------------------------------------
+modprobe -r null_blk 2>/dev/null || true
+modprobe null_blk queue_mode=2 submit_queues=2 nr_devices=1 gb=4 irqmode=0
+NULLB=/dev/nullb0
+
+# The 1 GiB backing file, shared by loop and the file target. Prefer the guest tmpfs; if loop
+# cannot do direct I/O there, use ext4 on a brd RAM disk.
+backing_dir=$SCRATCH
+FILE=$backing_dir/bench-file.img
+dd if=/dev/zero of="$FILE" bs=1M count=$FILE_MIB status=none
+LOOP=$(losetup --direct-io=on -f --show "$FILE")
+dio=$(cat "/sys/block/${LOOP#/dev/}/loop/dio")
+if [[ "$dio" != 1 ]]; then
+    losetup -d "$LOOP"
+    rm -f "$FILE"
+    modprobe brd rd_nr=1 rd_size=$(((FILE_MIB + 256) * 1024))
+    mkfs.ext4 -q -F /dev/ram0
+    mkdir -p /mnt/bench-ext4
+    mount /dev/ram0 /mnt/bench-ext4
+    backing_dir=/mnt/bench-ext4
+    FILE=$backing_dir/bench-file.img
+    dd if=/dev/zero of="$FILE" bs=1M count=$FILE_MIB oflag=direct status=none
+    LOOP=$(losetup --direct-io=on -f --show "$FILE")
+    dio=$(cat "/sys/block/${LOOP#/dev/}/loop/dio")
+    note "backing: ext4 on brd (tmpfs refused loop direct I/O); loop dio=$dio"
+else
+    note "backing: 1 GiB file on the guest tmpfs; loop dio=$dio"
+fi
+
+set_none() { # scheduler none for a fair comparison (single-queue devices default to mq-deadline)
+    local s=/sys/block/${1#/dev/}/queue/scheduler
+    [[ -w $s ]] && echo none >"$s" 2>/dev/null || true
+}
+nr_requests() { cat "/sys/block/${1#/dev/}/queue/nr_requests" 2>/dev/null || echo ""; }
+set_none "$NULLB"
+set_none "$LOOP"
+
+{
+    echo "kernel: $KVER"
+    echo "cpus: $(nproc); $(grep -m1 'model name' /proc/cpuinfo)"
+    echo "mem: $(grep MemTotal /proc/meminfo)"
+    echo "fio: $(fio --version)"
+    echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
+    echo "host load1 at boot: $LOAD1"
+    echo "null_blk: queue_mode=2 submit_queues=2 nr_devices=1 gb=4 irqmode=0"
+    echo "loop: $LOOP over $FILE, dio=$dio, nr_requests=$(nr_requests "$LOOP")"
+} >>"$OUT/notes.txt"
+
+# ---- one ublkd device per run ------------------------------------------------------------------
+UDEV="" UID_="" UPID="" CREATE_MS="" RSS_IDLE=""
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Precise CPU time (ns) of all the daemon's threads: the scheduler's sum_exec_runtime. utime+stime
+# above come from tick sampling, which TCG biases upwards when the process runs rarely (a tick
+# that fell while the vCPU idled is delivered when it wakes, i.e. to the daemon).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+
+ublk_add() { # args for `ublkd add`; sets UDEV UID_ UPID CREATE_MS RSS_IDLE
+    local t0 t1 j
+    t0=$(now_ns)
+    j=$("$UBLKD" add --json "$@")
+    UDEV=$(jq -r .block_device <<<"$j")
+    UID_=$(jq -r .id <<<"$j")
+    dd if="$UDEV" of=/dev/null bs=4k count=1 iflag=direct status=none
+    t1=$(now_ns)
+    CREATE_MS=$(((t1 - t0) / 1000000))
+    UPID=$("$UBLKD" list -n "$UID_" --json | jq -r 'if type == "array" then .[0].pid else .pid end')
+    set_none "$UDEV"
+    sleep 0.5
+    RSS_IDLE=$(rss_kib "$UPID")
+}
+
+ublk_del() { # prints "requests batch" from the daemon's shutdown lines
+    local log=/run/ublkd/$UID_.log
+    "$UBLKD" del -n "$UID_" >/dev/null
+    for _ in $(seq 100); do kill -0 "$UPID" 2>/dev/null || break; sleep 0.1; done
+    cp "$log" "$OUT/logs/last-ublkd.log" 2>/dev/null || true
+    # Only the lines after the last "stopping device" belong to this daemon.
+    awk '/stopping device/ {r = 0; e = 0; c = 0}
+         /completions per enter/ {
+             for (i = 1; i <= NF; i++) {
+                 if ($(i) ~ /^requests,?$/) r += $(i - 1)
+                 if ($(i) ~ /^enters,?$/) { e += $(i - 1); c += $(i - 1) * $(i + 1) }
+             }
+         }
+         END { printf "%d %.2f\n", r, (e > 0 ? c / e : 0) }' "$log"
+}
+
+# ---- one fio run -------------------------------------------------------------------------------
+# fio_run NAME DEV RW QD JOBS [extra fio args]: writes $OUT/raw/NAME.json, prints "iops lat_us ios"
+fio_run() {
+    local name=$1 dev=$2 rw=$3 qd=$4 jobs=$5
+    shift 5
+    fio --name=bench --filename="$dev" --ioengine=io_uring --direct=1 --bs=4k --rw="$rw" \
+        --iodepth="$qd" --numjobs="$jobs" --time_based --runtime="$RUNTIME" --group_reporting \
+        --randrepeat=0 --norandommap --size="${FIO_SIZE:-1G}" "$@" \
+        --output-format=json --output="$OUT/raw/$name.json" >/dev/null
+    jq -r '.jobs[0] as $j | (if $j.read.total_ios > 0 then $j.read else $j.write end) as $d
+           | "\($d.iops) \($d.lat_ns.mean / 1000) \($j.read.total_ios + $j.write.total_ios)"' \
+        "$OUT/raw/$name.json"
+}
+
+# measure GROUP DEVICE RW QD JOBS REP [fio args...]: one row of the CSV.
+measure() {
+    local group=$1 device=$2 rw=$3 qd=$4 jobs=$5 rep=$6
+    shift 6
+    local name="$device-$rw-qd$qd-j$jobs-r$rep" dev res iops lat ios
+    local cpu="" batch="" create="" rss_i="" rss_l="" reqs="" nrr
+    case $device in
+    null_blk) dev=$NULLB ;;
+    loop) dev=$LOOP ;;
+    ublk-null) ublk_add -t null --size 4G -q 2 -d 64 && dev=$UDEV ;;
+    ublk-file) ublk_add -t file --path "$FILE" -q 2 -d 64 && dev=$UDEV ;;
+    ublk-mem)
+        # 256 MiB, filled before measuring: a fresh mem device's first write to each region
+        # faults in (and zeroes) a page -- a transparent huge page where THP is on, ~10 ms each
+        # under TCG -- which would measure the guest's page allocator, not the data path.
+        ublk_add -t mem --size 256M -q 2 -d 64 && dev=$UDEV
+        dd if=/dev/zero of="$dev" bs=1M count=256 oflag=direct status=none
+        local FIO_SIZE=256M
+        ;;
+    ublk-null-delay5ms) ublk_add -t null --size 4G -q 1 -d 4096 --max-io 64K \
+        --filter delay:ms=5 && dev=$UDEV ;;
+    *) echo "unknown device $device" >&2; return 1 ;;
+    esac
+    nrr=$(nr_requests "$dev")
+    if [[ $device == ublk-* ]]; then
+        local c0 c1 n0 n1 cpu_stat rssf=$OUT/logs/rss.$$
+        echo 0 >"$rssf"
+        (m=0; while kill -0 "$UPID" 2>/dev/null; do
+            r=$(rss_kib "$UPID"); ((r > m)) && m=$r && echo "$m" >"$rssf"; sleep 0.2
+        done) &
+        local sampler=$!
+        c0=$(cpu_ticks "$UPID")
+        n0=$(cpu_ns "$UPID")
+        res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
+        c1=$(cpu_ticks "$UPID")
+        n1=$(cpu_ns "$UPID")
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        rss_l=$(cat "$rssf")
+        read -r iops lat ios <<<"$res"
+        cpu_stat=$(awk -v d=$((c1 - c0)) -v t="$CLK_TCK" -v n="$ios" \
+            'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / t / n : 0) }')
+        cpu=$(awk -v d=$((n1 - n0)) -v n="$ios" 'BEGIN { printf "%.2f", (n > 0 ? d / 1e3 / n : 0) }')
+        create=$CREATE_MS
+        rss_i=$RSS_IDLE
+        read -r reqs batch < <(ublk_del)
+    else
+        res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
+        read -r iops lat ios <<<"$res"
+    fi
+    echo "$KVER,$group,$device,$rw,$qd,$jobs,$rep,$iops,$lat,$cpu,$batch,$create,$rss_i,$rss_l,$reqs,$nrr,${cpu_stat:-}" >>"$CSV"
+    echo "bench(guest): $name: $(printf '%.0f' "$iops") IOPS${cpu:+, $cpu us CPU/IO, batch $batch}" >&2
+}
+
+# ---- the matrix: repetitions outermost, devices interleaved within each cell -------------------
+for rep in $(seq 1 "$RUNS"); do
+    for rw in randread randwrite; do
+        for qd in 1 64; do
+            for jobs in 1 2; do
+                measure null null_blk "$rw" "$qd" "$jobs" "$rep"
+                measure null ublk-null "$rw" "$qd" "$jobs" "$rep"
+                measure file loop "$rw" "$qd" "$jobs" "$rep"
+                measure file ublk-file "$rw" "$qd" "$jobs" "$rep"
+                measure mem ublk-mem "$rw" "$qd" "$jobs" "$rep"
+            done
+        done
+    done
+done
+
+# ---- queue-depth scaling over a 5 ms delay -----------------------------------------------------
+if [[ $QD_SWEEP == 1 ]]; then
+    for qd in 1 8 32 128 512 2048 4096; do
+        b=$((qd < 64 ? qd : 64))
+        measure qd ublk-null-delay5ms randread "$qd" 1 1 \
+            --iodepth_batch_submit="$b" --iodepth_batch_complete_min=1 \
+            --iodepth_batch_complete_max="$qd"
+    done
+fi
+
+losetup -d "$LOOP" || true
+echo "host load1 at end (guest view of its own load): $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/notes.txt"
+echo "bench(guest): done" >&2

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Summarize a scripts/bench.sh run: runs.csv -> summary.csv and table.md (same directory).
+
+Medians over the repetitions; spread = (max - min) / median; ratio = ublkd median / kernel
+baseline median in the same cell (null -> null_blk, file -> loop, mem -> null_blk). The issue-5
+targets are checked per row (blank when the row has none).
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+BASELINE = {"null": "null_blk", "file": "loop", "mem": "null_blk"}
+BASE_GROUP = {"null": "null", "file": "file", "mem": "null"}
+UBLK = {"null": "ublk-null", "file": "ublk-file", "mem": "ublk-mem"}
+DELAY_S = 0.005
+
+
+def target_for(group, qd, jobs):
+    """The issue-5 ratio target of a row, or None."""
+    if group == "null" and qd == 64:
+        return 0.45 if jobs == 1 else 0.65
+    if group == "file":
+        return 0.55 if (qd == 64 and jobs == 1) else 0.40
+    return None
+
+
+def fnum(s):
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, nd=0, suffix=""):
+    if x is None:
+        return "-"
+    return f"{x:,.{nd}f}{suffix}"
+
+
+def main(d):
+    d = Path(d)
+    rows = list(csv.DictReader(open(d / "runs.csv")))
+    if not rows:
+        sys.exit("summarize: runs.csv has no runs")
+    kernel = rows[0]["kernel"]
+    cells = defaultdict(list)
+    for r in rows:
+        cells[(r["group"], r["device"], r["rw"], int(r["iodepth"]), int(r["numjobs"]))].append(r)
+
+    def stat(key):
+        rs = cells.get(key, [])
+        iops = [float(r["iops"]) for r in rs]
+        if not iops:
+            return None
+        m = statistics.median(iops)
+        return {
+            "n": len(iops),
+            "iops": m,
+            "spread": (max(iops) - min(iops)) / m if m else None,
+            "batch": med(fnum(r["batch"]) for r in rs),
+            "cpu": med(fnum(r["cpu_us_per_io"]) for r in rs),
+            "cpu_stat": med(fnum(r.get("cpu_stat_us_per_io")) for r in rs),
+            "lat": med(fnum(r["lat_us"]) for r in rs),
+            "create": med(fnum(r["create_ms"]) for r in rs),
+            "rss_idle": med(fnum(r["rss_idle_kib"]) for r in rs),
+            "rss_load": max((fnum(r["rss_load_kib"]) or 0) for r in rs),
+            "nr_requests": rs[0].get("nr_requests", ""),
+        }
+
+    out_rows = []
+    md = [f"Kernel {kernel}; medians of {max(len(v) for v in cells.values())} run(s). "
+          "Ratio = ublkd / kernel device in the same boot (mem: / null_blk). "
+          "Spread = (max-min)/median. Batch = completions per io_uring_enter. "
+          "CPU = daemon run time per I/O from /proc/PID/task/*/schedstat "
+          "(in brackets: utime+stime from /proc/PID/stat, tick-sampled).", "",
+          "| group | rw | qd | jobs | kernel dev | kernel IOPS | spread | ublkd IOPS | spread "
+          "| ratio | target | batch | CPU µs/IO | ublkd lat µs |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for group in ("null", "file", "mem"):
+        for rw in ("randread", "randwrite"):
+            for qd in (1, 64):
+                for jobs in (1, 2):
+                    base = stat((BASE_GROUP[group], BASELINE[group], rw, qd, jobs))
+                    ours = stat((group, UBLK[group], rw, qd, jobs))
+                    if ours is None:
+                        continue
+                    ratio = ours["iops"] / base["iops"] if base and base["iops"] else None
+                    tgt = target_for(group, qd, jobs)
+                    ok = "" if tgt is None or ratio is None else (
+                        f"≥{tgt} ok" if ratio >= tgt else f"≥{tgt} **MISS**")
+                    md.append(
+                        f"| {group} | {rw} | {qd} | {jobs} | {BASELINE[group]} | "
+                        f"{fmt(base and base['iops'])} | {fmt(base and base['spread'], 2)} | "
+                        f"{fmt(ours['iops'])} | {fmt(ours['spread'], 2)} | {fmt(ratio, 3)} | {ok} | "
+                        f"{fmt(ours['batch'], 1)} | {fmt(ours['cpu'], 1)} ({fmt(ours['cpu_stat'], 0)}) | "
+                        f"{fmt(ours['lat'], 0)} |")
+                    out_rows.append({
+                        "kind": "ratio", "group": group, "device": UBLK[group], "rw": rw,
+                        "iodepth": qd, "numjobs": jobs, "runs": ours["n"],
+                        "median_iops": round(ours["iops"], 1),
+                        "spread": round(ours["spread"], 4) if ours["spread"] is not None else "",
+                        "baseline": BASELINE[group],
+                        "baseline_iops": round(base["iops"], 1) if base else "",
+                        "baseline_spread": round(base["spread"], 4) if base and base["spread"] is not None else "",
+                        "ratio": round(ratio, 4) if ratio is not None else "",
+                        "target": tgt if tgt is not None else "",
+                        "batch": ours["batch"] if ours["batch"] is not None else "",
+                        "cpu_us_per_io": ours["cpu"] if ours["cpu"] is not None else "",
+                        "ideal_iops": "",
+                        "ideal_eff_iops": "",
+                    })
+
+    # Device lifecycle: creation time and RSS, per ublkd target over all its runs.
+    md += ["", "| ublkd device | runs | creation ms (median / max) | idle RSS MiB (median) "
+           "| RSS under qd64 MiB (max) |", "| --- | --- | --- | --- | --- |"]
+    for dev in ("ublk-null", "ublk-file", "ublk-mem", "ublk-null-delay5ms"):
+        rs = [r for r in rows if r["device"] == dev]
+        if not rs:
+            continue
+        cr = [fnum(r["create_ms"]) for r in rs if fnum(r["create_ms"]) is not None]
+        idle = med(fnum(r["rss_idle_kib"]) for r in rs)
+        load = [fnum(r["rss_load_kib"]) or 0 for r in rs if int(r["iodepth"]) >= 64]
+        md.append(f"| {dev} | {len(rs)} | {fmt(med(cr))} / {fmt(max(cr) if cr else None)} | "
+                  f"{fmt(idle and idle / 1024, 1)} | {fmt(max(load) / 1024 if load else None, 1)} |")
+
+    # Queue-depth sweep.
+    qrows = sorted({k[3] for k in cells if k[0] == "qd"})
+    if qrows:
+        md += ["", f"Queue-depth sweep: ublkd -t null --filter delay:ms=5, -q 1 -d 4096, randread, "
+               "1 job. Ideal = iodepth / 5 ms.", "",
+               "| iodepth | IOPS | ideal | % of ideal | mean lat ms | batch | CPU µs/IO | RSS MiB |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        s1 = stat(("qd", "ublk-null-delay5ms", "randread", qrows[0], 1))
+        lat1 = s1["lat"] / 1e6 if s1 and s1["lat"] else None  # seconds, measured at the lowest depth
+        md.insert(-3, f"Effective latency at iodepth {qrows[0]}: {fmt(lat1 and lat1 * 1000, 2)} ms "
+                      "(the 5 ms timer plus the data path and TCG's timer slack); "
+                      "'ideal @ measured' = iodepth / that latency.")
+        md[-2] = "| iodepth | IOPS | ideal (5 ms) | % of ideal | ideal @ measured | % of it | mean lat ms | batch | CPU µs/IO | RSS MiB |"
+        md[-1] = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        for qd in qrows:
+            s = stat(("qd", "ublk-null-delay5ms", "randread", qd, 1))
+            ideal = qd / DELAY_S
+            eff = qd / lat1 if lat1 else None
+            md.append(f"| {qd} | {fmt(s['iops'])} | {fmt(ideal)} | {fmt(100 * s['iops'] / ideal, 1)} | "
+                      f"{fmt(eff)} | {fmt(eff and 100 * s['iops'] / eff, 1)} | "
+                      f"{fmt(s['lat'] and s['lat'] / 1000, 2)} | {fmt(s['batch'], 1)} | "
+                      f"{fmt(s['cpu'], 1)} | {fmt(s['rss_load'] / 1024, 1)} |")
+            out_rows.append({
+                "kind": "qd", "group": "qd", "device": "ublk-null-delay5ms", "rw": "randread",
+                "iodepth": qd, "numjobs": 1, "runs": s["n"], "median_iops": round(s["iops"], 1),
+                "spread": round(s["spread"], 4) if s["spread"] is not None else "",
+                "baseline": "ideal", "baseline_iops": "", "baseline_spread": "", "ratio": "",
+                "target": "", "batch": s["batch"] if s["batch"] is not None else "",
+                "cpu_us_per_io": s["cpu"] if s["cpu"] is not None else "",
+                "ideal_iops": ideal,
+                "ideal_eff_iops": round(eff, 1) if eff else "",
+            })
+
+    with open(d / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(out_rows[0].keys()))
+        w.writeheader()
+        w.writerows(out_rows)
+    notes = (d / "notes.txt").read_text() if (d / "notes.txt").exists() else ""
+    (d / "table.md").write_text("\n".join(md) + "\n\n```\n" + notes + "```\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
