@@ -83,7 +83,7 @@ impl Sock {
         let mut h = IoBuf::with_capacity(head.len());
         h.as_mut_slice().copy_from_slice(head);
         rt::net::send_all_flags(self.fd(), &h, libc::MSG_MORE).await?;
-        rt::netx::send_range(self.fd(), data, start, len, 0).await
+        rt::net::send_range(self.fd(), data, start, len, 0).await
     }
 }
 

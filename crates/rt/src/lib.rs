@@ -11,7 +11,6 @@
 pub mod buf;
 pub mod fs;
 pub mod net;
-pub mod netx;
 pub mod op;
 pub mod poll;
 pub mod runtime;

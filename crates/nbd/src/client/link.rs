@@ -349,7 +349,7 @@ async fn read_replies(c: &Conn) -> io::Result<()> {
             Some(h) => h,
             None => {
                 hdr.set_len(proto::STRUCTURED_REPLY_LEN);
-                rt::netx::recv_range(c.sock.fd(), &mut hdr, 16, 4).await?;
+                rt::net::recv_range(c.sock.fd(), &mut hdr, 16, 4).await?;
                 proto::parse_reply_header(hdr.as_slice())
                     .map_err(|e| bad(e.0))?
                     .ok_or_else(|| bad("short chunk header"))?
@@ -417,7 +417,7 @@ async fn read_chunk(c: &Conn, p: &mut Pending, typ: u16, len: u32) -> io::Result
             }
             let buf = p.data.as_mut().expect("read has a buffer");
             p.covered += n;
-            rt::netx::recv_range(c.sock.fd(), buf, (at - p.off) as usize, n as usize).await
+            rt::net::recv_range(c.sock.fd(), buf, (at - p.off) as usize, n as usize).await
         }
         chunk::OFFSET_HOLE if p.typ == proto::cmd::READ && len == 12 => {
             let (at, n) = proto::parse_hole(&c.sock.read_vec(12).await?).map_err(|e| bad(e.0))?;

@@ -194,7 +194,7 @@ impl Reader {
         b.as_mut_slice()[..k].copy_from_slice(&self.buf.as_slice()[self.start..self.start + k]);
         self.start += k;
         if k < len {
-            rt::netx::recv_range(sock.fd(), &mut b, k, len - k).await?;
+            rt::net::recv_range(sock.fd(), &mut b, k, len - k).await?;
         }
         Ok(b)
     }
