@@ -4,7 +4,7 @@
 #   scripts/bench-nbd.sh [--quick] [--runtime S] [--reps N] [--out DIR] [--ublkd PATH]
 #                        [--backends "file mem"] [--servers "ublkd qemu-nbd nbdkit"]
 #                        [--file-cache buffered|direct] [--ublkd-args "..."] [--port-base P]
-#                        [--pin split|none] [--no-load-wait] [--keep]
+#                        [--pin split|none] [--workloads REGEX] [--no-load-wait] [--keep]
 #
 # Serves the same 1 GiB file (random data, on the disk under /var/tmp) and the same kind of
 # 1 GiB memory disk with each server, all on 127.0.0.1, and runs 4k randread/randwrite at
@@ -49,6 +49,7 @@ UBLKD_ARGS=""
 PORT_BASE=10910
 LOAD_WAIT=1
 PIN=split
+WL_FILTER=.
 KEEP=0
 SIZE_MIB=1024
 WORKDIR=/var/tmp/bench-nbd
@@ -69,6 +70,7 @@ while [ $# -gt 0 ]; do
         --ublkd-args) UBLKD_ARGS=$2; shift ;;
         --port-base) PORT_BASE=$2; shift ;;
         --pin) PIN=$2; shift ;;
+        --workloads) WL_FILTER=$2; shift ;;
         --no-load-wait) LOAD_WAIT=0 ;;
         --keep) KEEP=1 ;;
         -h|--help) usage; exit 0 ;;
@@ -219,7 +221,7 @@ cpu_ticks() { # pid -> utime+stime in clock ticks
 # --- runs --------------------------------------------------------------------------------------
 WORKLOADS=()
 for rw in randread randwrite; do for qd in 1 64; do for nj in 1 2; do
-    WORKLOADS+=("$rw-qd$qd-j$nj")
+    [[ "$rw-qd$qd-j$nj" =~ $WL_FILTER ]] && WORKLOADS+=("$rw-qd$qd-j$nj")
 done; done; done
 
 CSV="$OUT/runs.csv"
