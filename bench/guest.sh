@@ -82,7 +82,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Precise CPU time (ns) of all the daemon's threads: the scheduler's sum_exec_runtime. utime+stime
 # above come from tick sampling, which TCG biases upwards when the process runs rarely (a tick
 # that fell while the vCPU idled is delivered when it wakes, i.e. to the daemon).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; } # not %d: mawk clamps it at 2^31
 
 ublk_add() { # args for `ublkd add`; sets UDEV UID_ UPID CREATE_MS RSS_IDLE
     local t0 t1 j
