@@ -98,6 +98,10 @@ impl IoBuf {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Slots are touched sparsely (a 4k request touches one page of a 512k slot); with
+        // transparent huge pages set to "always" every touch would make 2 MiB resident.
+        // SAFETY: advice on our own fresh mapping; failure only costs memory, so it is ignored.
+        unsafe { libc::madvise(p, total, libc::MADV_NOHUGEPAGE) };
         let mem = Rc::new(Mem {
             ptr: p.cast(),
             backing: Backing::Mapped(total),
