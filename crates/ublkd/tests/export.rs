@@ -5,70 +5,16 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// The nbd crate's peer-test helpers (have, run, run_ok, pattern, free_port), shared as source:
+// one copy of the CI-aware skip logic and the time-limited command runner.
+#[path = "../../nbd/tests/common/mod.rs"]
+mod common;
+use common::{free_port, have, pattern, run, run_ok};
+
 const UBLKD: &str = env!("CARGO_BIN_EXE_ublkd");
-
-/// Whether `prog` is on PATH. Missing: a failure under CI, a loud SKIP otherwise.
-fn have(prog: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {prog}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("{prog} is required under CI but is not installed");
-        }
-        eprintln!("\n*** SKIP: {prog} not installed; this test did not run ***\n");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Run to completion within `limit` (killed and a panic past it).
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{cmd:?} timed out after {limit:?}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = run(cmd, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A running `ublkd export`; killed (SIGKILL) and reaped on drop if still running.
 struct Export {
@@ -138,18 +84,6 @@ impl Drop for Export {
 }
 
 /// Deterministic non-zero test data.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// The "export-size" nbdinfo reports for `uri`.
 fn nbdinfo_size(uri: &str) -> u64 {
     let out = run_ok(Command::new("nbdinfo").arg("--json").arg(uri));
