@@ -40,10 +40,12 @@ impl Export {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
+                // Record the line before announcing it, so `log()` after `start` contains it.
+                let listening = line.contains("listening on");
+                log2.lock().unwrap().push(line);
+                if listening {
                     let _ = tx.send(());
                 }
-                log2.lock().unwrap().push(line);
             }
         });
         let mut e = Export { child, log };
