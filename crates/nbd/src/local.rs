@@ -4,8 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
-use std::pin::pin;
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -195,29 +194,6 @@ impl Notify {
         })
         .await
     }
-}
-
-/// Which of two futures finished first.
-pub enum Either<A, B> {
-    Left(A),
-    Right(B),
-}
-
-/// Poll both; return the first output and drop the other (rt ops dropped early are safe: their
-/// buffers live until the kernel completes them).
-pub async fn select2<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
-    let mut a = pin!(a);
-    let mut b = pin!(b);
-    poll_fn(|cx| {
-        if let Poll::Ready(v) = a.as_mut().poll(cx) {
-            return Poll::Ready(Either::Left(v));
-        }
-        if let Poll::Ready(v) = b.as_mut().poll(cx) {
-            return Poll::Ready(Either::Right(v));
-        }
-        Poll::Pending
-    })
-    .await
 }
 
 #[cfg(test)]

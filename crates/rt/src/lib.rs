@@ -6,7 +6,7 @@
 //!
 //! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
 //! lifetime invariant), [`buf`] (owned I/O buffers), [`fs`] / [`net`] / [`time`] (typed ops),
-//! [`sync`] (single-thread channels and notifications).
+//! [`sync`] (single-thread channels and notifications), [`select`] (first of two futures).
 
 pub mod buf;
 pub mod fs;
@@ -14,6 +14,7 @@ pub mod net;
 pub mod op;
 pub mod poll;
 pub mod runtime;
+pub mod select;
 pub mod sync;
 pub mod task;
 pub mod time;

@@ -1,13 +1,12 @@
 //! Timers on the ring: `sleep`, and `timeout` around any future.
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use io_uring::{opcode, types};
 
 use crate::op::Op;
+use crate::select::{select2, Either};
 
 /// Sleep for `d` (an `IORING_OP_TIMEOUT`).
 pub async fn sleep(d: Duration) {
@@ -35,18 +34,10 @@ impl std::error::Error for Elapsed {}
 
 /// Run `fut` for at most `d`. On timeout `fut` is dropped (its ops are orphaned safely).
 pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
-    let mut fut = pin!(fut);
-    let mut timer = pin!(sleep(d));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(Elapsed));
-        }
-        Poll::Pending
-    })
-    .await
+    match select2(fut, sleep(d)).await {
+        Either::Left(v) => Ok(v),
+        Either::Right(()) => Err(Elapsed),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use rt::select::select2;
 use rt::{IoBuf, Runtime};
 use target::{Target, TargetQueue};
 
@@ -198,22 +199,20 @@ pub fn run_queue<T: Target>(
                 t.await;
             }
         };
-        let all = std::pin::pin!(all);
-        let stopped = std::pin::pin!(stop.wait());
+        let stopped = stop.wait();
         // The driver may not abort a tag whose next request it already started (it requeues
         // that request instead): once any tag saw ABORT and no tag is serving a request, the
         // queue is done, and dropping the runtime cancels the remaining fetches.
-        let idle_after_abort = std::pin::pin!(std::future::poll_fn(|cx| {
+        let idle_after_abort = std::future::poll_fn(|cx| {
             if c2.stopping.get() && c2.busy.get() == 0 {
                 return std::task::Poll::Ready(());
             }
             c2.done_waker.set(Some(cx.waker().clone()));
             std::task::Poll::Pending
-        }));
+        });
         // Whichever comes first: every tag saw ABORT, the queue went idle after an ABORT, or we
         // were told to stop.
-        let either = std::pin::pin!(futures_select(all, idle_after_abort));
-        futures_select(either, stopped).await;
+        select2(select2(all, idle_after_abort), stopped).await;
     });
     let s = rt.stats();
     // Fetches the driver did not abort can only be cancelled by tearing the ring down; their
@@ -227,25 +226,6 @@ pub fn run_queue<T: Target>(
         enters: s.enters,
         completions: s.completions,
     })
-}
-
-async fn futures_select<
-    A: std::future::Future<Output = ()> + Unpin,
-    B: std::future::Future<Output = ()> + Unpin,
->(
-    mut a: A,
-    mut b: B,
-) {
-    std::future::poll_fn(|cx| {
-        if std::pin::Pin::new(&mut a).poll(cx).is_ready()
-            || std::pin::Pin::new(&mut b).poll(cx).is_ready()
-        {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 /// The life of one tag: fetch, serve, commit-and-fetch, until the driver says ABORT.

@@ -18,9 +18,10 @@ use target::{Extent, TargetQueue};
 
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};
-use crate::local::{Budget, Either, Notify, Permit, select2};
+use crate::local::{Budget, Notify, Permit};
 use crate::proto::{self, chunk};
 use crate::sock::{Seg, Sock};
+use rt::select::{Either, select2};
 
 /// Per-connection limits from the export configuration.
 #[derive(Debug, Clone, Copy)]

@@ -34,9 +34,10 @@ use target::Target;
 
 pub use negotiate::ExportInfo;
 
-use crate::local::{Either, Notify, select2};
+use crate::local::Notify;
 use crate::proto::tflag;
 use crate::sock::Sock;
+use rt::select::{Either, select2};
 
 /// What to export and how much a client may use.
 #[derive(Debug, Clone)]
