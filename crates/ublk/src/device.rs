@@ -173,16 +173,7 @@ impl Device {
                     err: e,
                 },
             })?;
-        let mut dev = Device {
-            ctrl,
-            info,
-            mode: opts.mode,
-            cdev: None,
-            queues: Vec::new(),
-            stops: Vec::new(),
-            started: false,
-            deleted: false,
-        };
+        let mut dev = Device::new(ctrl, info, opts.mode);
         // From here on, `dev`'s Drop undoes everything if we return early.
         if info.flags & flags != flags {
             return Err(DeviceError::Unsupported(
@@ -210,6 +201,20 @@ impl Device {
             dev.info = i;
         }
         Ok(dev)
+    }
+
+    /// A device known to the driver that no queue serves yet.
+    fn new(ctrl: Control, info: ublksrv_ctrl_dev_info, mode: BufMode) -> Device {
+        Device {
+            ctrl,
+            info,
+            mode,
+            cdev: None,
+            queues: Vec::new(),
+            stops: Vec::new(),
+            started: false,
+            deleted: false,
+        }
     }
 
     pub fn id(&self) -> u32 {
@@ -290,16 +295,7 @@ impl Device {
             )),
             _ => DeviceError::Io { what: "START_USER_RECOVERY".into(), err: e },
         })?;
-        let mut dev = Device {
-            ctrl,
-            info,
-            mode,
-            cdev: None,
-            queues: Vec::new(),
-            stops: Vec::new(),
-            started: false,
-            deleted: false,
-        };
+        let mut dev = Device::new(ctrl, info, mode);
         // Until END_USER_RECOVERY succeeds, failing must leave the device in place.
         let r = dev.spawn_queues(target, busy_poll).and_then(|()| {
             // SAFETY: getpid has no preconditions.
