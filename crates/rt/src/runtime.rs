@@ -92,11 +92,13 @@ impl Builder {
                 .setup_single_issuer()
                 .setup_defer_taskrun()
                 .setup_coop_taskrun()
+                .setup_taskrun_flag()
                 .build(self.entries)
                 .or_else(|_| {
                     IoUring::builder()
                         .setup_cqsize(cq)
                         .setup_coop_taskrun()
+                        .setup_taskrun_flag()
                         .build(self.entries)
                 })
                 .or_else(|_| IoUring::builder().setup_cqsize(cq).build(self.entries))?
@@ -349,23 +351,32 @@ impl Inner {
     fn submit_and_wait(&self) -> io::Result<()> {
         self.arm_wake();
         if let Some(spin) = self.busy_poll {
-            // Submit without sleeping, then spin on the CQ for a while before blocking.
+            // Submit without sleeping, then spin on shared memory for a while before blocking:
+            // a completion in the CQ, deferred task work announced by IORING_SQ_TASKRUN (only an
+            // enter with GETEVENTS runs it; `submit()` adds GETEVENTS when the flag is up), or
+            // a task woken from another thread. No syscall while nothing is pending.
             let n = self.ring.borrow().submit()?;
             self.count(|s| {
                 s.enters += 1;
                 s.submitted += n as u64
             });
             let start = Instant::now();
-            while start.elapsed() < spin {
+            loop {
                 let mut ring = self.ring.borrow_mut();
+                if ring.submission().taskrun() {
+                    let _ = ring.submit();
+                    self.count(|s| s.enters += 1);
+                }
                 let mut cq = ring.completion();
                 cq.sync();
-                if !cq.is_empty() {
+                if !cq.is_empty() || self.shared.has_ready() {
                     return Ok(());
                 }
                 drop(cq);
-                // DEFER_TASKRUN needs an enter to run task work; GETEVENTS with want=0 does it.
-                let _ = ring.submitter().submit_and_wait(0);
+                drop(ring);
+                if start.elapsed() >= spin {
+                    break;
+                }
                 std::hint::spin_loop();
             }
         }
@@ -526,5 +537,55 @@ mod tests {
         }));
         t.join().unwrap();
         assert_eq!(polls, 2);
+    }
+
+    /// Busy polling must notice deferred task work (a timer firing) from shared memory, without
+    /// a syscall per spin and without waiting for the spin to run out.
+    #[test]
+    fn busy_poll_sees_task_work_without_spinning_in_the_kernel() {
+        let rt = Runtime::builder()
+            .busy_poll(Some(Duration::from_millis(400)))
+            .build()
+            .unwrap();
+        let before = rt.stats().enters;
+        let t0 = Instant::now();
+        rt.block_on(crate::time::sleep(Duration::from_millis(20)));
+        let took = t0.elapsed();
+        let enters = rt.stats().enters - before;
+        assert!(
+            took < Duration::from_millis(300),
+            "a 20 ms sleep took {took:?}"
+        );
+        assert!(enters < 20, "{enters} enters for one 20 ms sleep");
+    }
+
+    #[test]
+    fn busy_poll_sees_cross_thread_wakes() {
+        let rt = Runtime::builder()
+            .busy_poll(Some(Duration::from_millis(400)))
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<std::task::Waker>();
+        let t = std::thread::spawn(move || {
+            let w = rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            w.wake();
+        });
+        let mut sent = Some(tx);
+        let t0 = Instant::now();
+        rt.block_on(std::future::poll_fn(|cx| {
+            if let Some(tx) = sent.take() {
+                tx.send(cx.waker().clone()).unwrap();
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        t.join().unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 }

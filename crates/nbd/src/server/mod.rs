@@ -58,6 +58,9 @@ pub struct ExportConfig {
     pub max_payload: u32,
     /// A client must finish negotiating within this time.
     pub handshake_timeout: Duration,
+    /// Workers spin this long for completions before sleeping in the kernel (lower latency at
+    /// queue depth 1, more CPU); `None` sleeps at once.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for ExportConfig {
@@ -71,6 +74,7 @@ impl Default for ExportConfig {
             max_in_flight_bytes: 64 << 20,
             max_payload: 32 << 20,
             handshake_timeout: Duration::from_secs(30),
+            busy_poll: None,
         }
     }
 }
@@ -230,10 +234,10 @@ pub fn serve<T: Target>(
                 shutdown.clone(),
                 live.clone(),
             );
-            let max_conns = cfg.max_connections;
+            let (max_conns, busy_poll) = (cfg.max_connections, cfg.busy_poll);
             std::thread::Builder::new()
                 .name(format!("nbd-{i}"))
-                .spawn(move || worker(i, &l, &*t, &info, &sd, &live, max_conns, lim))
+                .spawn(move || worker(i, &l, &*t, &info, &sd, &live, max_conns, lim, busy_poll))
         })
         .collect::<io::Result<_>>()?;
     let mut first_err = None;
@@ -259,8 +263,9 @@ fn worker<T: Target>(
     live: &Arc<AtomicUsize>,
     max_conns: usize,
     lim: conn::ConnLimits,
+    busy_poll: Option<Duration>,
 ) -> io::Result<()> {
-    let rt = rt::Runtime::new()?;
+    let rt = rt::Runtime::builder().busy_poll(busy_poll).build()?;
     let q = Rc::new(target.open_queue(idx as u16)?);
     let info = Rc::new(info.clone());
     let is_tcp = matches!(listener, Listener::Tcp(_));

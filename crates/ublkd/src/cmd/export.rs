@@ -19,6 +19,9 @@
 //! - `--connections N`: worker threads, each with its own io_uring runtime and target queue,
 //!   serving any number of client connections (default min(2, CPUs)). With `-t nbd` and a server
 //!   that does not allow multi-conn, lowered to 1.
+//! - `--busy-poll-us USEC`: each worker spins up to USEC microseconds for a completion before it
+//!   sleeps in the kernel. Trades a busy CPU per worker for lower latency at queue depth 1
+//!   (docs/bench-nbd.md has what it buys). Off by default.
 //!
 //! Examples:
 //! ```text
@@ -69,6 +72,10 @@ pub struct ExportArgs {
     /// can reach the port can read and write the export.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Spin this many microseconds for completions before sleeping in the kernel: lower latency
+    /// at queue depth 1 for a busy CPU per worker thread. Off by default.
+    #[arg(long, value_name = "USEC", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub busy_poll_us: Option<u64>,
 }
 
 pub fn run(a: ExportArgs) -> ExitCode {
@@ -130,6 +137,7 @@ pub fn run(a: ExportArgs) -> ExitCode {
         description: spec.describe(),
         read_only,
         threads,
+        busy_poll: a.busy_poll_us.map(Duration::from_micros),
         ..Default::default()
     };
     let server = {
