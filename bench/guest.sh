@@ -12,6 +12,11 @@ RUNTIME=${RUNTIME:-5}
 RUNS=${RUNS:-3}
 QD_SWEEP=${QD_SWEEP:-1}
 LOAD1=${LOAD1:-}
+# Lever experiments: extra `ublkd add` arguments for every ublkd device, a regex choosing matrix
+# cells ("randread-qd64-j1"...), and the groups to run.
+UBLKD_ADD_ARGS=${UBLKD_ADD_ARGS:-}
+CELLS=${CELLS:-.}
+GROUPS_=${GROUPS_:-null file mem}
 SCRATCH=${TMPDIR:-/tmp}
 FILE_MIB=1024
 CLK_TCK=$(getconf CLK_TCK)
@@ -71,6 +76,7 @@ set_none "$LOOP"
     echo "fio: $(fio --version)"
     echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
     echo "host load1 at boot: $LOAD1"
+    echo "ublkd add extra args: '${UBLKD_ADD_ARGS}', cells: '$CELLS', groups: '$GROUPS_'"
     echo "null_blk: queue_mode=2 submit_queues=2 nr_devices=1 gb=4 irqmode=0"
     echo "loop: $LOOP over $FILE, dio=$dio, nr_requests=$(nr_requests "$LOOP")"
 } >>"$OUT/notes.txt"
@@ -87,7 +93,8 @@ cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {pri
 ublk_add() { # args for `ublkd add`; sets UDEV UID_ UPID CREATE_MS RSS_IDLE
     local t0 t1 j
     t0=$(now_ns)
-    j=$("$UBLKD" add --json "$@")
+    # shellcheck disable=SC2086
+    j=$("$UBLKD" add --json "$@" $UBLKD_ADD_ARGS)
     UDEV=$(jq -r .block_device <<<"$j")
     UID_=$(jq -r .id <<<"$j")
     dd if="$UDEV" of=/dev/null bs=4k count=1 iflag=direct status=none
@@ -188,11 +195,19 @@ for rep in $(seq 1 "$RUNS"); do
     for rw in randread randwrite; do
         for qd in 1 64; do
             for jobs in 1 2; do
-                measure null null_blk "$rw" "$qd" "$jobs" "$rep"
-                measure null ublk-null "$rw" "$qd" "$jobs" "$rep"
-                measure file loop "$rw" "$qd" "$jobs" "$rep"
-                measure file ublk-file "$rw" "$qd" "$jobs" "$rep"
-                measure mem ublk-mem "$rw" "$qd" "$jobs" "$rep"
+                [[ "$rw-qd$qd-j$jobs" =~ $CELLS ]] || continue
+                if [[ " $GROUPS_ " == *" null "* ]]; then
+                    measure null null_blk "$rw" "$qd" "$jobs" "$rep"
+                    measure null ublk-null "$rw" "$qd" "$jobs" "$rep"
+                fi
+                if [[ " $GROUPS_ " == *" file "* ]]; then
+                    measure file loop "$rw" "$qd" "$jobs" "$rep"
+                    measure file ublk-file "$rw" "$qd" "$jobs" "$rep"
+                fi
+                if [[ " $GROUPS_ " == *" mem "* ]]; then
+                    [[ " $GROUPS_ " == *" null "* ]] || measure null null_blk "$rw" "$qd" "$jobs" "$rep"
+                    measure mem ublk-mem "$rw" "$qd" "$jobs" "$rep"
+                fi
             done
         done
     done

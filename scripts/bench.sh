@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh [--kernel 7.3|6.12] [--quick] [--smoke] [--runs N] [--runtime S]
 #                    [--out DIR] [--ublkd PATH] [--build] [--no-qd] [--no-load-wait]
+#                    [--ublkd-args "..."] [--cells REGEX] [--groups "null file mem"]
 #
 # Boots the VM once (scripts/vm.sh, TCG, 2 vCPUs, 4 GiB) and runs bench/guest.sh in it: fio
 # (io_uring, direct=1, 4k, randread/randwrite, iodepth 1 and 64, numjobs 1 and 2, time-based,
@@ -23,6 +24,10 @@
 #   --runtime S   seconds per fio run (default 5; --quick: 1)
 #   --quick       1 s runs, 1 repetition unless --runs is given
 #   --smoke       CI smoke run: no load wait; exit 0 only if the table was produced and printed
+#   --ublkd-args  extra `ublkd add` arguments for every ublkd device (lever experiments, e.g.
+#                 "--buffers copy" or "--busy-poll-us 50")
+#   --cells REGEX only the matrix cells matching REGEX ("randread-qd64-j1", "qd64", ...)
+#   --groups G    only these device groups (default "null file mem")
 #   --ublkd PATH  binary to run in the guest (must be visible there: not under the host's /tmp);
 #                 default target/bench/ublkd, built (--build, or when missing) from this tree
 # The machine may be busy (other VMs): unless --no-load-wait/--smoke, wait up to 15 min for the
@@ -40,6 +45,9 @@ ublkd=""
 build=0
 qd=1
 load_wait=1
+add_args=""
+cells=.
+groups="null file mem"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
@@ -56,6 +64,9 @@ while [[ $# -gt 0 ]]; do
     --build) build=1; shift ;;
     --no-qd) qd=0; shift ;;
     --no-load-wait) load_wait=0; shift ;;
+    --ublkd-args) add_args=$2; shift 2 ;;
+    --cells) cells=$2; shift 2 ;;
+    --groups) groups=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -101,7 +112,8 @@ echo "bench.sh: kernel $kernel, $runs run(s) x ${runtime}s per cell, load1 $l1, 
 set +e
 "$repo/scripts/vm.sh" --kernel "$kernel" --mem 4G --cpus 2 --timeout 7200 \
     --env "UBLKD=$ublkd" --env "OUT=$gout" --env "RUNTIME=$runtime" --env "RUNS=$runs" \
-    --env "QD_SWEEP=$qd" --env "LOAD1=$l1" \
+    --env "QD_SWEEP=$qd" --env "LOAD1=$l1" --env "UBLKD_ADD_ARGS=$add_args" \
+    --env "CELLS=$cells" --env "GROUPS_=$groups" \
     -- bench/guest.sh
 rc=$?
 set -e
@@ -124,7 +136,7 @@ fi
 cat "$out/table.md"
 if [[ $smoke == 1 ]]; then
     # The smoke check: the table exists and has at least one measured ublkd row per group.
-    for g in null file mem; do
+    for g in $groups; do
         grep -q "^| $g |" "$out/table.md" || { echo "bench.sh: smoke: no '$g' rows in the table" >&2; exit 1; }
     done
     echo "bench.sh: smoke OK" >&2

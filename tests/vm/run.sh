@@ -2,6 +2,7 @@
 # The VM suite: runs against the real ublk driver (inside the guest booted by scripts/vm.sh, or
 # directly on a host that has /dev/ublk-control). Usage: tests/vm/run.sh [--compat]
 #   --compat: the subset for the oldest supported kernel (fio verify per target, ext4 round trip).
+#   UBLKD_TESTS="test_a test_b": run only these test functions (development).
 # Needs root, fio, e2fsprogs, util-linux. Ends with "N passed, N failed"; exits 1 on any failure.
 set -uo pipefail
 
@@ -218,8 +219,66 @@ test_user_copy() {
     "$UBLKD" del -n "${dev#/dev/ublkb}"
 }
 
+mode_of() { # ID: the buffer mode `list --json` reports
+    "$UBLKD" list --json | python3 -c "import json,sys; print([d['mode'] for d in json.load(sys.stdin) if d['id'] == $1][0])"
+}
+
+kernel_has() { "$UBLKD" features --json | grep -q "\"$1\""; }
+
+refused_cleanly() { # EXPECTED-MESSAGE-PART ADD-ARGS...: add fails with that message, leaves nothing
+    local want=$1 out; shift
+    out=$("$UBLKD" add "$@" 2>&1) && { echo "add succeeded: $out"; return 1; }
+    echo "$out" | grep -q "$want" || { echo "unexpected error: $out"; return 1; }
+    [ "$(echo "$out" | wc -l)" = 1 ] || { echo "not one line: $out"; return 1; }
+    [ -z "$(ls /dev/ublkb* 2>/dev/null)" ] && [ -z "$(ls /run/ublkd/*.json 2>/dev/null)" ]
+}
+
+# Buffer modes (--buffers): zero copy where the kernel has AUTO_BUF_REG and the target never
+# touches bytes, copy otherwise; every mode passes verify, and impossible requests are refused.
+test_buffer_modes() {
+    local dev id
+    truncate -s 256M "$BACK/zc.img"
+    dev=$("$UBLKD" add -t mem --size 64M) || { fail "buffers: add mem"; return; }
+    check "buffers auto: mem target gets copy mode" test "$(mode_of "${dev#/dev/ublkb}")" = copy
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    check "buffers: zero-copy for the mem target is refused in one line, nothing left" \
+        refused_cleanly "cannot use zero-copy" -t mem --size 64M --buffers zero-copy
+    if ! kernel_has AUTO_BUF_REG; then
+        dev=$("$UBLKD" add -t file --path "$BACK/zc.img") || { fail "buffers: add file"; return; }
+        check "buffers auto without AUTO_BUF_REG: file target falls back to copy" \
+            test "$(mode_of "${dev#/dev/ublkb}")" = copy
+        check "buffers auto fallback: file verify 4k-512k qd32" fio_verify "$dev" "fallback" "--bsrange=4k-512k" 32
+        "$UBLKD" del -n "${dev#/dev/ublkb}"
+        check "buffers: zero-copy without AUTO_BUF_REG is refused in one line, nothing left" \
+            refused_cleanly "lacks AUTO_BUF_REG" -t file --path "$BACK/zc.img" --buffers zero-copy
+        return
+    fi
+    dev=$("$UBLKD" add -t file --path "$BACK/zc.img" -q 2) || { fail "buffers: add file"; return; }
+    id=${dev#/dev/ublkb}
+    check "buffers auto with AUTO_BUF_REG: file target gets zero-copy" test "$(mode_of "$id")" = zero-copy
+    check "zero-copy file verify 4k-512k qd32" fio_verify "$dev" "zc-file" "--bsrange=4k-512k" 32
+    check "zero-copy file: ext4 round trip" ext4_round_trip "$dev" zc
+    "$UBLKD" del -n "$id"
+    dev=$("$UBLKD" add -t file --path "$BACK/zc.img" --buffered -q 2 --buffers zero-copy) \
+        || { fail "buffers: add buffered zero-copy file"; return; }
+    check "zero-copy buffered file verify 4k-512k qd32" fio_verify "$dev" "zc-buffered" "--bsrange=4k-512k" 32
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    dev=$("$UBLKD" add -t null --size 1G --buffers zero-copy) || { fail "buffers: add null"; return; }
+    check "zero-copy null 4k-512k randrw qd128 no errors" fio --name=zcnull --filename="$dev" \
+        --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-512k --iodepth=128 --runtime=3 --time_based
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    dev=$("$UBLKD" add -t file --path "$BACK/zc.img" -q 2 --buffers copy) || { fail "buffers: add copy"; return; }
+    check "buffers copy: list shows copy" test "$(mode_of "${dev#/dev/ublkb}")" = copy
+    check "copy-mode file verify 4k-512k qd32" fio_verify "$dev" "copy-file" "--bsrange=4k-512k" 32
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
 truncate -s 256M "$BACK/verify.img"
-if [ "$COMPAT" = 1 ]; then
+if [ -n "${UBLKD_TESTS:-}" ]; then
+    # Development: only the named test functions (UBLKD_TESTS="test_buffer_modes test_ext4").
+    for t in $UBLKD_TESTS; do "$t"; done
+elif [ "$COMPAT" = 1 ]; then
+    test_buffer_modes
     test_fio_verify mem -t mem --size 256M
     test_fio_verify file -t file --path "$BACK/verify.img"
     test_null_io
@@ -232,6 +291,7 @@ else
     test_fio_verify file-buffered -t file --path "$BACK/verify.img" --buffered
     test_null_io
     test_user_copy
+    test_buffer_modes
     test_ext4
     test_discard
     test_deep_queue

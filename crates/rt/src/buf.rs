@@ -197,6 +197,24 @@ impl IoBuf {
         }
     }
 
+    /// A view of bytes `[from, len)` sharing this buffer's memory and fixed-buffer slot, to finish
+    /// a short transfer in place. Only handed to the kernel while the caller still holds this
+    /// buffer, so no second CPU borrow of the bytes is ever made through it.
+    pub(crate) fn tail(&self, from: usize) -> IoBuf {
+        assert!(
+            from <= self.len,
+            "IoBuf::tail({from}) beyond length {}",
+            self.len
+        );
+        IoBuf {
+            mem: self.mem.clone(),
+            off: self.off + from,
+            cap: self.len - from,
+            len: self.len - from,
+            fixed: self.fixed,
+        }
+    }
+
     /// A keep-alive token for the memory, for op resources.
     pub fn keepalive(&self) -> KeepAlive {
         KeepAlive(self.mem.clone())

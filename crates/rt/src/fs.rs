@@ -43,49 +43,34 @@ pub async fn write_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Re
     c.io_result().map(|n| n as usize)
 }
 
-/// Read exactly `buf.len()` bytes at `off`; the part past end of file reads as zeroes.
+/// Read exactly `buf.len()` bytes at `off`; the part past end of file reads as zeroes (for a
+/// kernel buffer, which the CPU cannot zero, end of file is EIO).
 pub async fn read_exact_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<()> {
-    let n = read_at(fd, buf, off).await?;
-    if n == buf.len() {
-        return Ok(());
-    }
-    // Rare: short read. Finish with a bounce buffer so `buf`'s view stays whole.
     let want = buf.len();
-    let mut done = n;
+    let mut done = read_at(fd, buf, off).await?;
+    // Rare: a short read. Continue into the rest of the same buffer (fixed slot included).
     while done < want {
-        let mut tmp = IoBuf::with_capacity(want - done);
-        let m = read_at(fd, &mut tmp, off + done as u64).await?;
+        let mut rest = buf.tail(done);
+        let m = read_at(fd, &mut rest, off + done as u64).await?;
         if m == 0 {
-            if buf.is_cpu_accessible() {
-                buf.as_mut_slice()[done..].fill(0);
-                return Ok(());
+            if !buf.is_cpu_accessible() {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
             }
-            return Err(io::Error::from_raw_os_error(libc::EIO));
+            buf.as_mut_slice()[done..].fill(0);
+            return Ok(());
         }
-        if !buf.is_cpu_accessible() {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        buf.as_mut_slice()[done..done + m].copy_from_slice(&tmp.as_slice()[..m]);
         done += m;
     }
     Ok(())
 }
 
-/// Write all of `buf` at `off`, retrying short writes.
+/// Write all of `buf` at `off`, continuing after short writes.
 pub async fn write_all_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Result<()> {
-    let n = write_at(fd, buf, off, rw_flags).await?;
-    if n == buf.len() {
-        return Ok(());
-    }
-    if !buf.is_cpu_accessible() || n == 0 {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
-    }
-    let mut done = n;
-    while done < buf.len() {
-        let rest = &buf.as_slice()[done..];
-        let mut tmp = IoBuf::with_capacity(rest.len());
-        tmp.as_mut_slice().copy_from_slice(rest);
-        let m = write_at(fd, &tmp, off + done as u64, rw_flags).await?;
+    let want = buf.len();
+    let mut done = write_at(fd, buf, off, rw_flags).await?;
+    while done < want {
+        let rest = buf.tail(done);
+        let m = write_at(fd, &rest, off + done as u64, rw_flags).await?;
         if m == 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -149,6 +134,32 @@ mod tests {
     use super::*;
     use crate::Runtime;
     use std::os::fd::AsRawFd;
+
+    /// A short read continues into the rest of the same buffer: a tail view lands its bytes at
+    /// the right place, and a read that ends at end of file leaves zeroes after the data.
+    #[test]
+    fn short_reads_continue_in_place() {
+        let path = std::env::temp_dir().join(format!("rt-short-{}", std::process::id()));
+        let data: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let rt = Runtime::new().unwrap();
+        let mut buf = IoBuf::with_capacity(8192);
+        buf.as_mut_slice().fill(0xee);
+        let mut rest = buf.tail(1000);
+        let n = rt
+            .block_on(read_at(f.as_raw_fd(), &mut rest, 1000))
+            .unwrap();
+        assert_eq!(n, 5000);
+        assert!(buf.as_slice()[..1000].iter().all(|&x| x == 0xee));
+        assert_eq!(&buf.as_slice()[1000..6000], &data[1000..]);
+        buf.as_mut_slice().fill(0xee);
+        rt.block_on(read_exact_at(f.as_raw_fd(), &mut buf, 0))
+            .unwrap();
+        assert_eq!(&buf.as_slice()[..6000], &data[..]);
+        assert!(buf.as_slice()[6000..].iter().all(|&x| x == 0));
+        std::fs::remove_file(&path).unwrap();
+    }
 
     #[test]
     fn write_then_read_back_through_the_ring() {

@@ -23,7 +23,9 @@ pub struct DeviceOptions {
     pub queues: u16,
     pub depth: u16,
     pub max_io: u32,
-    pub mode: BufMode,
+    /// Where request data lives; `None` picks zero copy when the driver offers
+    /// UBLK_F_AUTO_BUF_REG and the target never touches bytes with the CPU, else copy.
+    pub mode: Option<BufMode>,
     /// Extra UBLK_F_* flags (recovery modes).
     pub extra_flags: u64,
     pub busy_poll: Option<Duration>,
@@ -137,12 +139,29 @@ impl Device {
                 opts.max_io
             )));
         }
-        let mut ctrl = Control::open()?;
-        let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags;
-        if opts.mode == BufMode::UserCopy {
-            flags |= UBLK_F_USER_COPY;
+        let caps = target.geometry().caps;
+        if opts.mode == Some(BufMode::ZeroCopy) && caps.needs_cpu_access {
+            return Err(DeviceError::Invalid(
+                "this target reads and writes request data with the CPU, so it cannot use zero-copy buffers (use copy or user-copy)".into(),
+            ));
         }
-        if let Some(have) = kernel_features(&mut ctrl) {
+        let mut ctrl = Control::open()?;
+        let have = kernel_features(&mut ctrl);
+        let mode = opts.mode.unwrap_or_else(|| {
+            let zc = have.is_some_and(|h| h & UBLK_F_AUTO_BUF_REG != 0);
+            if zc && !caps.needs_cpu_access {
+                BufMode::ZeroCopy
+            } else {
+                BufMode::Copy
+            }
+        });
+        let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags;
+        match mode {
+            BufMode::Copy => {}
+            BufMode::UserCopy => flags |= UBLK_F_USER_COPY,
+            BufMode::ZeroCopy => flags |= UBLK_F_AUTO_BUF_REG,
+        }
+        if let Some(have) = have {
             let missing = flags & !have;
             if missing != 0 {
                 return Err(DeviceError::Unsupported(
@@ -173,7 +192,7 @@ impl Device {
                     err: e,
                 },
             })?;
-        let mut dev = Device::new(ctrl, info, opts.mode);
+        let mut dev = Device::new(ctrl, info, mode);
         // From here on, `dev`'s Drop undoes everything if we return early.
         if info.flags & flags != flags {
             return Err(DeviceError::Unsupported(
@@ -286,6 +305,13 @@ impl Device {
         }
         let mode = if info.flags & UBLK_F_USER_COPY != 0 {
             BufMode::UserCopy
+        } else if info.flags & UBLK_F_AUTO_BUF_REG != 0 {
+            if target.geometry().caps.needs_cpu_access {
+                return Err(DeviceError::Invalid(format!(
+                    "device {id} uses zero-copy buffers, which this target cannot serve"
+                )));
+            }
+            BufMode::ZeroCopy
         } else {
             BufMode::Copy
         };

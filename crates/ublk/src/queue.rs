@@ -22,6 +22,10 @@ pub enum BufMode {
     Copy,
     /// We copy with pread/pwrite on the char device (UBLK_F_USER_COPY).
     UserCopy,
+    /// Nobody copies (UBLK_F_AUTO_BUF_REG): the driver registers each request's pages in the
+    /// queue ring's fixed-buffer table at slot `tag`, and the target moves them with fixed-buffer
+    /// io_uring ops. Only for targets that never touch the bytes with the CPU.
+    ZeroCopy,
 }
 
 impl BufMode {
@@ -29,6 +33,7 @@ impl BufMode {
         match self {
             BufMode::Copy => "copy",
             BufMode::UserCopy => "user-copy",
+            BufMode::ZeroCopy => "zero-copy",
         }
     }
 }
@@ -173,7 +178,17 @@ pub fn run_queue<T: Target>(
         .busy_poll(cfg.busy_poll)
         .build()?;
     let descs = DescArray::map(cdev.as_raw_fd(), cfg.q_id, cfg.depth)?;
-    let bufs = IoBuf::arena(cfg.depth as usize, cfg.max_io as usize)?;
+    let bufs = match cfg.mode {
+        BufMode::ZeroCopy => {
+            // One table slot per tag: the driver fills slot `tag` before it completes that tag's
+            // fetch and empties it when we commit.
+            rt.register_buffers_sparse(depth)?;
+            (0..cfg.depth)
+                .map(|tag| IoBuf::kernel_fixed(tag, cfg.max_io as usize))
+                .collect()
+        }
+        BufMode::Copy | BufMode::UserCopy => IoBuf::arena(cfg.depth as usize, cfg.max_io as usize)?,
+    };
     let tq = target.open_queue(cfg.q_id)?;
     let ctx = Rc::new(QueueCtx {
         cfg: cfg.clone(),
@@ -234,9 +249,14 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
     let mut result = 0i32;
     let mut touched = 0usize;
     loop {
-        let addr = match q.cfg.mode {
-            BufMode::Copy => buf.addr() as u64,
-            BufMode::UserCopy => 0,
+        // Copy mode names our buffer in the command; the other modes leave that field zero (the
+        // driver refuses anything else). Zero copy puts `struct ublk_auto_buf_reg` in the SQE's
+        // own addr field: index = tag, no flags (no fallback: the slot is ours alone, so the
+        // registration cannot find it taken).
+        let (addr, sqe_addr) = match q.cfg.mode {
+            BufMode::Copy => (buf.addr() as u64, None),
+            BufMode::UserCopy => (0, None),
+            BufMode::ZeroCopy => (0, Some(tag as u64)),
         };
         let cmd = ublksrv_io_cmd {
             q_id: q.cfg.q_id,
@@ -245,7 +265,7 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
             addr,
         }
         .to_bytes();
-        let c = rt::fs::uring_cmd16(q.cdev, op, cmd, None, Some(buf.keepalive())).await;
+        let c = rt::fs::uring_cmd16(q.cdev, op, cmd, sqe_addr, Some(buf.keepalive())).await;
         match c.result {
             UBLK_IO_RES_OK => {}
             UBLK_IO_RES_ABORT => {
@@ -266,8 +286,10 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
         let desc = q.descs.get(tag);
         let len = (desc.nr_sectors as usize) << 9;
         // The kernel wrote at most `len` bytes of the new request; pages past it hold only old
-        // data, so they can go back if the queue holds too much memory.
-        if touched > len.max(KEEP_RESIDENT) && q.resident.get() > RESIDENT_BUDGET {
+        // data, so they can go back if the queue holds too much memory. (Zero-copy buffers are
+        // the request's own pages: nothing of ours goes resident.)
+        let ours = buf.is_cpu_accessible();
+        if ours && touched > len.max(KEEP_RESIDENT) && q.resident.get() > RESIDENT_BUDGET {
             let keep = len.max(KEEP_RESIDENT).next_multiple_of(rt::buf::ALIGN);
             buf.release_from(keep);
             q.resident
@@ -280,7 +302,7 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
         if q.stopping.get() {
             q.wake_done();
         }
-        if matches!(desc.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE) && len > touched {
+        if ours && matches!(desc.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE) && len > touched {
             q.resident.set(q.resident.get() + len - touched);
             touched = len;
         }

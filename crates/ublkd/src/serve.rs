@@ -33,9 +33,14 @@ pub struct DeviceArgs {
     /// Largest single I/O (K/M suffixes), a power of two from 4K to 32M.
     #[arg(long, default_value = "512K", value_parser = parse_size)]
     pub max_io: u64,
-    /// Copy data with pread/pwrite on the char device (UBLK_F_USER_COPY) instead of letting the
-    /// driver copy into per-tag buffers.
-    #[arg(long)]
+    /// Where request data lives: copy (the driver copies into per-tag buffers), user-copy (we
+    /// copy with pread/pwrite on the char device, UBLK_F_USER_COPY), zero-copy (the request's
+    /// own pages go to the target's I/O, UBLK_F_AUTO_BUF_REG, Linux 6.17+; file and null
+    /// targets), or auto: zero-copy where the kernel and target allow it, else copy.
+    #[arg(long, value_enum, default_value_t = Buffers::Auto)]
+    pub buffers: Buffers,
+    /// Same as --buffers user-copy.
+    #[arg(long, conflicts_with = "buffers")]
     pub user_copy: bool,
     /// Spin this many microseconds for completions before sleeping (lower qd1 latency, more CPU).
     #[arg(long, value_name = "USEC")]
@@ -45,6 +50,15 @@ pub struct DeviceArgs {
     /// until recovery (fail-io, Linux 6.13+), or remove it (off).
     #[arg(long, value_enum, default_value_t = Recovery::Reissue)]
     pub recovery: Recovery,
+}
+
+/// `--buffers`: a buffer mode, or auto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Buffers {
+    Auto,
+    Copy,
+    UserCopy,
+    ZeroCopy,
 }
 
 /// Recovery policy (UBLK_F_USER_RECOVERY and friends).
@@ -89,10 +103,11 @@ impl DeviceArgs {
             queues: self.queues.unwrap_or(cpus.min(4) as u16),
             depth: self.depth,
             max_io,
-            mode: if self.user_copy {
-                BufMode::UserCopy
-            } else {
-                BufMode::Copy
+            mode: match (self.user_copy, self.buffers) {
+                (true, _) | (_, Buffers::UserCopy) => Some(BufMode::UserCopy),
+                (_, Buffers::Copy) => Some(BufMode::Copy),
+                (_, Buffers::ZeroCopy) => Some(BufMode::ZeroCopy),
+                (_, Buffers::Auto) => None,
             },
             extra_flags: self.recovery.flags(),
             busy_poll: self.busy_poll_us.map(Duration::from_micros),
