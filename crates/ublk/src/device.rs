@@ -12,7 +12,7 @@ use target::{Geometry, Target};
 
 use crate::ctrl::{Control, ControlError};
 use crate::features;
-use crate::queue::{run_queue, BufMode, QueueConfig, QueueStats};
+use crate::queue::{run_queue, BufMode, QueueConfig, QueueStats, QueueTuning};
 use crate::uapi::*;
 
 /// What the user asked for.
@@ -28,7 +28,7 @@ pub struct DeviceOptions {
     pub mode: Option<BufMode>,
     /// Extra UBLK_F_* flags (recovery modes).
     pub extra_flags: u64,
-    pub busy_poll: Option<Duration>,
+    pub tuning: QueueTuning,
 }
 
 /// Why a device could not be created; messages are one line for the user.
@@ -139,6 +139,8 @@ impl Device {
                 opts.max_io
             )));
         }
+        let t0 = Instant::now();
+        let mut steps: Vec<(&str, Duration)> = Vec::new();
         let caps = target.geometry().caps;
         if opts.mode == Some(BufMode::ZeroCopy) && caps.needs_cpu_access {
             return Err(DeviceError::Invalid(
@@ -192,6 +194,7 @@ impl Device {
                     err: e,
                 },
             })?;
+        steps.push(("ADD_DEV", t0.elapsed()));
         let mut dev = Device::new(ctrl, info, mode);
         // From here on, `dev`'s Drop undoes everything if we return early.
         if info.flags & flags != flags {
@@ -205,20 +208,30 @@ impl Device {
         dev.ctrl
             .set_params(dev.info.dev_id, &params)
             .map_err(ioerr("SET_PARAMS"))?;
-        dev.spawn_queues(target, opts.busy_poll)?;
+        steps.push(("SET_PARAMS", t0.elapsed()));
+        dev.spawn_queues(target, opts.tuning)?;
+        steps.push(("queues", t0.elapsed()));
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         dev.ctrl
             .start_dev(dev.info.dev_id, pid)
             .map_err(ioerr("START_DEV"))?;
         dev.started = true;
+        steps.push(("START_DEV", t0.elapsed()));
         wait_for_node(
             &format!("/dev/ublkb{}", dev.info.dev_id),
             Duration::from_secs(5),
         )?;
+        steps.push(("node", t0.elapsed()));
         if let Ok(i) = dev.ctrl.get_dev_info(dev.info.dev_id) {
             dev.info = i;
         }
+        // Where creation time goes (cumulative milliseconds), for `add` latency questions.
+        let at: Vec<String> = steps
+            .iter()
+            .map(|(n, d)| format!("{n} {:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        tracing::debug!("device {} created: {} ms", dev.info.dev_id, at.join(", "));
         Ok(dev)
     }
 
@@ -244,15 +257,18 @@ impl Device {
     fn spawn_queues<T: Target>(
         &mut self,
         target: Arc<T>,
-        busy_poll: Option<Duration>,
+        tuning: QueueTuning,
     ) -> Result<(), DeviceError> {
         let cdev = Arc::new(open_char_dev(self.info.dev_id)?);
         self.cdev = Some(cdev.clone());
         for q in 0..self.info.nr_hw_queues {
-            let cpus = self
-                .ctrl
-                .get_queue_affinity(self.info.dev_id, q)
-                .unwrap_or_default();
+            let cpus = if tuning.pin {
+                self.ctrl
+                    .get_queue_affinity(self.info.dev_id, q)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let cfg = QueueConfig {
                 dev_id: self.info.dev_id,
                 q_id: q,
@@ -260,7 +276,7 @@ impl Device {
                 max_io: self.info.max_io_buf_bytes,
                 mode: self.mode,
                 cpus,
-                busy_poll,
+                busy_poll: tuning.busy_poll,
             };
             let stop = rt::sync::Signal::new();
             self.stops.push(stop.clone());
@@ -288,7 +304,7 @@ impl Device {
     pub fn recover<T: Target>(
         target: Arc<T>,
         id: u32,
-        busy_poll: Option<Duration>,
+        tuning: QueueTuning,
     ) -> Result<Device, DeviceError> {
         let mut ctrl = Control::open()?;
         let info = ctrl.get_dev_info(id).map_err(|e| match e.raw_os_error() {
@@ -323,7 +339,7 @@ impl Device {
         })?;
         let mut dev = Device::new(ctrl, info, mode);
         // Until END_USER_RECOVERY succeeds, failing must leave the device in place.
-        let r = dev.spawn_queues(target, busy_poll).and_then(|()| {
+        let r = dev.spawn_queues(target, tuning).and_then(|()| {
             // SAFETY: getpid has no preconditions.
             let pid = unsafe { libc::getpid() };
             dev.ctrl

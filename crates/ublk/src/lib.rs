@@ -14,4 +14,4 @@ pub mod uapi;
 
 pub use ctrl::{Control, ControlError};
 pub use device::{Device, DeviceError, DeviceOptions};
-pub use queue::{BufMode, QueueStats};
+pub use queue::{BufMode, QueueStats, QueueTuning};

@@ -38,6 +38,17 @@ impl BufMode {
     }
 }
 
+/// How queue threads run: CPU placement and sleeping. Chosen per device, kept across recovery.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueTuning {
+    /// Spin this long before sleeping in the kernel (qd1 latency knob).
+    pub busy_poll: Option<std::time::Duration>,
+    /// Pin each queue thread to the CPUs the driver maps to its queue. Off by default: with
+    /// one submitting job, an unpinned queue thread can run beside the submitter on another
+    /// CPU instead of sharing its CPU (measured in docs/benchmarks.md).
+    pub pin: bool,
+}
+
 /// What a queue thread needs to know.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {

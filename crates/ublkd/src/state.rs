@@ -32,6 +32,8 @@ pub struct DeviceState {
     pub recovery: Recovery,
     #[serde(default)]
     pub busy_poll_us: Option<u64>,
+    #[serde(default)]
+    pub pin_queues: bool,
     /// The `--restart` supervisor watching the daemon, if any.
     #[serde(default)]
     pub supervisor_pid: Option<i32>,
@@ -66,6 +68,7 @@ impl DeviceState {
             log: log_path_for(id),
             recovery,
             busy_poll_us: None,
+            pin_queues: false,
             supervisor_pid: None,
             recoveries: 0,
         }
@@ -162,6 +165,7 @@ mod tests {
             log: "/x".into(),
             recovery: Recovery::Reissue,
             busy_poll_us: None,
+            pin_queues: false,
             supervisor_pid: None,
             recoveries: 0,
         };
