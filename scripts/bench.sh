@@ -88,7 +88,8 @@ if [[ -z $ublkd ]]; then
 fi
 [[ -x $ublkd ]] || die "no ublkd binary at $ublkd"
 ublkd=$(realpath "$ublkd")
-case $ublkd in /tmp/*) die "--ublkd $ublkd: the guest does not see the host's /tmp" ;; esac
+# The guest sees the host's files except /tmp; vm.sh shares the repo's target/ though.
+case $ublkd in "$(realpath "$repo")"/target/*) ;; /tmp/*) die "--ublkd $ublkd: the guest does not see the host's /tmp" ;; esac
 
 # ---- results dir (guest-writable: under /tmp/ublkd-vm) --------------------------------------
 stamp=$(date +%Y%m%d-%H%M%S)

@@ -7,16 +7,21 @@
 # In CI (CI=true) a VM that cannot boot or lacks ublk_drv is a failure. Only a developer's
 # local run may skip the VM part, and it says so loudly.
 #
-# Options: --host-only (skip the VM suite), --vm-only, --kernel 7.3|6.12 (just that one).
+# After the suites, the benchmark's CI smoke run (scripts/bench.sh --quick --smoke on one cell,
+# ~2 min): it must complete and print its table; its numbers are not judged.
+#
+# Options: --host-only (skip the VM suite), --vm-only, --kernel 7.3|6.12 (just that one),
+# --no-bench (skip the benchmark smoke run).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-host=1 vm=1 kernels=(7.3 6.12)
+host=1 vm=1 bench=1 kernels=(7.3 6.12)
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --host-only) vm=0 ;;
     --vm-only) host=0 ;;
     --kernel) kernels=("$2"); shift ;;
+    --no-bench) bench=0 ;;
     *) echo "test-all.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -72,6 +77,16 @@ if [[ $vm -eq 1 ]]; then
             scripts/vm.sh --kernel "$k" --timeout 2400 -- tests/vm/run.sh "${args[@]}" 2>&1 | tee "$out/vm-$k.log"
             count_plain "$out/vm-$k.log"
         done
+        if [[ $bench -eq 1 ]]; then
+            echo "=== benchmark smoke run (Linux ${kernels[0]})"
+            if scripts/bench.sh --kernel "${kernels[0]}" --quick --smoke --no-qd --cells 'randread-qd64-j1' \
+                --ublkd target/release/ublkd --out "$out/bench" 2>&1 | tee "$out/bench.log"; then
+                passed=$((passed + 1))
+            else
+                echo "test-all.sh: the benchmark smoke run failed (log: $out/bench.log)"
+                failed=$((failed + 1))
+            fi
+        fi
     fi
 fi
 
