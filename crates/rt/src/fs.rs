@@ -139,10 +139,10 @@ mod tests {
     /// the right place, and a read that ends at end of file leaves zeroes after the data.
     #[test]
     fn short_reads_continue_in_place() {
-        let path = std::env::temp_dir().join(format!("rt-short-{}", std::process::id()));
+        use std::io::Write;
         let data: Vec<u8> = (0..6000u32).map(|i| (i % 251) as u8 + 1).collect();
-        std::fs::write(&path, &data).unwrap();
-        let f = std::fs::File::open(&path).unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
         let rt = Runtime::new().unwrap();
         let mut buf = IoBuf::with_capacity(8192);
         buf.as_mut_slice().fill(0xee);
@@ -158,7 +158,6 @@ mod tests {
             .unwrap();
         assert_eq!(&buf.as_slice()[..6000], &data[..]);
         assert!(buf.as_slice()[6000..].iter().all(|&x| x == 0));
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -141,7 +141,8 @@ impl Device {
         }
         let t0 = Instant::now();
         let mut steps: Vec<(&str, Duration)> = Vec::new();
-        let caps = target.geometry().caps;
+        let geo = target.geometry();
+        let caps = geo.caps;
         if opts.mode == Some(BufMode::ZeroCopy) && caps.needs_cpu_access {
             return Err(DeviceError::Invalid(
                 "this target reads and writes request data with the CPU, so it cannot use zero-copy buffers (use copy or user-copy)".into(),
@@ -157,12 +158,7 @@ impl Device {
                 BufMode::Copy
             }
         });
-        let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags;
-        match mode {
-            BufMode::Copy => {}
-            BufMode::UserCopy => flags |= UBLK_F_USER_COPY,
-            BufMode::ZeroCopy => flags |= UBLK_F_AUTO_BUF_REG,
-        }
+        let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag();
         if let Some(have) = have {
             let missing = flags & !have;
             if missing != 0 {
@@ -203,7 +199,6 @@ impl Device {
                 "the driver did not grant it at ADD_DEV".into(),
             ));
         }
-        let geo = target.geometry();
         let params = params_for(&geo, dev.info.max_io_buf_bytes);
         dev.ctrl
             .set_params(dev.info.dev_id, &params)
@@ -319,18 +314,12 @@ impl Device {
                 "device {id} was created with --recovery off and cannot be recovered (delete it: ublkd del -n {id})"
             )));
         }
-        let mode = if info.flags & UBLK_F_USER_COPY != 0 {
-            BufMode::UserCopy
-        } else if info.flags & UBLK_F_AUTO_BUF_REG != 0 {
-            if target.geometry().caps.needs_cpu_access {
-                return Err(DeviceError::Invalid(format!(
-                    "device {id} uses zero-copy buffers, which this target cannot serve"
-                )));
-            }
-            BufMode::ZeroCopy
-        } else {
-            BufMode::Copy
-        };
+        let mode = BufMode::from_flags(info.flags);
+        if mode == BufMode::ZeroCopy && target.geometry().caps.needs_cpu_access {
+            return Err(DeviceError::Invalid(format!(
+                "device {id} uses zero-copy buffers, which this target cannot serve"
+            )));
+        }
         ctrl.start_user_recovery(id).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => DeviceError::Invalid(format!(
                 "device {id} is not waiting for recovery (its daemon is alive, or the driver has not noticed its exit yet)"
@@ -500,6 +489,14 @@ pub fn remove_orphan(ctrl: &mut Control, id: u32) -> io::Result<()> {
 mod tests {
     use super::*;
     use target::Caps;
+
+    #[test]
+    fn buffer_modes_round_trip_through_device_flags() {
+        for m in [BufMode::Copy, BufMode::UserCopy, BufMode::ZeroCopy] {
+            let flags = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY | m.flag();
+            assert_eq!(BufMode::from_flags(flags), m);
+        }
+    }
 
     #[test]
     fn params_follow_geometry() {

@@ -36,6 +36,23 @@ impl BufMode {
             BufMode::ZeroCopy => "zero-copy",
         }
     }
+
+    /// The UBLK_F_* flag that asks the driver for this mode (copy needs none).
+    pub fn flag(self) -> u64 {
+        match self {
+            BufMode::Copy => 0,
+            BufMode::UserCopy => UBLK_F_USER_COPY,
+            BufMode::ZeroCopy => UBLK_F_AUTO_BUF_REG,
+        }
+    }
+
+    /// The mode a device was created with, from its flags.
+    pub fn from_flags(flags: u64) -> BufMode {
+        [BufMode::UserCopy, BufMode::ZeroCopy]
+            .into_iter()
+            .find(|m| flags & m.flag() != 0)
+            .unwrap_or(BufMode::Copy)
+    }
 }
 
 /// How queue threads run: CPU placement and sleeping. Chosen per device, kept across recovery.

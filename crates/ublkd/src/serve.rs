@@ -56,6 +56,14 @@ pub struct DeviceArgs {
     pub recovery: Recovery,
 }
 
+/// Queue thread tuning from the options a device was created with (kept in its state file).
+pub(crate) fn queue_tuning(busy_poll_us: Option<u64>, pin_queues: bool) -> QueueTuning {
+    QueueTuning {
+        busy_poll: busy_poll_us.map(Duration::from_micros),
+        pin: pin_queues,
+    }
+}
+
 /// `--buffers`: a buffer mode, or auto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Buffers {
@@ -114,10 +122,7 @@ impl DeviceArgs {
                 (_, Buffers::Auto) => None,
             },
             extra_flags: self.recovery.flags(),
-            tuning: QueueTuning {
-                busy_poll: self.busy_poll_us.map(Duration::from_micros),
-                pin: self.pin_queues,
-            },
+            tuning: queue_tuning(self.busy_poll_us, self.pin_queues),
         })
     }
 }
@@ -221,11 +226,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
             old.size, geo.size
         ));
     }
-    let tuning = QueueTuning {
-        busy_poll: old.busy_poll_us.map(Duration::from_micros),
-        pin: old.pin_queues,
-    };
-    let dev = match Device::recover(target, a.id, tuning) {
+    let dev = match Device::recover(target, a.id, old.tuning()) {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
     };

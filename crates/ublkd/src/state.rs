@@ -47,6 +47,11 @@ fn default_recovery() -> Recovery {
 }
 
 impl DeviceState {
+    /// How the device's queue threads run, for a daemon taking it over.
+    pub fn tuning(&self) -> ublk::QueueTuning {
+        crate::serve::queue_tuning(self.busy_poll_us, self.pin_queues)
+    }
+
     /// The state of a device this process now serves.
     pub fn new(
         dev: &ublk::Device,
