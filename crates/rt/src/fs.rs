@@ -120,6 +120,48 @@ pub async fn uring_cmd16(
     unsafe { Op::submit(b.build(), keep) }.await
 }
 
+/// An `IORING_OP_URING_CMD` whose command points at an array: `sqe->addr`/`sqe->len` name
+/// `keep`'s memory (ublk's batch prep/commit element arrays). Queued on the ring when called,
+/// not when first polled.
+pub fn uring_cmd16_array<T: 'static + Unpin>(
+    fd: RawFd,
+    cmd_op: u32,
+    cmd: [u8; 16],
+    addr: u64,
+    len: u32,
+    keep: T,
+) -> Op<T> {
+    let e = opcode::UringCmd16::new(types::Fd(fd), cmd_op)
+        .cmd(cmd)
+        .addr(Some(addr))
+        .build();
+    let e = crate::sqe::with_len(e, len);
+    // SAFETY: the caller passes `addr`/`len` inside heap memory owned by `keep`, which the op
+    // holds until completion.
+    unsafe { Op::submit(e, keep) }
+}
+
+/// A multishot `IORING_OP_URING_CMD` that fills buffers of `bufs`' group (ublk's batch fetch).
+/// `keep` holds memory the driver may write while the command is armed (ublk's copy-mode tag
+/// buffers); it is leaked with the op if the ring goes away first.
+pub fn uring_cmd16_multishot<T: 'static>(
+    fd: RawFd,
+    cmd_op: u32,
+    cmd: [u8; 16],
+    bufs: &crate::pbuf::ProvidedBufs,
+    keep: T,
+) -> crate::op::MultiOp<T> {
+    let e = opcode::UringCmd16::new(types::Fd(fd), cmd_op)
+        .cmd(cmd)
+        .build()
+        .flags(io_uring::squeue::Flags::BUFFER_SELECT);
+    let e = crate::sqe::with_uring_cmd_flags(e, crate::sqe::IORING_URING_CMD_MULTISHOT);
+    let e = crate::sqe::with_buf_group(e, bufs.group());
+    // SAFETY: no pointers in the SQE: the kernel writes only into provided buffers, which live
+    // as long as the ring, and into memory `keep` owns.
+    unsafe { crate::op::MultiOp::submit(e, keep) }
+}
+
 /// A no-op round trip through the ring (tests, wakeups).
 pub async fn nop() -> io::Result<()> {
     // SAFETY: no pointers.

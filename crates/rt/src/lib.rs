@@ -6,15 +6,18 @@
 //!
 //! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
 //! lifetime invariant), [`buf`] (owned I/O buffers), [`fs`] / [`net`] / [`time`] (typed ops),
-//! [`sync`] (single-thread channels and notifications), [`select`] (first of two futures).
+//! [`sync`] (single-thread channels and notifications), [`select`] (first of two futures),
+//! [`pbuf`] (provided buffers for multishot ops), [`sqe`] (SQE fields the builders lack).
 
 pub mod buf;
 pub mod fs;
 pub mod net;
 pub mod op;
+pub mod pbuf;
 pub mod poll;
 pub mod runtime;
 pub mod select;
+pub mod sqe;
 pub mod sync;
 pub mod task;
 pub mod time;

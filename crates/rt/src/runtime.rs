@@ -16,6 +16,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::op::Lifecycle;
+use crate::pbuf::{PbufMem, ProvidedBufs};
 use crate::task::{JoinHandle, Shared, TaskSlot, MAIN_TASK};
 
 /// user_data of SQEs whose completion nobody waits for (cancel requests).
@@ -124,6 +125,7 @@ impl Builder {
             busy_poll: self.busy_poll,
             cqe_scratch: RefCell::new(Vec::with_capacity(256)),
             leak_on_drop: Cell::new(false),
+            provided: RefCell::new(Vec::new()),
         });
         Ok(Runtime { inner })
     }
@@ -142,6 +144,9 @@ pub(crate) struct Inner {
     busy_poll: Option<Duration>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
     leak_on_drop: Cell<bool>,
+    /// Provided-buffer rings registered with `ring`. Declared after it, so they are freed only
+    /// once the ring is closed.
+    provided: RefCell<Vec<Rc<PbufMem>>>,
 }
 
 /// A single-threaded io_uring executor. Not `Send`: each thread builds its own.
@@ -175,6 +180,23 @@ impl Runtime {
             .borrow()
             .submitter()
             .register_buffers_sparse(n)
+    }
+
+    /// Register a group of `count` provided buffers of `size` bytes each under group id `bgid`,
+    /// for ops with buffer select (multishot). They live as long as the ring.
+    pub fn provide_buffers(&self, bgid: u16, count: u16, size: u32) -> io::Result<ProvidedBufs> {
+        let mem = PbufMem::new(count, size)?;
+        // SAFETY: the ring memory stays valid until the ring is closed: `Inner::provided` holds
+        // it and is dropped after `Inner::ring` (or leaked with the ring's other memory).
+        unsafe {
+            self.inner
+                .ring
+                .borrow()
+                .submitter()
+                .register_buf_ring_with_flags(mem.ring_addr(), count, bgid, 0)?;
+        }
+        self.inner.provided.borrow_mut().push(mem.clone());
+        Ok(ProvidedBufs { mem, bgid })
     }
 
     /// Register files so ops can use `types::Fixed(index)`.
@@ -249,6 +271,7 @@ impl Drop for Runtime {
             let _ = self.inner.ring.borrow().submit();
             let ops = std::mem::take(&mut *self.inner.ops.borrow_mut());
             std::mem::forget(ops);
+            std::mem::forget(std::mem::take(&mut *self.inner.provided.borrow_mut()));
             return;
         }
         if !self.inner.drain(Duration::from_secs(10)) {
@@ -256,6 +279,7 @@ impl Drop for Runtime {
             // sound choice: freeing it could let the kernel scribble over reused memory.
             let ops = std::mem::take(&mut *self.inner.ops.borrow_mut());
             std::mem::forget(ops);
+            std::mem::forget(std::mem::take(&mut *self.inner.provided.borrow_mut()));
         }
     }
 }
