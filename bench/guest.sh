@@ -28,7 +28,7 @@ mkdir -p "$OUT/raw" "$OUT/logs"
 cp "$UBLKD" "$SCRATCH/ublkd"
 UBLKD=$SCRATCH/ublkd
 CSV=$OUT/runs.csv
-echo "kernel,group,device,rw,iodepth,numjobs,rep,iops,lat_us,cpu_us_per_io,batch,create_ms,rss_idle_kib,rss_load_kib,requests,nr_requests,cpu_stat_us_per_io" >"$CSV"
+echo "kernel,group,device,rw,iodepth,numjobs,rep,iops,lat_us,cpu_us_per_io,batch,create_ms,rss_idle_kib,rss_load_kib,requests,nr_requests,cpu_stat_us_per_io,req_per_enter" >"$CSV"
 note() { echo "bench(guest): $*" >&2; echo "$*" >>"$OUT/notes.txt"; }
 now_ns() { date +%s%N; }
 
@@ -110,7 +110,7 @@ ublk_add() { # args for `ublkd add`; sets UDEV UID_ UPID CREATE_MS RSS_IDLE
     RSS_IDLE=$(rss_kib "$UPID")
 }
 
-ublk_del() { # prints "requests batch" from the daemon's shutdown lines
+ublk_del() { # prints "requests batch requests-per-enter" from the daemon's shutdown lines
     local log=/run/ublkd/$UID_.log
     "$UBLKD" del -n "$UID_" >/dev/null
     for _ in $(seq 100); do kill -0 "$UPID" 2>/dev/null || break; sleep 0.1; done
@@ -123,7 +123,7 @@ ublk_del() { # prints "requests batch" from the daemon's shutdown lines
                  if ($(i) ~ /^enters,?$/) { e += $(i - 1); c += $(i - 1) * $(i + 1) }
              }
          }
-         END { printf "%d %.2f\n", r, (e > 0 ? c / e : 0) }' "$log"
+         END { printf "%d %.2f %.2f\n", r, (e > 0 ? c / e : 0), (e > 0 ? r / e : 0) }' "$log"
 }
 
 # ---- one fio run -------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ measure() {
     local group=$1 device=$2 rw=$3 qd=$4 jobs=$5 rep=$6
     shift 6
     local name="$device-$rw-qd$qd-j$jobs-r$rep" dev res iops lat ios
-    local cpu="" batch="" create="" rss_i="" rss_l="" reqs="" nrr
+    local cpu="" batch="" create="" rss_i="" rss_l="" reqs="" rpe="" nrr
     case $device in
     null_blk) dev=$NULLB ;;
     loop) dev=$LOOP ;;
@@ -185,12 +185,12 @@ measure() {
         cpu=$(awk -v d=$((n1 - n0)) -v n="$ios" 'BEGIN { printf "%.2f", (n > 0 ? d / 1e3 / n : 0) }')
         create=$CREATE_MS
         rss_i=$RSS_IDLE
-        read -r reqs batch < <(ublk_del)
+        read -r reqs batch rpe < <(ublk_del)
     else
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
         read -r iops lat ios <<<"$res"
     fi
-    echo "$KVER,$group,$device,$rw,$qd,$jobs,$rep,$iops,$lat,$cpu,$batch,$create,$rss_i,$rss_l,$reqs,$nrr,${cpu_stat:-}" >>"$CSV"
+    echo "$KVER,$group,$device,$rw,$qd,$jobs,$rep,$iops,$lat,$cpu,$batch,$create,$rss_i,$rss_l,$reqs,$nrr,${cpu_stat:-},${rpe:-}" >>"$CSV"
     echo "bench(guest): $name: $(printf '%.0f' "$iops") IOPS${cpu:+, $cpu us CPU/IO, batch $batch}" >&2
 }
 

@@ -68,6 +68,7 @@ def main(d):
             "iops": m,
             "spread": (max(iops) - min(iops)) / m if m else None,
             "batch": med(fnum(r["batch"]) for r in rs),
+            "rpe": med(fnum(r.get("req_per_enter")) for r in rs),
             "cpu": med(fnum(r["cpu_us_per_io"]) for r in rs),
             "cpu_stat": med(fnum(r.get("cpu_stat_us_per_io")) for r in rs),
             "lat": med(fnum(r["lat_us"]) for r in rs),
@@ -80,13 +81,14 @@ def main(d):
     out_rows = []
     md = [f"Kernel {kernel}; medians of {max(len(v) for v in cells.values())} run(s). "
           "Ratio = ublkd / kernel device in the same boot (mem: / null_blk). "
-          "Spread = (max-min)/median. Batch = completions per io_uring_enter. "
+          "Spread = (max-min)/median. Batch = completions per io_uring_enter; req/enter = requests "
+          "served per io_uring_enter (with batch I/O commands one completion carries many requests). "
           "CPU = daemon utime+stime per I/O from /proc/PID/stat (tick-sampled; biased upwards at "
           "qd1 under TCG)" + ("" if NO_SCHEDSTAT else "; in brackets: the exact run time from "
           "/proc/PID/task/*/schedstat") + ".", "",
           "| group | rw | qd | jobs | kernel dev | kernel IOPS | spread | ublkd IOPS | spread "
-          "| ratio | target | batch | CPU µs/IO | ublkd lat µs |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| ratio | target | batch | req/enter | CPU µs/IO | ublkd lat µs |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for group in ("null", "file", "mem"):
         for rw in ("randread", "randwrite"):
             for qd in (1, 64):
@@ -103,7 +105,7 @@ def main(d):
                         f"| {group} | {rw} | {qd} | {jobs} | {BASELINE[group]} | "
                         f"{fmt(base and base['iops'])} | {fmt(base and base['spread'], 2)} | "
                         f"{fmt(ours['iops'])} | {fmt(ours['spread'], 2)} | {fmt(ratio, 3)} | {ok} | "
-                        f"{fmt(ours['batch'], 1)} | {fmt(ours['cpu_stat'], 1)}"
+                        f"{fmt(ours['batch'], 1)} | {fmt(ours['rpe'], 1)} | {fmt(ours['cpu_stat'], 1)}"
                         f"{'' if NO_SCHEDSTAT else ' (' + fmt(ours['cpu'], 1) + ')'} | "
                         f"{fmt(ours['lat'], 0)} |")
                     out_rows.append({
@@ -117,6 +119,7 @@ def main(d):
                         "ratio": round(ratio, 4) if ratio is not None else "",
                         "target": tgt if tgt is not None else "",
                         "batch": ours["batch"] if ours["batch"] is not None else "",
+                        "req_per_enter": ours["rpe"] if ours["rpe"] is not None else "",
                         "cpu_us_per_io": ours["cpu_stat"] if ours["cpu_stat"] is not None else "",
                         "cpu_schedstat_us_per_io": "" if NO_SCHEDSTAT or ours["cpu"] is None else ours["cpu"],
                         "ideal_iops": "",

@@ -128,11 +128,11 @@ restart_survives_repeated_kills() {
     ! pgrep -f "ublkd (serve|supervise)" >/dev/null
 }
 
-upgrade_under_fio() {
+upgrade_under_fio() { # [EXTRA-ADD-ARGS...]
     local dev id fpid i gap maxgap=0 img=$BACK/upgrade.img
     "$UBLKD" features | grep -q QUIESCE || { echo "kernel without QUIESCE"; return 1; }
     truncate -s 128M "$img"
-    dev=$("$UBLKD" add -t file --path "$img" -q 2 -d 128) || return 1
+    dev=$("$UBLKD" add -t file --path "$img" -q 2 -d 128 "$@") || return 1
     id=${dev#/dev/ublkb}
     # shellcheck disable=SC2046
     fio $(rec_fio_args "$dev" upw) --size=64M --do_verify=0 >"$LOG_DIR/upgrade-fio-write.out" 2>&1 &
@@ -217,7 +217,11 @@ kill_during_add_and_del() {
 test_recovery_more() {
     check "recovery: ext4 + fsynced writer survive kill -9 and recover, fsck clean" ext4_kill_and_recover
     check "recovery: --restart survives 10 kill -9 under fio verify, no leaks" restart_survives_repeated_kills
+    # Default I/O commands on 7.3 are batch (upgrade hands over without QUIESCE); per-tag
+    # devices are quiesced.
     check "recovery: 10 live upgrades under fio verify writer, zero errors" upgrade_under_fio
+    check "recovery: 10 live upgrades (per-tag, QUIESCE) under fio verify writer, zero errors" \
+        upgrade_under_fio --io-cmds per-tag
     check "recovery: kill -9 during add and del, del --all cleans up" kill_during_add_and_del
     check_clean "recovery tests leave nothing behind (2)"
 }

@@ -273,12 +273,80 @@ test_buffer_modes() {
     "$UBLKD" del -n "${dev#/dev/ublkb}"
 }
 
+io_cmds_of() { # ID: the I/O command style `list --json` reports
+    "$UBLKD" list --json | python3 -c "import json,sys; print([d['io_cmds'] for d in json.load(sys.stdin) if d['id'] == $1][0])"
+}
+
+# Batch I/O commands (--io-cmds): batch where the kernel has BATCH_IO (the default there, so
+# the rest of the suite runs batch on 7.3 and per-tag on 6.12); every buffer mode verifies in
+# both styles; batch without kernel support is refused.
+test_batch_io() {
+    local dev id m
+    truncate -s 256M "$BACK/batch.img"
+    if ! kernel_has BATCH_IO; then
+        dev=$("$UBLKD" add -t null --size 1G) || { fail "batch: add null"; return; }
+        check "io-cmds auto without BATCH_IO: per-tag" test "$(io_cmds_of "${dev#/dev/ublkb}")" = per-tag
+        "$UBLKD" del -n "${dev#/dev/ublkb}"
+        check "io-cmds: batch without BATCH_IO is refused in one line, nothing left" \
+            refused_cleanly "lacks BATCH_IO" -t null --size 1G --io-cmds batch
+        return
+    fi
+    dev=$("$UBLKD" add -t null --size 1G -q 2) || { fail "batch: add null"; return; }
+    id=${dev#/dev/ublkb}
+    check "io-cmds auto with BATCH_IO: batch" test "$(io_cmds_of "$id")" = batch
+    check "batch null 4k-512k randrw qd128 no errors" fio --name=bnull --filename="$dev" \
+        --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-512k --iodepth=128 --runtime=3 --time_based
+    "$UBLKD" del -n "$id"
+    for m in zero-copy copy user-copy; do
+        dev=$("$UBLKD" add -t file --path "$BACK/batch.img" -q 2 --buffers "$m" --io-cmds batch) \
+            || { fail "batch: add file $m"; continue; }
+        check "batch $m file verify 4k-512k qd32" fio_verify "$dev" "batch-$m" "--bsrange=4k-512k" 32
+        "$UBLKD" del -n "${dev#/dev/ublkb}"
+    done
+    dev=$("$UBLKD" add -t mem --size 64M -q 1 -d 8 --io-cmds batch) || { fail "batch: add mem d8"; return; }
+    check "batch mem depth 8 verify at qd32 (more requests than tags)" fio_verify "$dev" "batch-d8" "--bsrange=4k-128k" 32
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    dev=$("$UBLKD" add -t null --size 1G --recovery on) || { fail "batch: add recovery on"; return; }
+    id=${dev#/dev/ublkb}
+    check "batch: upgrade without --recovery reissue is refused, device still live" \
+        upgrade_refused_without_reissue "$id"
+    "$UBLKD" del -n "$id"
+    dev=$("$UBLKD" add -t file --path "$BACK/batch.img" -q 2 --io-cmds per-tag) || { fail "batch: add per-tag"; return; }
+    id=${dev#/dev/ublkb}
+    check "io-cmds per-tag: list shows per-tag" test "$(io_cmds_of "$id")" = per-tag
+    check "per-tag zero-copy file verify 4k-512k qd32" fio_verify "$dev" "pertag" "--bsrange=4k-512k" 32
+    "$UBLKD" del -n "$id"
+}
+
+upgrade_refused_without_reissue() { # ID
+    local out
+    out=$("$UBLKD" upgrade -n "$1" 2>&1) && { echo "upgrade succeeded: $out"; return 1; }
+    echo "$out" | grep -q "not created with --recovery reissue" || { echo "unexpected: $out"; return 1; }
+    "$UBLKD" list -n "$1" | grep -q live
+}
+
+# A queue thread that fails before fetching (fault injected) makes `add` fail in one line with
+# the queue's error, instead of leaving START_DEV waiting forever; nothing is left behind.
+add_fails_when_queues_cannot_start() {
+    local out
+    out=$(UBLKD_FAULT_QUEUE_START=1 timeout 60 "$UBLKD" add -t null --size 1G 2>&1) \
+        && { echo "add succeeded: $out"; return 1; }
+    echo "$out" | grep -q "did not start: UBLKD_FAULT_QUEUE_START" || { echo "unexpected error: $out"; return 1; }
+    [ "$(echo "$out" | wc -l)" = 1 ] || { echo "not one line: $out"; return 1; }
+    [ -z "$(ls /dev/ublkb* 2>/dev/null)" ] && [ -z "$(ls /run/ublkd/*.json 2>/dev/null)" ]
+}
+
+test_queue_start_failure() {
+    check "add fails in one line when a queue cannot start, nothing left" add_fails_when_queues_cannot_start
+}
+
 truncate -s 256M "$BACK/verify.img"
 if [ -n "${UBLKD_TESTS:-}" ]; then
     # Development: only the named test functions (UBLKD_TESTS="test_buffer_modes test_ext4").
     for t in $UBLKD_TESTS; do "$t"; done
 elif [ "$COMPAT" = 1 ]; then
     test_buffer_modes
+    test_batch_io
     test_fio_verify mem -t mem --size 256M
     test_fio_verify file -t file --path "$BACK/verify.img"
     test_null_io
@@ -292,6 +360,8 @@ else
     test_null_io
     test_user_copy
     test_buffer_modes
+    test_batch_io
+    test_queue_start_failure
     test_ext4
     test_discard
     test_deep_queue

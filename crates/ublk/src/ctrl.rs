@@ -50,6 +50,19 @@ impl Control {
 
     /// Issue one command and wait for its result (>= 0) or errno.
     fn cmd(&mut self, op: u32, c: ublksrv_ctrl_cmd) -> io::Result<i32> {
+        self.cmd_abortable(op, c, &|| false)
+    }
+
+    /// Like `cmd`, but every 20 ms ask `abort`; once it says yes, cancel the command. The driver
+    /// runs control commands on an io-wq worker, and cancelling one interrupts its interruptible
+    /// wait (START_DEV and END_USER_RECOVERY wait for every tag of every queue, forever if a
+    /// queue thread died before fetching). The command then ends with EINTR or ECANCELED.
+    fn cmd_abortable(
+        &mut self,
+        op: u32,
+        c: ublksrv_ctrl_cmd,
+        abort: &dyn Fn() -> bool,
+    ) -> io::Result<i32> {
         let mut bytes = [0u8; 80];
         // SAFETY: ublksrv_ctrl_cmd is 32 bytes of plain data; we copy it into the payload.
         let raw: [u8; 32] = unsafe { std::mem::transmute(c) };
@@ -62,19 +75,28 @@ impl Control {
         // function returns, and we wait for the completion before returning.
         unsafe { self.ring.submission().push(&e) }
             .map_err(|_| io::Error::other("control ring full"))?;
-        loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+        let mut cancelled = false;
+        let res = loop {
+            let ts = types::Timespec::new().nsec(20_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => {}
                 Err(e) => return Err(e),
             }
-        }
-        let cqe = self
-            .ring
-            .completion()
-            .next()
-            .ok_or_else(|| io::Error::other("control: no completion"))?;
-        let res = cqe.result();
+            // Completions of the cancel request itself (user_data 2) are not ours to report.
+            if let Some(cqe) = self.ring.completion().find(|c| c.user_data() == 1) {
+                break cqe.result();
+            }
+            if !cancelled && abort() {
+                let cancel = opcode::AsyncCancel::new(1).build().user_data(2);
+                // SAFETY: a cancel request carries no pointers.
+                unsafe { self.ring.submission().push(&cancel.into()) }
+                    .map_err(|_| io::Error::other("control ring full"))?;
+                cancelled = true;
+            }
+        };
+        // Whether or not the cancel itself completed yet, nothing of it points into memory.
         if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
         } else {
@@ -131,10 +153,16 @@ impl Control {
     }
 
     /// Start serving: blocks until every queue has fetched every tag, then adds the disk.
-    pub fn start_dev(&mut self, dev_id: u32, daemon_pid: i32) -> io::Result<()> {
+    /// Gives up (EINTR/ECANCELED) once `abort` says a queue will never fetch.
+    pub fn start_dev(
+        &mut self,
+        dev_id: u32,
+        daemon_pid: i32,
+        abort: &dyn Fn() -> bool,
+    ) -> io::Result<()> {
         let mut c = Self::header(dev_id);
         c.data[0] = daemon_pid as u64;
-        self.cmd(UBLK_U_CMD_START_DEV, c).map(drop)
+        self.cmd_abortable(UBLK_U_CMD_START_DEV, c, abort).map(drop)
     }
 
     /// Remove the disk; the queues' pending fetches complete with UBLK_IO_RES_ABORT.
@@ -195,11 +223,18 @@ impl Control {
             .map(drop)
     }
 
-    /// Finish recovery once every tag of every queue is fetched again.
-    pub fn end_user_recovery(&mut self, dev_id: u32, daemon_pid: i32) -> io::Result<()> {
+    /// Finish recovery once every tag of every queue is fetched again (or give up once
+    /// `abort` says a queue will never fetch, as for `start_dev`).
+    pub fn end_user_recovery(
+        &mut self,
+        dev_id: u32,
+        daemon_pid: i32,
+        abort: &dyn Fn() -> bool,
+    ) -> io::Result<()> {
         let mut c = Self::header(dev_id);
         c.data[0] = daemon_pid as u64;
-        self.cmd(UBLK_U_CMD_END_USER_RECOVERY, c).map(drop)
+        self.cmd_abortable(UBLK_U_CMD_END_USER_RECOVERY, c, abort)
+            .map(drop)
     }
 
     /// Quiesce the device (Linux 6.16+, UBLK_F_QUIESCE): in-flight requests finish, new ones

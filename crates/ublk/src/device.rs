@@ -26,6 +26,8 @@ pub struct DeviceOptions {
     /// Where request data lives; `None` picks zero copy when the driver offers
     /// UBLK_F_AUTO_BUF_REG and the target never touches bytes with the CPU, else copy.
     pub mode: Option<BufMode>,
+    /// Batch I/O commands (UBLK_F_BATCH_IO); `None` uses them where the driver offers them.
+    pub batch: Option<bool>,
     /// Extra UBLK_F_* flags (recovery modes).
     pub extra_flags: u64,
     pub tuning: QueueTuning,
@@ -158,7 +160,13 @@ impl Device {
                 BufMode::Copy
             }
         });
+        let batch = opts
+            .batch
+            .unwrap_or_else(|| have.is_some_and(|h| h & UBLK_F_BATCH_IO != 0));
         let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag();
+        if batch {
+            flags |= UBLK_F_BATCH_IO;
+        }
         if let Some(have) = have {
             let missing = flags & !have;
             if missing != 0 {
@@ -208,9 +216,13 @@ impl Device {
         steps.push(("queues", t0.elapsed()));
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
-        dev.ctrl
-            .start_dev(dev.info.dev_id, pid)
-            .map_err(ioerr("START_DEV"))?;
+        let queues = &dev.queues;
+        let r = dev.ctrl.start_dev(dev.info.dev_id, pid, &|| {
+            queues.iter().any(|h| h.is_finished())
+        });
+        if let Err(e) = r {
+            return Err(dev.start_error("START_DEV", e));
+        }
         dev.started = true;
         steps.push(("START_DEV", t0.elapsed()));
         wait_for_node(
@@ -270,6 +282,7 @@ impl Device {
                 depth: self.info.queue_depth,
                 max_io: self.info.max_io_buf_bytes,
                 mode: self.mode,
+                batch: self.info.flags & UBLK_F_BATCH_IO != 0,
                 cpus,
                 busy_poll: tuning.busy_poll,
             };
@@ -290,6 +303,27 @@ impl Device {
             self.queues.push(h);
         }
         Ok(())
+    }
+
+    /// Why START_DEV/END_USER_RECOVERY failed: the error of a queue thread that ended before
+    /// fetching (which is what made the command give up), else the command's own.
+    fn start_error(&mut self, what: &str, err: io::Error) -> DeviceError {
+        if let Some(i) = self.queues.iter().position(|h| h.is_finished()) {
+            let h = self.queues.remove(i);
+            let qerr = match h.join() {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => io::Error::other("ended before serving"),
+                Err(_) => io::Error::other("panicked"),
+            };
+            return DeviceError::Io {
+                what: format!("queue {i} did not start"),
+                err: qerr,
+            };
+        }
+        DeviceError::Io {
+            what: what.into(),
+            err,
+        }
     }
 
     /// Take over device `id` whose daemon died (or quiesced it for an upgrade):
@@ -331,9 +365,11 @@ impl Device {
         let r = dev.spawn_queues(target, tuning).and_then(|()| {
             // SAFETY: getpid has no preconditions.
             let pid = unsafe { libc::getpid() };
-            dev.ctrl
-                .end_user_recovery(id, pid)
-                .map_err(ioerr("END_USER_RECOVERY"))
+            let queues = &dev.queues;
+            let r = dev
+                .ctrl
+                .end_user_recovery(id, pid, &|| queues.iter().any(|h| h.is_finished()));
+            r.map_err(|e| dev.start_error("END_USER_RECOVERY", e))
         });
         if let Err(e) = r {
             dev.abandon();

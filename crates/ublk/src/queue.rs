@@ -12,6 +12,7 @@ use rt::select::select2;
 use rt::{IoBuf, Runtime};
 use target::{Target, TargetQueue};
 
+use crate::batch::Batch;
 use crate::uapi::*;
 
 /// Where request data lives (DESIGN.md, "the data path").
@@ -78,6 +79,8 @@ pub struct QueueConfig {
     pub cpus: Vec<usize>,
     /// Spin this long before sleeping in the kernel (qd1 latency knob).
     pub busy_poll: Option<std::time::Duration>,
+    /// The device has UBLK_F_BATCH_IO: batch prep/fetch/commit instead of per-tag commands.
+    pub batch: bool,
 }
 
 /// Counters a queue reports when it ends (and a shared snapshot while running).
@@ -147,16 +150,16 @@ impl Drop for DescArray {
     }
 }
 
-struct QueueCtx<Q> {
-    cfg: QueueConfig,
-    cdev: RawFd,
+pub(crate) struct QueueCtx<Q> {
+    pub(crate) cfg: QueueConfig,
+    pub(crate) cdev: RawFd,
     descs: DescArray,
     target: Q,
     requests: Cell<u64>,
-    /// Set when any tag saw UBLK_IO_RES_ABORT: the device is stopping or quiescing.
-    stopping: Cell<bool>,
-    /// Tags currently serving a request (between fetch completion and the next commit).
-    busy: Cell<usize>,
+    /// Set when the driver said UBLK_IO_RES_ABORT: the device is stopping or quiescing.
+    pub(crate) stopping: Cell<bool>,
+    /// Requests being served: from their arrival until their commit is queued on the ring.
+    pub(crate) busy: Cell<usize>,
     /// Woken when `stopping` or `busy` changes, to re-check whether the queue is done.
     done_waker: Cell<Option<std::task::Waker>>,
     errors: Cell<u64>,
@@ -164,7 +167,7 @@ struct QueueCtx<Q> {
 }
 
 impl<Q> QueueCtx<Q> {
-    fn wake_done(&self) {
+    pub(crate) fn wake_done(&self) {
         if let Some(w) = self.done_waker.take() {
             w.wake();
         }
@@ -199,6 +202,11 @@ pub fn run_queue<T: Target>(
     stop: rt::sync::Signal,
 ) -> io::Result<QueueStats> {
     pin_to(&cfg.cpus);
+    // Fault injection for the test suite: a queue that fails before fetching must make device
+    // creation fail cleanly rather than hang in START_DEV.
+    if std::env::var_os("UBLKD_FAULT_QUEUE_START").is_some() {
+        return Err(io::Error::other("UBLKD_FAULT_QUEUE_START is set"));
+    }
     let depth = cfg.depth as u32;
     let rt = Runtime::builder()
         .entries((depth * 2).next_power_of_two().min(4096))
@@ -230,14 +238,43 @@ pub fn run_queue<T: Target>(
         busy: Cell::new(0),
         done_waker: Cell::new(None),
     });
+    let fetch_bufs = if cfg.batch {
+        Some(crate::batch::provide_fetch_buffers(&rt, cfg.depth)?)
+    } else {
+        None
+    };
     let c2 = ctx.clone();
-    rt.block_on(async move {
-        let tasks: Vec<_> = bufs
-            .into_iter()
-            .enumerate()
-            .map(|(tag, buf)| rt::spawn(tag_loop(c2.clone(), tag as u16, buf)))
-            .collect();
+    let r = rt.block_on(async move {
+        let tasks: Vec<_> = match fetch_bufs {
+            None => bufs
+                .into_iter()
+                .enumerate()
+                .map(|(tag, buf)| rt::spawn(tag_loop(c2.clone(), tag as u16, buf)))
+                .collect(),
+            Some(fetch_bufs) => {
+                let addrs = bufs.iter().map(|b| b.addr() as u64).collect();
+                let keep = Rc::new(bufs.iter().map(|b| b.keepalive()).collect());
+                let b = Rc::new(Batch::new(c2.cfg.depth, c2.cfg.mode, addrs));
+                crate::batch::prep(&c2, &b).await?;
+                let f = crate::batch::fetcher(c2.clone(), b.clone(), fetch_bufs, keep);
+                drop(rt::spawn(f));
+                drop(rt::spawn(crate::batch::committer(c2.clone(), b.clone())));
+                // Tag tasks never end on their own here: the fetcher ends the queue.
+                for (tag, buf) in bufs.into_iter().enumerate() {
+                    drop(rt::spawn(batch_tag_loop(
+                        c2.clone(),
+                        b.clone(),
+                        tag as u16,
+                        buf,
+                    )));
+                }
+                Vec::new()
+            }
+        };
         let all = async {
+            if tasks.is_empty() {
+                std::future::pending::<()>().await;
+            }
             for t in tasks {
                 t.await;
             }
@@ -256,6 +293,7 @@ pub fn run_queue<T: Target>(
         // Whichever comes first: every tag saw ABORT, the queue went idle after an ABORT, or we
         // were told to stop.
         select2(select2(all, idle_after_abort), stopped).await;
+        io::Result::Ok(())
     });
     let s = rt.stats();
     // Fetches the driver did not abort can only be cancelled by tearing the ring down; their
@@ -263,6 +301,7 @@ pub fn run_queue<T: Target>(
     rt.leak_in_flight_on_drop();
     drop(rt);
     drop(cdev);
+    r?;
     Ok(QueueStats {
         requests: ctx.requests.get(),
         errors: ctx.errors.get(),
@@ -311,35 +350,64 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
                 return;
             }
         }
-        let desc = q.descs.get(tag);
-        let len = (desc.nr_sectors as usize) << 9;
-        // The kernel wrote at most `len` bytes of the new request; pages past it hold only old
-        // data, so they can go back if the queue holds too much memory. (Zero-copy buffers are
-        // the request's own pages: nothing of ours goes resident.)
-        let ours = buf.is_cpu_accessible();
-        if ours && touched > len.max(KEEP_RESIDENT) && q.resident.get() > RESIDENT_BUDGET {
-            let keep = len.max(KEEP_RESIDENT).next_multiple_of(rt::buf::ALIGN);
-            buf.release_from(keep);
-            q.resident
-                .set(q.resident.get() - (touched - keep.min(touched)));
-            touched = keep.min(touched);
-        }
         q.busy.set(q.busy.get() + 1);
-        result = handle(&q, tag, &desc, &mut buf).await;
+        result = serve(&q, tag, &mut buf, &mut touched).await;
         q.busy.set(q.busy.get() - 1);
         if q.stopping.get() {
             q.wake_done();
         }
-        if ours && matches!(desc.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE) && len > touched {
-            q.resident.set(q.resident.get() + len - touched);
-            touched = len;
-        }
-        q.requests.set(q.requests.get() + 1);
-        if result < 0 {
-            q.errors.set(q.errors.get() + 1);
-        }
         op = UBLK_U_IO_COMMIT_AND_FETCH_REQ;
     }
+}
+
+/// A tag's life in batch mode: wait for the fetcher to hand it a request, serve it, queue the
+/// result for the committer.
+async fn batch_tag_loop<Q: TargetQueue>(
+    q: Rc<QueueCtx<Q>>,
+    b: Rc<Batch>,
+    tag: u16,
+    mut buf: IoBuf,
+) {
+    let mut touched = 0usize;
+    loop {
+        // Counted busy by the fetcher until the committer queues the commit.
+        b.next_request(tag).await;
+        let result = serve(&q, tag, &mut buf, &mut touched).await;
+        b.finish(tag, result);
+    }
+}
+
+/// Serve the request the driver just handed to `tag`, keeping the queue's resident buffer memory
+/// under budget; returns the result to commit. `touched` is how much of `buf` has been written.
+async fn serve<Q: TargetQueue>(
+    q: &QueueCtx<Q>,
+    tag: u16,
+    buf: &mut IoBuf,
+    touched: &mut usize,
+) -> i32 {
+    let desc = q.descs.get(tag);
+    let len = (desc.nr_sectors as usize) << 9;
+    // The kernel wrote at most `len` bytes of the new request; pages past it hold only old
+    // data, so they can go back if the queue holds too much memory. (Zero-copy buffers are
+    // the request's own pages: nothing of ours goes resident.)
+    let ours = buf.is_cpu_accessible();
+    if ours && *touched > len.max(KEEP_RESIDENT) && q.resident.get() > RESIDENT_BUDGET {
+        let keep = len.max(KEEP_RESIDENT).next_multiple_of(rt::buf::ALIGN);
+        buf.release_from(keep);
+        q.resident
+            .set(q.resident.get() - (*touched - keep.min(*touched)));
+        *touched = keep.min(*touched);
+    }
+    let result = handle(q, tag, &desc, buf).await;
+    if ours && matches!(desc.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE) && len > *touched {
+        q.resident.set(q.resident.get() + len - *touched);
+        *touched = len;
+    }
+    q.requests.set(q.requests.get() + 1);
+    if result < 0 {
+        q.errors.set(q.errors.get() + 1);
+    }
+    result
 }
 
 fn errno(e: &io::Error) -> i32 {

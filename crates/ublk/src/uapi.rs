@@ -69,6 +69,22 @@ pub const UBLK_U_IO_NEED_GET_DATA: u32 = iowr_io(UBLK_IO_NEED_GET_DATA);
 pub const UBLK_U_IO_REGISTER_IO_BUF: u32 = iowr_io(UBLK_IO_REGISTER_IO_BUF);
 pub const UBLK_U_IO_UNREGISTER_IO_BUF: u32 = iowr_io(UBLK_IO_UNREGISTER_IO_BUF);
 
+// Batch I/O commands (UBLK_F_BATCH_IO, Linux 7.0): the 16-byte payload is `ublk_batch_io`.
+pub const fn iowr_batch(nr: u32) -> u32 {
+    ioc(IOC_READ | IOC_WRITE, nr, size_of::<ublk_batch_io>())
+}
+/// Hand the driver every tag of a queue at once (instead of one FETCH_REQ per tag).
+pub const UBLK_U_IO_PREP_IO_CMDS: u32 = iowr_batch(0x25);
+/// Commit many tags' results in one command; returns the bytes of the element array handled.
+pub const UBLK_U_IO_COMMIT_IO_CMDS: u32 = iowr_batch(0x26);
+/// Multishot: each completion fills a provided buffer with the `u16` tags of new requests.
+pub const UBLK_U_IO_FETCH_IO_CMDS: u32 = iowr_batch(0x27);
+
+/// Element flags of `ublk_batch_io`: which optional u64 follow each `ublk_elem_header`.
+pub const UBLK_BATCH_F_HAS_ZONE_LBA: u16 = 1 << 0;
+pub const UBLK_BATCH_F_HAS_BUF_ADDR: u16 = 1 << 1;
+pub const UBLK_BATCH_F_AUTO_BUF_REG_FALLBACK: u16 = 1 << 2;
+
 /// Result of a fetch when the device is going away: do not fetch again.
 pub const UBLK_IO_RES_ABORT: i32 = -libc::ENODEV;
 pub const UBLK_IO_RES_OK: i32 = 0;
@@ -210,6 +226,42 @@ impl ublksrv_io_cmd {
     }
 }
 
+/// `sqe->cmd` of a batch command; `sqe->addr`/`sqe->len` name the element array (prep and
+/// commit) and `sqe->buf_index` the provided-buffer group (fetch).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ublk_batch_io {
+    pub q_id: u16,
+    pub flags: u16,
+    pub nr_elem: u16,
+    pub elem_bytes: u8,
+    pub reserved: u8,
+    pub reserved2: u64,
+}
+
+impl ublk_batch_io {
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..2].copy_from_slice(&self.q_id.to_ne_bytes());
+        b[2..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.nr_elem.to_ne_bytes());
+        b[6] = self.elem_bytes;
+        b
+    }
+}
+
+/// One element of a prep or commit array; `buf_addr` is present only with
+/// UBLK_BATCH_F_HAS_BUF_ADDR (copy mode), so the array's stride is 8 or 16 bytes.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ublk_elem_header {
+    pub tag: u16,
+    /// Fixed-buffer slot for the next request's pages (UBLK_F_AUTO_BUF_REG only).
+    pub buf_index: u16,
+    /// The request's result (commit only).
+    pub result: i32,
+}
+
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ublk_param_basic {
@@ -310,6 +362,8 @@ mod tests {
         assert_eq!(size_of::<ublksrv_ctrl_dev_info>(), 64);
         assert_eq!(size_of::<ublksrv_io_desc>(), 24);
         assert_eq!(size_of::<ublksrv_io_cmd>(), 16);
+        assert_eq!(size_of::<ublk_batch_io>(), 16);
+        assert_eq!(size_of::<ublk_elem_header>(), 8);
         assert_eq!(size_of::<ublk_param_basic>(), 32);
         assert_eq!(size_of::<ublk_param_discard>(), 20);
     }
@@ -320,6 +374,21 @@ mod tests {
         assert_eq!(UBLK_U_CMD_ADD_DEV, 0xc020_7504);
         assert_eq!(UBLK_U_IO_FETCH_REQ, 0xc010_7520);
         assert_eq!(UBLK_U_CMD_GET_FEATURES, 0x8020_7513);
+        assert_eq!(UBLK_U_IO_FETCH_IO_CMDS, 0xc010_7527);
+    }
+
+    #[test]
+    fn batch_cmd_bytes_are_native_layout() {
+        let c = ublk_batch_io {
+            q_id: 3,
+            flags: UBLK_BATCH_F_HAS_BUF_ADDR,
+            nr_elem: 64,
+            elem_bytes: 16,
+            ..Default::default()
+        };
+        // SAFETY: ublk_batch_io is repr(C) plain data of 16 bytes with no padding.
+        let raw: [u8; 16] = unsafe { std::mem::transmute(c) };
+        assert_eq!(c.to_bytes(), raw);
     }
 
     #[test]

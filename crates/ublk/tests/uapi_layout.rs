@@ -55,6 +55,13 @@ fn layout_matches_the_kernel_header() {
         "off_io_desc_start_sector" => "offsetof(struct ublksrv_io_desc, start_sector)", offset_of!(ublksrv_io_desc, start_sector);
         "off_io_desc_addr" => "offsetof(struct ublksrv_io_desc, addr)", offset_of!(ublksrv_io_desc, addr);
         "sz_io_cmd" => "sizeof(struct ublksrv_io_cmd)", size_of::<ublksrv_io_cmd>();
+        "sz_batch_io" => "sizeof(struct ublk_batch_io)", size_of::<ublk_batch_io>();
+        "off_batch_io_flags" => "offsetof(struct ublk_batch_io, flags)", offset_of!(ublk_batch_io, flags);
+        "off_batch_io_nr_elem" => "offsetof(struct ublk_batch_io, nr_elem)", offset_of!(ublk_batch_io, nr_elem);
+        "off_batch_io_elem_bytes" => "offsetof(struct ublk_batch_io, elem_bytes)", offset_of!(ublk_batch_io, elem_bytes);
+        "sz_elem_header" => "sizeof(struct ublk_elem_header)", size_of::<ublk_elem_header>();
+        "off_elem_buf_index" => "offsetof(struct ublk_elem_header, buf_index)", offset_of!(ublk_elem_header, buf_index);
+        "off_elem_result" => "offsetof(struct ublk_elem_header, result)", offset_of!(ublk_elem_header, result);
         "off_io_cmd_tag" => "offsetof(struct ublksrv_io_cmd, tag)", offset_of!(ublksrv_io_cmd, tag);
         "off_io_cmd_result" => "offsetof(struct ublksrv_io_cmd, result)", offset_of!(ublksrv_io_cmd, result);
         "off_io_cmd_addr" => "offsetof(struct ublksrv_io_cmd, addr)", offset_of!(ublksrv_io_cmd, addr);
@@ -96,6 +103,12 @@ fn layout_matches_the_kernel_header() {
         "UBLK_U_IO_NEED_GET_DATA" => "UBLK_U_IO_NEED_GET_DATA", UBLK_U_IO_NEED_GET_DATA;
         "UBLK_U_IO_REGISTER_IO_BUF" => "UBLK_U_IO_REGISTER_IO_BUF", UBLK_U_IO_REGISTER_IO_BUF;
         "UBLK_U_IO_UNREGISTER_IO_BUF" => "UBLK_U_IO_UNREGISTER_IO_BUF", UBLK_U_IO_UNREGISTER_IO_BUF;
+        "UBLK_U_IO_PREP_IO_CMDS" => "UBLK_U_IO_PREP_IO_CMDS", UBLK_U_IO_PREP_IO_CMDS;
+        "UBLK_U_IO_COMMIT_IO_CMDS" => "UBLK_U_IO_COMMIT_IO_CMDS", UBLK_U_IO_COMMIT_IO_CMDS;
+        "UBLK_U_IO_FETCH_IO_CMDS" => "UBLK_U_IO_FETCH_IO_CMDS", UBLK_U_IO_FETCH_IO_CMDS;
+        "UBLK_BATCH_F_HAS_ZONE_LBA" => "UBLK_BATCH_F_HAS_ZONE_LBA", UBLK_BATCH_F_HAS_ZONE_LBA;
+        "UBLK_BATCH_F_HAS_BUF_ADDR" => "UBLK_BATCH_F_HAS_BUF_ADDR", UBLK_BATCH_F_HAS_BUF_ADDR;
+        "UBLK_BATCH_F_AUTO_BUF_REG_FALLBACK" => "UBLK_BATCH_F_AUTO_BUF_REG_FALLBACK", UBLK_BATCH_F_AUTO_BUF_REG_FALLBACK;
         "UBLKSRV_IO_BUF_OFFSET" => "UBLKSRV_IO_BUF_OFFSET", UBLKSRV_IO_BUF_OFFSET;
         "UBLK_MAX_QUEUE_DEPTH" => "UBLK_MAX_QUEUE_DEPTH", UBLK_MAX_QUEUE_DEPTH;
         "UBLK_QID_OFF" => "UBLK_QID_OFF", UBLK_QID_OFF;

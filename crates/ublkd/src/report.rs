@@ -21,6 +21,8 @@ pub struct DeviceReport {
     pub target: Option<String>,
     pub spec: Option<crate::spec::TargetSpec>,
     pub mode: Option<String>,
+    /// How requests reach the daemon: batch (UBLK_F_BATCH_IO) or per-tag commands.
+    pub io_cmds: &'static str,
     pub flags: Vec<String>,
 }
 
@@ -48,6 +50,11 @@ impl DeviceReport {
             target: st.map(|s| s.target.describe()),
             spec: st.map(|s| s.target.clone()),
             mode: st.map(|s| s.mode.name().to_string()),
+            io_cmds: if info.flags & ublk::uapi::UBLK_F_BATCH_IO != 0 {
+                "batch"
+            } else {
+                "per-tag"
+            },
             flags: features::names(info.flags),
         }
     }

@@ -39,6 +39,11 @@ pub struct DeviceArgs {
     /// targets), or auto: zero-copy where the kernel and target allow it, else copy.
     #[arg(long, value_enum, default_value_t = Buffers::Auto)]
     pub buffers: Buffers,
+    /// How requests reach the daemon: batch (UBLK_F_BATCH_IO, Linux 7.0+: one multishot fetch
+    /// delivers many requests, one command commits many results), per-tag (one fetch/commit
+    /// command per request), or auto: batch where the kernel offers it.
+    #[arg(long, value_enum, default_value_t = IoCmds::Auto)]
+    pub io_cmds: IoCmds,
     /// Same as --buffers user-copy.
     #[arg(long, conflicts_with = "buffers")]
     pub user_copy: bool,
@@ -71,6 +76,14 @@ pub enum Buffers {
     Copy,
     UserCopy,
     ZeroCopy,
+}
+
+/// `--io-cmds`: batch or per-tag I/O commands, or auto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoCmds {
+    Auto,
+    Batch,
+    PerTag,
 }
 
 /// Recovery policy (UBLK_F_USER_RECOVERY and friends).
@@ -110,6 +123,11 @@ impl DeviceArgs {
         if let Some(0) = self.queues {
             return Err("--queues must be at least 1".into());
         }
+        if let Some(us) = self.busy_poll_us {
+            if !(1..=1_000_000).contains(&us) {
+                return Err(format!("--busy-poll-us {us} is outside 1..=1000000"));
+            }
+        }
         Ok(DeviceOptions {
             dev_id: self.id,
             queues: self.queues.unwrap_or(cpus.min(4) as u16),
@@ -120,6 +138,11 @@ impl DeviceArgs {
                 (_, Buffers::Copy) => Some(BufMode::Copy),
                 (_, Buffers::ZeroCopy) => Some(BufMode::ZeroCopy),
                 (_, Buffers::Auto) => None,
+            },
+            batch: match self.io_cmds {
+                IoCmds::Auto => None,
+                IoCmds::Batch => Some(true),
+                IoCmds::PerTag => Some(false),
             },
             extra_flags: self.recovery.flags(),
             tuning: queue_tuning(self.busy_poll_us, self.pin_queues),
@@ -151,6 +174,21 @@ pub(crate) fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// The signal `ublkd upgrade` sends a daemon whose device cannot be quiesced safely (batch I/O
+/// commands): leave the device to the driver, which holds its I/O for the next daemon.
+pub(crate) const HANDOVER_SIGNAL: i32 = libc::SIGUSR1;
+
+/// Block the stop signals and the hand-over signal; the serve loop takes them.
+fn block_daemon_signals() -> libc::sigset_t {
+    let mut set = block_stop_signals();
+    // SAFETY: as in block_stop_signals.
+    unsafe {
+        libc::sigaddset(&mut set, HANDOVER_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
 /// Wait up to `d` for a stop signal; returns it.
 pub(crate) fn wait_signal(set: &libc::sigset_t, d: Duration) -> Option<i32> {
     let ts = libc::timespec {
@@ -163,7 +201,7 @@ pub(crate) fn wait_signal(set: &libc::sigset_t, d: Duration) -> Option<i32> {
 }
 
 pub fn run(a: ServeArgs) -> ExitCode {
-    let sigs = block_stop_signals();
+    let sigs = block_daemon_signals();
     let spec = match a.dev.target.to_spec() {
         Ok(s) => s,
         Err(e) => return crate::fail(e),
@@ -201,7 +239,7 @@ pub struct RecoverServeArgs {
 }
 
 pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
-    let sigs = block_stop_signals();
+    let sigs = block_daemon_signals();
     let Some(old) = state::load(a.id) else {
         return crate::fail(format!(
             "device {} has no state file in {}: cannot tell which target to reopen",
@@ -281,14 +319,25 @@ fn serve_device(
         tracing::info!("{note}"); // after the redirect, so a daemon's log has it too
     }
     let reason = loop {
-        if let Some(s) = wait_signal(sigs, Duration::from_millis(20)) {
-            break format!("signal {s}");
+        let recoverable = dev.info.flags & ublk::uapi::UBLK_F_USER_RECOVERY != 0;
+        match wait_signal(sigs, Duration::from_millis(20)) {
+            Some(HANDOVER_SIGNAL) if recoverable => {
+                // Our char device closes as we exit; the driver then holds the device and
+                // reissues what we had in flight to the next daemon (as after a crash).
+                tracing::info!("device {id}: handing it over to a new daemon (upgrade)");
+                dev.abandon();
+                return ExitCode::SUCCESS;
+            }
+            Some(HANDOVER_SIGNAL) => {
+                tracing::warn!("device {id} is not recoverable: ignoring the hand-over signal")
+            }
+            Some(s) => break format!("signal {s}"),
+            None => {}
         }
         if dev.queues_finished() {
             // Every fetch was aborted. STOP_DEV from outside leaves the device DEAD; a quiesce
             // (upgrade) leaves it LIVE until we close the char device, after which the driver
             // holds it for a new daemon. So a recoverable device that is not dead is handed over.
-            let recoverable = dev.info.flags & ublk::uapi::UBLK_F_USER_RECOVERY != 0;
             let state = dev.driver_state();
             // Stopping it ourselves now would wait forever for the I/O the driver holds.
             if recoverable && state != Some(ublk::uapi::UBLK_S_DEV_DEAD) {

@@ -69,12 +69,12 @@ pub fn run(a: ListArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  TARGET",
-        "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "PID"
+        "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  TARGET",
+        "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "IO_CMDS", "PID"
     );
     for r in &reports {
         println!(
-            "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:>8}  {}",
+            "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  {}",
             r.id,
             r.block_device,
             r.state,
@@ -82,6 +82,7 @@ pub fn run(a: ListArgs) -> ExitCode {
             r.depth,
             r.size.map(format_size).unwrap_or_else(|| "?".into()),
             r.mode.as_deref().unwrap_or("?"),
+            r.io_cmds,
             r.pid,
             r.target.as_deref().unwrap_or("(no state file)")
         );

@@ -3,12 +3,22 @@
 //! sees its fetches aborted, finds the device quiesced and exits leaving it in place; a new daemon
 //! recovers it and the held requests flow again. Kernels without QUIESCE are refused: stopping
 //! the old daemon there would fail in-flight I/O.
+//!
+//! Devices with batch I/O commands are not quiesced: on Linux 7.3, QUIESCE_DEV on a
+//! UBLK_F_BATCH_IO device failed requests with EIO during the hand-over (the suite's upgrade test
+//! showed it). Their old daemon is told to exit leaving the device instead (`HANDOVER_SIGNAL`);
+//! with `--recovery reissue` the driver holds new I/O and reissues what was in flight to the
+//! new daemon, exactly as after a crash. Other recovery modes would fail in-flight I/O, so they
+//! are refused.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ublk::uapi::{UBLK_F_QUIESCE, UBLK_S_DEV_LIVE};
+use ublk::uapi::{
+    UBLK_F_BATCH_IO, UBLK_F_QUIESCE, UBLK_F_USER_RECOVERY_REISSUE, UBLK_S_DEV_LIVE,
+    UBLK_S_DEV_QUIESCED,
+};
 use ublk::Control;
 
 use crate::state::{self, pid_alive};
@@ -36,7 +46,13 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
         }
         Err(e) => return crate::fail(format!("device {id}: {e}")),
     };
-    if info.flags & UBLK_F_QUIESCE == 0 {
+    let batch = info.flags & UBLK_F_BATCH_IO != 0;
+    if batch && info.flags & UBLK_F_USER_RECOVERY_REISSUE == 0 {
+        return crate::fail(format!(
+            "device {id} uses batch I/O commands and was not created with --recovery reissue: refusing a live upgrade that would fail in-flight I/O"
+        ));
+    }
+    if !batch && info.flags & UBLK_F_QUIESCE == 0 {
         return crate::fail(format!(
             "device {id} cannot be quiesced (kernel without UBLK_F_QUIESCE, Linux < 6.16, or --recovery off): refusing a live upgrade that could fail I/O"
         ));
@@ -55,7 +71,15 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
     // A supervisor would race us to recover the device: it will see the old daemon exit cleanly
     // (status 0) and end; the new daemon is not supervised.
     let t0 = Instant::now();
-    if let Err(e) = ctrl.quiesce_dev(id, 10_000) {
+    if batch {
+        // SAFETY: kill(2) with a pid from our state file and a signal number; no memory.
+        if unsafe { libc::kill(old_pid, crate::serve::HANDOVER_SIGNAL) } != 0 {
+            return crate::fail(format!(
+                "cannot signal daemon {old_pid} of device {id}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    } else if let Err(e) = ctrl.quiesce_dev(id, 10_000) {
         return crate::fail(format!("QUIESCE_DEV {id}: {e}"));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -66,6 +90,15 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
         return crate::fail(format!(
             "old daemon {old_pid} did not exit after the quiesce; the device stays quiesced (recover it with: ublkd recover -n {id})"
         ));
+    }
+    // The driver holds the device for a new daemon once it has seen the old one's char device
+    // closed; until then recovery would be refused as "not waiting for recovery".
+    while Instant::now() < deadline {
+        match ctrl.get_dev_info(id) {
+            Ok(i) if i.state == UBLK_S_DEV_QUIESCED => break,
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return crate::fail(format!("device {id}: {e}")),
+        }
     }
     let args = vec![
         "serve-recover".into(),

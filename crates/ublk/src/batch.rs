@@ -1,0 +1,246 @@
+//! Batch I/O (UBLK_F_BATCH_IO, Linux 7.0+): per queue, one PREP_IO_CMDS hands the driver every
+//! tag, one multishot FETCH_IO_CMDS delivers the tags of new requests in batches (each completion
+//! fills a provided buffer with `u16` tags), and one COMMIT_IO_CMDS per loop turn returns many
+//! results. Per-tag mode costs one uring_cmd completion and one SQE per request instead.
+//!
+//! Tag tasks serve requests exactly as in per-tag mode; only how a request reaches a tag task
+//! and how its result goes back differ.
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use rt::pbuf::ProvidedBufs;
+
+use crate::queue::{BufMode, QueueCtx};
+use crate::uapi::*;
+
+/// Provided-buffer group of the fetch command (one group per ring: each queue has its own ring).
+const FETCH_GROUP: u16 = 0;
+/// The driver puts at most this many tags in one fetch completion.
+const MAX_TAGS_PER_FETCH: usize = 128;
+
+/// A queue's batch state: which tags have a request waiting for their task, and the results
+/// waiting to be committed.
+pub(crate) struct Batch {
+    /// Set by the fetcher when the driver hands us the tag's next request.
+    ready: Vec<Cell<bool>>,
+    wakers: Vec<Cell<Option<Waker>>>,
+    /// Element array of the next commit, `elem_bytes` per tag.
+    pending: RefCell<Vec<u8>>,
+    /// The array of the commit in flight, reused for the next one.
+    spare: RefCell<Vec<u8>>,
+    committer: Cell<Option<Waker>>,
+    flags: u16,
+    elem_bytes: u8,
+    /// Copy mode: each tag's buffer, named in every element.
+    buf_addrs: Vec<u64>,
+    zero_copy: bool,
+}
+
+impl Batch {
+    pub(crate) fn new(depth: u16, mode: BufMode, buf_addrs: Vec<u64>) -> Batch {
+        let copy = mode == BufMode::Copy;
+        let elem_bytes = (std::mem::size_of::<ublk_elem_header>() + if copy { 8 } else { 0 }) as u8;
+        Batch {
+            ready: (0..depth).map(|_| Cell::new(false)).collect(),
+            wakers: (0..depth).map(|_| Cell::new(None)).collect(),
+            pending: RefCell::new(Vec::with_capacity(depth as usize * elem_bytes as usize)),
+            spare: RefCell::new(Vec::with_capacity(depth as usize * elem_bytes as usize)),
+            committer: Cell::new(None),
+            flags: if copy { UBLK_BATCH_F_HAS_BUF_ADDR } else { 0 },
+            elem_bytes,
+            buf_addrs,
+            zero_copy: mode == BufMode::ZeroCopy,
+        }
+    }
+
+    /// Append one element: `tag`, its result, and where its next request's data goes.
+    fn push_elem(&self, out: &mut Vec<u8>, tag: u16, result: i32) {
+        // Zero copy: the next request's pages go to fixed-buffer slot `tag` (see queue.rs).
+        let buf_index = if self.zero_copy { tag } else { 0 };
+        out.extend_from_slice(&tag.to_ne_bytes());
+        out.extend_from_slice(&buf_index.to_ne_bytes());
+        out.extend_from_slice(&result.to_ne_bytes());
+        if self.flags & UBLK_BATCH_F_HAS_BUF_ADDR != 0 {
+            out.extend_from_slice(&self.buf_addrs[tag as usize].to_ne_bytes());
+        }
+    }
+
+    fn cmd(&self, q_id: u16, nr_elem: usize) -> [u8; 16] {
+        ublk_batch_io {
+            q_id,
+            flags: self.flags,
+            nr_elem: nr_elem as u16,
+            elem_bytes: self.elem_bytes,
+            ..Default::default()
+        }
+        .to_bytes()
+    }
+
+    /// Wait until the fetcher hands `tag` a request.
+    pub(crate) async fn next_request(&self, tag: u16) {
+        let t = tag as usize;
+        poll_fn(|cx| {
+            if self.ready[t].replace(false) {
+                return Poll::Ready(());
+            }
+            self.wakers[t].set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Queue `tag`'s result for the next commit.
+    pub(crate) fn finish(&self, tag: u16, result: i32) {
+        let mut p = self.pending.borrow_mut();
+        self.push_elem(&mut p, tag, result);
+        if let Some(w) = self.committer.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Hand every tag of the queue to the driver (the batch equivalent of the first FETCH_REQ of
+/// each tag). START_DEV completes once every queue did this.
+pub(crate) async fn prep<Q>(q: &QueueCtx<Q>, b: &Batch) -> io::Result<()> {
+    let depth = b.ready.len();
+    let mut arr = Vec::with_capacity(depth * b.elem_bytes as usize);
+    for tag in 0..depth as u16 {
+        b.push_elem(&mut arr, tag, 0);
+    }
+    let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
+    let cmd = b.cmd(q.cfg.q_id, depth);
+    let c = rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, arr).await;
+    c.io_result()
+        .map(drop)
+        .map_err(|e| io::Error::new(e.kind(), format!("UBLK_U_IO_PREP_IO_CMDS: {e}")))
+}
+
+/// The fetch buffers: enough that every tag could arrive in its own completion before the
+/// fetcher runs again, each large enough for the most tags the driver sends at once.
+pub(crate) fn provide_fetch_buffers(rt: &rt::Runtime, depth: u16) -> io::Result<ProvidedBufs> {
+    let count = (depth as usize).next_power_of_two().clamp(8, 32768) as u16;
+    let size = 2 * (depth as usize).min(MAX_TAGS_PER_FETCH) as u32;
+    rt.provide_buffers(FETCH_GROUP, count, size)
+}
+
+/// Receive batches of tags and wake their tasks, until the driver ends the fetch with ABORT
+/// (device stopping or quiescing). Re-arms the fetch when it ends for lack of buffers.
+/// `keep` holds the tag buffers the driver copies into (copy mode) while a fetch is armed.
+pub(crate) async fn fetcher<Q>(
+    q: Rc<QueueCtx<Q>>,
+    b: Rc<Batch>,
+    bufs: ProvidedBufs,
+    keep: Rc<Vec<rt::buf::KeepAlive>>,
+) {
+    let cmd = ublk_batch_io {
+        q_id: q.cfg.q_id,
+        elem_bytes: 2,
+        ..Default::default()
+    }
+    .to_bytes();
+    loop {
+        let mut op = rt::fs::uring_cmd16_multishot(
+            q.cdev,
+            UBLK_U_IO_FETCH_IO_CMDS,
+            cmd,
+            &bufs,
+            keep.clone(),
+        );
+        let end = loop {
+            let Some((res, flags)) = op.next().await else {
+                break 0;
+            };
+            if res >= 0 {
+                bufs.consume(res, flags, |tags| {
+                    // Counted from here until the committer queues their commit, so the queue
+                    // cannot end (after an ABORT) with requests handed to tasks not yet run.
+                    q.busy.set(q.busy.get() + tags.len() / 2);
+                    for t in tags.chunks_exact(2) {
+                        let tag = u16::from_ne_bytes([t[0], t[1]]) as usize;
+                        if tag >= b.ready.len() {
+                            tracing::error!(q = q.cfg.q_id, tag, "driver sent an unknown tag");
+                            q.busy.set(q.busy.get() - 1);
+                            continue;
+                        }
+                        b.ready[tag].set(true);
+                        if let Some(w) = b.wakers[tag].take() {
+                            w.wake();
+                        }
+                    }
+                });
+            }
+            if !io_uring::cqueue::more(flags) {
+                break res;
+            }
+        };
+        match end {
+            e if e == -libc::ENOBUFS => {
+                tracing::debug!(q = q.cfg.q_id, "fetch ran out of buffers; re-arming");
+            }
+            UBLK_IO_RES_ABORT => break,
+            e => {
+                tracing::error!(
+                    q = q.cfg.q_id,
+                    "batch fetch ended: {}",
+                    io::Error::from_raw_os_error(-e.min(-1))
+                );
+                break;
+            }
+        }
+    }
+    q.stopping.set(true);
+    q.wake_done();
+}
+
+/// Commit whatever results are pending, one command at a time (each turn of the loop collects
+/// the results of every tag served meanwhile).
+pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
+    let stride = b.elem_bytes as usize;
+    loop {
+        poll_fn(|cx| {
+            if !b.pending.borrow().is_empty() {
+                return Poll::Ready(());
+            }
+            b.committer.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        let arr = {
+            let mut spare = b.spare.borrow_mut();
+            std::mem::swap(&mut *spare, &mut *b.pending.borrow_mut());
+            std::mem::take(&mut *spare)
+        };
+        let n = arr.len() / stride;
+        let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
+        let cmd = b.cmd(q.cfg.q_id, n);
+        let op = rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_COMMIT_IO_CMDS, cmd, addr, len, arr);
+        // The SQE is queued: the queue may end once nothing else is being served.
+        q.busy.set(q.busy.get() - n);
+        if q.stopping.get() {
+            q.wake_done();
+        }
+        let c = op.await;
+        // A failed element stops the driver there: it reports how many bytes it took.
+        let done = (c.result.max(0) as usize / stride).min(n);
+        if c.result < 0 && !q.stopping.get() {
+            tracing::error!(
+                q = q.cfg.q_id,
+                "commit of {n} results failed: {}",
+                io::Error::from_raw_os_error(-c.result)
+            );
+        } else if c.result >= 0 && done < n {
+            let first = u16::from_ne_bytes([c.data[done * stride], c.data[done * stride + 1]]);
+            tracing::error!(
+                q = q.cfg.q_id,
+                "commit took {done} of {n} results; tag {first} and the rest were refused"
+            );
+        }
+        let mut arr = c.data;
+        arr.clear();
+        *b.spare.borrow_mut() = arr;
+    }
+}
