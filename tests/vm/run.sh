@@ -241,6 +241,12 @@ test_buffer_modes() {
     dev=$("$UBLKD" add -t mem --size 64M) || { fail "buffers: add mem"; return; }
     check "buffers auto: mem target gets copy mode" test "$(mode_of "${dev#/dev/ublkb}")" = copy
     "$UBLKD" del -n "${dev#/dev/ublkb}"
+    dev=$("$UBLKD" add -t null --size 1G) || { fail "buffers: add null"; return; }
+    check "buffers auto: null target gets user-copy (nothing copies its data)" \
+        test "$(mode_of "${dev#/dev/ublkb}")" = user-copy
+    check "null user-copy 4k-512k randrw qd64 no errors" fio --name=ucnull --filename="$dev" \
+        --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-512k --iodepth=64 --runtime=2 --time_based
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
     check "buffers: zero-copy for the mem target is refused in one line, nothing left" \
         refused_cleanly "cannot use zero-copy" -t mem --size 64M --buffers zero-copy
     if ! kernel_has AUTO_BUF_REG; then

@@ -146,6 +146,7 @@ impl FileTarget {
             read_only,
             rotational: false,
             needs_cpu_access: false,
+            ignores_data: false,
             consistent_across_queues: true,
         };
         Ok(FileTarget {

@@ -38,6 +38,10 @@ pub struct Caps {
     pub rotational: bool,
     /// The target reads or writes the bytes with the CPU (rules out zero-copy buffers).
     pub needs_cpu_access: bool,
+    /// The target never looks at request data (null): in user-copy mode nobody needs to move
+    /// it at all, which is the cheapest data path there is.
+    #[serde(default)]
+    pub ignores_data: bool,
     /// Several connections/queues see each other's completed writes and flushes cover all of
     /// them (NBD multi-conn).
     pub consistent_across_queues: bool,

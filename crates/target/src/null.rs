@@ -17,6 +17,7 @@ impl NullTarget {
             discard: true,
             write_zeroes: true,
             consistent_across_queues: true,
+            ignores_data: true,
             ..Caps::default()
         };
         NullTarget {

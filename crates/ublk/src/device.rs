@@ -23,8 +23,9 @@ pub struct DeviceOptions {
     pub queues: u16,
     pub depth: u16,
     pub max_io: u32,
-    /// Where request data lives; `None` picks zero copy when the driver offers
-    /// UBLK_F_AUTO_BUF_REG and the target never touches bytes with the CPU, else copy.
+    /// Where request data lives; `None` picks user copy (copying nothing) for a target that
+    /// ignores data, zero copy when the driver offers UBLK_F_AUTO_BUF_REG and the target never
+    /// touches bytes with the CPU, else copy.
     pub mode: Option<BufMode>,
     /// Batch I/O commands (UBLK_F_BATCH_IO); `None` uses them where the driver offers them.
     pub batch: Option<bool>,
@@ -154,7 +155,12 @@ impl Device {
         let have = kernel_features(&mut ctrl);
         let mode = opts.mode.unwrap_or_else(|| {
             let zc = have.is_some_and(|h| h & UBLK_F_AUTO_BUF_REG != 0);
-            if zc && !caps.needs_cpu_access {
+            let user_copy = have.is_some_and(|h| h & UBLK_F_USER_COPY != 0);
+            if user_copy && caps.ignores_data {
+                // Nothing to move at all: the driver leaves the data alone in user-copy mode
+                // and so do we.
+                BufMode::UserCopy
+            } else if zc && !caps.needs_cpu_access {
                 BufMode::ZeroCopy
             } else {
                 BufMode::Copy
@@ -283,6 +289,7 @@ impl Device {
                 max_io: self.info.max_io_buf_bytes,
                 mode: self.mode,
                 batch: self.info.flags & UBLK_F_BATCH_IO != 0,
+                skip_copy: self.mode == BufMode::UserCopy && target.geometry().caps.ignores_data,
                 cpus,
                 busy_poll: tuning.busy_poll,
             };

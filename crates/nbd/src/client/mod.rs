@@ -103,6 +103,7 @@ impl NbdTarget {
                 read_only: params.has(tflag::READ_ONLY),
                 rotational: params.has(tflag::ROTATIONAL),
                 needs_cpu_access: true, // replies are copied into the caller's buffer
+                ignores_data: false,
                 consistent_across_queues: params.has(tflag::CAN_MULTI_CONN),
             },
         };
