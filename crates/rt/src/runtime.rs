@@ -269,17 +269,11 @@ impl Drop for Runtime {
         }
         if self.inner.leak_on_drop.get() {
             let _ = self.inner.ring.borrow().submit();
-            let ops = std::mem::take(&mut *self.inner.ops.borrow_mut());
-            std::mem::forget(ops);
-            std::mem::forget(std::mem::take(&mut *self.inner.provided.borrow_mut()));
+            self.inner.leak_kernel_memory();
             return;
         }
         if !self.inner.drain(Duration::from_secs(10)) {
-            // The kernel may still write into memory owned by ignored ops. Leaking is the only
-            // sound choice: freeing it could let the kernel scribble over reused memory.
-            let ops = std::mem::take(&mut *self.inner.ops.borrow_mut());
-            std::mem::forget(ops);
-            std::mem::forget(std::mem::take(&mut *self.inner.provided.borrow_mut()));
+            self.inner.leak_kernel_memory();
         }
     }
 }
@@ -348,6 +342,14 @@ impl Inner {
                 Err(e) => panic!("io_uring submit failed: {e}"),
             }
         }
+    }
+
+    /// The kernel may still write into memory owned by in-flight ops and into provided buffers.
+    /// Leaking both is the only sound choice: freeing them could let the kernel scribble over
+    /// reused memory.
+    fn leak_kernel_memory(&self) {
+        std::mem::forget(std::mem::take(&mut *self.ops.borrow_mut()));
+        std::mem::forget(std::mem::take(&mut *self.provided.borrow_mut()));
     }
 
     fn count(&self, f: impl FnOnce(&mut Stats)) {

@@ -209,11 +209,8 @@ pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
             Poll::Pending
         })
         .await;
-        let arr = {
-            let mut spare = b.spare.borrow_mut();
-            std::mem::swap(&mut *spare, &mut *b.pending.borrow_mut());
-            std::mem::take(&mut *spare)
-        };
+        let spare = std::mem::take(&mut *b.spare.borrow_mut());
+        let arr = std::mem::replace(&mut *b.pending.borrow_mut(), spare);
         let n = arr.len() / stride;
         let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
         let cmd = b.cmd(q.cfg.q_id, n);

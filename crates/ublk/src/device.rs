@@ -223,9 +223,9 @@ impl Device {
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         let queues = &dev.queues;
-        let r = dev.ctrl.start_dev(dev.info.dev_id, pid, &|| {
-            queues.iter().any(|h| h.is_finished())
-        });
+        let r = dev
+            .ctrl
+            .start_dev(dev.info.dev_id, pid, &|| ended_queue(queues).is_some());
         if let Err(e) = r {
             return Err(dev.start_error("START_DEV", e));
         }
@@ -289,7 +289,7 @@ impl Device {
                 max_io: self.info.max_io_buf_bytes,
                 mode: self.mode,
                 batch: self.info.flags & UBLK_F_BATCH_IO != 0,
-                skip_copy: self.mode == BufMode::UserCopy && target.geometry().caps.ignores_data,
+                ignores_data: target.geometry().caps.ignores_data,
                 cpus,
                 busy_poll: tuning.busy_poll,
             };
@@ -315,7 +315,7 @@ impl Device {
     /// Why START_DEV/END_USER_RECOVERY failed: the error of a queue thread that ended before
     /// fetching (which is what made the command give up), else the command's own.
     fn start_error(&mut self, what: &str, err: io::Error) -> DeviceError {
-        if let Some(i) = self.queues.iter().position(|h| h.is_finished()) {
+        if let Some(i) = ended_queue(&self.queues) {
             let h = self.queues.remove(i);
             let qerr = match h.join() {
                 Ok(Err(e)) => e,
@@ -375,7 +375,7 @@ impl Device {
             let queues = &dev.queues;
             let r = dev
                 .ctrl
-                .end_user_recovery(id, pid, &|| queues.iter().any(|h| h.is_finished()));
+                .end_user_recovery(id, pid, &|| ended_queue(queues).is_some());
             r.map_err(|e| dev.start_error("END_USER_RECOVERY", e))
         });
         if let Err(e) = r {
@@ -485,6 +485,12 @@ impl Drop for Device {
 }
 
 /// Open `/dev/ublkcN`, waiting briefly for devtmpfs/udev to create it.
+/// The first queue thread that has ended. Before START_DEV/END_USER_RECOVERY completes, none
+/// may end except by failing.
+fn ended_queue(queues: &[JoinHandle<io::Result<QueueStats>>]) -> Option<usize> {
+    queues.iter().position(|h| h.is_finished())
+}
+
 fn open_char_dev(id: u32) -> Result<File, DeviceError> {
     let path = format!("/dev/ublkc{id}");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -81,8 +81,8 @@ pub struct QueueConfig {
     pub busy_poll: Option<std::time::Duration>,
     /// The device has UBLK_F_BATCH_IO: batch prep/fetch/commit instead of per-tag commands.
     pub batch: bool,
-    /// User-copy mode for a target that ignores data: copy nothing.
-    pub skip_copy: bool,
+    /// The target never looks at request data: user-copy mode then copies nothing.
+    pub ignores_data: bool,
 }
 
 /// Counters a queue reports when it ends (and a shared snapshot while running).
@@ -434,7 +434,7 @@ async fn handle<Q: TargetQueue>(
         UBLK_IO_OP_READ => {
             buf.set_len(len as usize);
             match t.read(off, buf).await {
-                Ok(()) if q.cfg.mode == BufMode::UserCopy && !q.cfg.skip_copy => {
+                Ok(()) if q.cfg.mode == BufMode::UserCopy && !q.cfg.ignores_data => {
                     let at = user_copy_offset(q.cfg.q_id, tag, 0);
                     rt::fs::write_all_at(q.cdev, buf, at, 0).await
                 }
@@ -443,7 +443,7 @@ async fn handle<Q: TargetQueue>(
         }
         UBLK_IO_OP_WRITE => {
             buf.set_len(len as usize);
-            let fetched = if q.cfg.mode == BufMode::UserCopy && !q.cfg.skip_copy {
+            let fetched = if q.cfg.mode == BufMode::UserCopy && !q.cfg.ignores_data {
                 rt::fs::read_exact_at(q.cdev, buf, user_copy_offset(q.cfg.q_id, tag, 0)).await
             } else {
                 Ok(())

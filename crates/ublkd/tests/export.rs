@@ -343,6 +343,10 @@ fn bad_input_is_one_line() {
     );
     one_line_error(&["export", "-t", "nbd"], "needs --uri");
     one_line_error(
+        &["add", "-t", "null", "--size", "1G", "--busy-poll-us", "0"],
+        "1..=1000000",
+    );
+    one_line_error(
         &["export", "-t", "mem", "--size", "1M", "--uri", "nbd://h"],
         "--uri applies only to -t nbd",
     );
