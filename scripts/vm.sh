@@ -11,7 +11,7 @@
 #
 # A single COMMAND word is run with `bash -c` (so `-- 'a; b'` works); several
 # words are run as an argv. The exit status is COMMAND's; 125 means vm.sh
-# failed (bad usage, no kernel) or the VM did not boot, crashed (kernel oops
+# failed (bad usage, no kernel) or the VM did not boot (3 tries), crashed (oops
 # or panic: trace in the kept run dir's console.log) or timed out (default
 # 3600 s, or $VM_TIMEOUT); 97 means ublk_drv could not be loaded.
 #
@@ -128,6 +128,8 @@ run="$(mktemp -d "$vmroot/run.XXXXXX")"
     fi
     cat <<'GUEST'
 export UBLKD_IN_VM=1 UBLKD_VM_KERNEL="$(uname -r)" UBLKD_VM_OUT="$run"
+# The host retries a boot that dies before this line, never one after it.
+: >"$run/started"
 
 # Kernel log to the host, so an oops is visible even if the guest hangs.
 dmesg --follow >"$run/dmesg.log" 2>&1 &
@@ -177,23 +179,38 @@ vng_args=(
 [[ $verbose -eq 1 ]] && vng_args+=(--verbose)
 
 start=$(date +%s)
-set +e
-# stdin from /dev/null and stdout/stderr through pipes: QEMU reopens
-# /proc/self/fd/{0,1,2}, which truncates a regular-file stdout (eating earlier
-# output) and breaks when a descriptor is closed. timeout(1) signals the whole
-# process group, so a hung guest takes its qemu down with it.
-timeout -k 15 "$timeout_s" "${vng[@]}" "${vng_args[@]}" \
-    </dev/null > >(cat) 2> >(cat >&2)
-vng_rc=$?
-wait # let the output relays drain
-set -e
+# Under TCG the guest kernel very rarely dies while booting, before any of our
+# code runs (seen: an int3 oops from text patching racing a timer interrupt in
+# kernel_init). That says nothing about ublkd, so such a boot is retried; a
+# guest that reached guest.sh is never retried, whatever happened to it.
+boots=3
+for ((boot = 1; ; boot++)); do
+    rm -f "$run/started" "$run/rc"
+    set +e
+    # stdin from /dev/null and stdout/stderr through pipes: QEMU reopens
+    # /proc/self/fd/{0,1,2}, which truncates a regular-file stdout (eating
+    # earlier output) and breaks when a descriptor is closed. timeout(1)
+    # signals the whole process group, so a hung guest takes its qemu down.
+    timeout -k 15 "$timeout_s" "${vng[@]}" "${vng_args[@]}" \
+        </dev/null > >(cat) 2> >(cat >&2)
+    vng_rc=$?
+    wait # let the output relays drain
+    set -e
+    rc="$(cat "$run/rc" 2>/dev/null || true)"
+    [[ -n "$rc" || -e "$run/started" || $boot -ge $boots ]] && break
+    [[ $vng_rc -eq 124 || $vng_rc -eq 137 ]] && break
+    echo "vm.sh: the guest kernel died while booting (vng exit $vng_rc, boot $boot of $boots);" \
+        "its console: $run/console.boot$boot.log; booting again" >&2
+    mv "$run/console.log" "$run/console.boot$boot.log" 2>/dev/null || true
+done
 
-rc="$(cat "$run/rc" 2>/dev/null || true)"
 if [[ -z "$rc" ]]; then
     if [[ $vng_rc -eq 124 || $vng_rc -eq 137 ]]; then
         echo "vm.sh: guest timed out after ${timeout_s}s (kernel $kernel)" >&2
+    elif [[ -e "$run/started" ]]; then
+        echo "vm.sh: VM crashed (kernel $kernel, vng exit $vng_rc)" >&2
     else
-        echo "vm.sh: VM failed to boot or crashed (kernel $kernel, vng exit $vng_rc)" >&2
+        echo "vm.sh: VM failed to boot $boot times (kernel $kernel, vng exit $vng_rc)" >&2
     fi
     # The console log has panic traces; dmesg.log has everything before them.
     for log in "$run/console.log" "$run/dmesg.log"; do
