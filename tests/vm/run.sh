@@ -309,6 +309,8 @@ test_batch_io() {
         check "batch $m file verify 4k-512k qd32" fio_verify "$dev" "batch-$m" "--bsrange=4k-512k" 32
         "$UBLKD" del -n "${dev#/dev/ublkb}"
     done
+    check "batch: fetches the driver ends (tiny rings) are re-armed, verify passes" \
+        batch_fetch_rearmed "$BACK/batch.img"
     dev=$("$UBLKD" add -t mem --size 64M -q 1 -d 8 --io-cmds batch) || { fail "batch: add mem d8"; return; }
     check "batch mem depth 8 verify at qd32 (more requests than tags)" fio_verify "$dev" "batch-d8" "--bsrange=4k-128k" 32
     "$UBLKD" del -n "${dev#/dev/ublkb}"
@@ -322,6 +324,25 @@ test_batch_io() {
     check "io-cmds per-tag: list shows per-tag" test "$(io_cmds_of "$id")" = per-tag
     check "per-tag zero-copy file verify 4k-512k qd32" fio_verify "$dev" "pertag" "--bsrange=4k-512k" 32
     "$UBLKD" del -n "$id"
+}
+
+# Rings of 16 entries under 128 requests in flight per queue: the driver runs out of fetch
+# buffers while completions wait in the CQ overflow list and ends the multishot fetch; the daemon
+# must arm it again without losing a tag (fio verify) and say so in its shutdown lines.
+batch_fetch_rearmed() { # BACKING-FILE
+    local dev id log rearms
+    dev=$(UBLKD_FAULT_RING_ENTRIES=16 "$UBLKD" add -t file --path "$1" -q 2 -d 128 --io-cmds batch) || return 1
+    id=${dev#/dev/ublkb}
+    fio_verify "$dev" batch-rearm "--bsrange=4k-64k" 128 --numjobs=2 --offset_increment=64M --size=32M \
+        --group_reporting || { "$UBLKD" del -n "$id"; return 1; }
+    "$UBLKD" del -n "$id" || return 1
+    # The log is appended to by every daemon that had this id: only this one's lines count.
+    log=$(awk '/stopping device/ { s = "" } /fetch re-arms/ { s = s $0 "\n" } END { printf "%s", s }' \
+        "/run/ublkd/$id.log")
+    echo "$log"
+    [ "$(echo "$log" | grep -c " 0 errors")" = 2 ] || return 1
+    rearms=$(echo "$log" | awk '{ n += $(NF - 2) } END { print n + 0 }')
+    [ "$rearms" -gt 0 ]
 }
 
 upgrade_refused_without_reissue() { # ID

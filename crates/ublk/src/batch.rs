@@ -128,7 +128,9 @@ pub(crate) fn provide_fetch_buffers(rt: &rt::Runtime, depth: u16) -> io::Result<
 }
 
 /// Receive batches of tags and wake their tasks, until the driver ends the fetch with ABORT
-/// (device stopping or quiescing). Re-arms the fetch when it ends for lack of buffers.
+/// (device stopping or quiescing). Any other ending that is not an error is re-armed: the
+/// driver ends a multishot fetch when the provided buffers run out (ENOBUFS) or when a
+/// completion cannot be posted (CQ overflow: the ending completion still carries its tags).
 /// `keep` holds the tag buffers the driver copies into (copy mode) while a fetch is armed.
 pub(crate) async fn fetcher<Q>(
     q: Rc<QueueCtx<Q>>,
@@ -142,6 +144,9 @@ pub(crate) async fn fetcher<Q>(
         ..Default::default()
     }
     .to_bytes();
+    // Consecutive arms that ended without delivering a tag: a driver that keeps doing that
+    // would otherwise have us spin.
+    let mut empty_arms = 0u32;
     loop {
         let mut op = rt::fs::uring_cmd16_multishot(
             q.cdev,
@@ -150,10 +155,15 @@ pub(crate) async fn fetcher<Q>(
             &bufs,
             keep.clone(),
         );
+        let mut delivered = false;
         let end = loop {
+            // (`None` only after the completion without MORE, where this loop already left.)
             let Some((res, flags)) = op.next().await else {
-                break 0;
+                break -libc::ECANCELED;
             };
+            if res > 0 {
+                delivered = true;
+            }
             if res >= 0 {
                 bufs.consume(res, flags, |tags| {
                     // Counted from here until the committer queues their commit, so the queue
@@ -177,14 +187,21 @@ pub(crate) async fn fetcher<Q>(
                 break res;
             }
         };
+        empty_arms = if delivered { 0 } else { empty_arms + 1 };
         match end {
-            e if e == -libc::ENOBUFS => {
-                tracing::debug!(q = q.cfg.q_id, "fetch ran out of buffers; re-arming");
-            }
             UBLK_IO_RES_ABORT => break,
+            e if (e >= 0 || e == -libc::ENOBUFS) && empty_arms < MAX_EMPTY_ARMS => {
+                q.fetch_rearms.set(q.fetch_rearms.get() + 1);
+                tracing::debug!(
+                    q = q.cfg.q_id,
+                    res = e,
+                    "the driver ended the fetch; re-arming"
+                );
+            }
             e => {
                 tracing::error!(
                     q = q.cfg.q_id,
+                    empty_arms,
                     "batch fetch ended: {}",
                     io::Error::from_raw_os_error(-e.min(-1))
                 );
@@ -195,6 +212,10 @@ pub(crate) async fn fetcher<Q>(
     q.stopping.set(true);
     q.wake_done();
 }
+
+/// See `fetcher`: this many fetches in a row ending without a tag is a driver we do not
+/// understand; the queue ends rather than spin.
+const MAX_EMPTY_ARMS: u32 = 1000;
 
 /// Commit whatever results are pending, one command at a time (each turn of the loop collects
 /// the results of every tag served meanwhile).

@@ -92,6 +92,9 @@ pub struct QueueStats {
     pub errors: u64,
     pub enters: u64,
     pub completions: u64,
+    /// Batch mode: times the driver ended the multishot fetch (buffers ran out, or a
+    /// completion could not be posted) and we armed it again.
+    pub fetch_rearms: u64,
 }
 
 /// Resident memory of tag buffers is kept under this per queue, so a deep queue with large
@@ -165,6 +168,7 @@ pub(crate) struct QueueCtx<Q> {
     /// Woken when `stopping` or `busy` changes, to re-check whether the queue is done.
     done_waker: Cell<Option<std::task::Waker>>,
     errors: Cell<u64>,
+    pub(crate) fetch_rearms: Cell<u64>,
     resident: Cell<usize>,
 }
 
@@ -210,9 +214,19 @@ pub fn run_queue<T: Target>(
         return Err(io::Error::other("UBLKD_FAULT_QUEUE_START is set"));
     }
     let depth = cfg.depth as u32;
+    let mut sq_entries = (depth * 2).next_power_of_two().min(4096);
+    let mut cq_entries = (depth * 4).next_power_of_two().clamp(64, 16384);
+    // Fault injection for the test suite: rings too small for the load make the kernel end
+    // multishot fetches (batch mode), which must be re-armed without losing a tag.
+    if let Some(n) = std::env::var("UBLKD_FAULT_RING_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        (sq_entries, cq_entries) = (n, n);
+    }
     let rt = Runtime::builder()
-        .entries((depth * 2).next_power_of_two().min(4096))
-        .cq_entries((depth * 4).next_power_of_two().clamp(64, 16384))
+        .entries(sq_entries)
+        .cq_entries(cq_entries)
         .busy_poll(cfg.busy_poll)
         .build()?;
     let descs = DescArray::map(cdev.as_raw_fd(), cfg.q_id, cfg.depth)?;
@@ -235,6 +249,7 @@ pub fn run_queue<T: Target>(
         target: tq,
         requests: Cell::new(0),
         errors: Cell::new(0),
+        fetch_rearms: Cell::new(0),
         resident: Cell::new(0),
         stopping: Cell::new(false),
         busy: Cell::new(0),
@@ -309,6 +324,7 @@ pub fn run_queue<T: Target>(
         errors: ctx.errors.get(),
         enters: s.enters,
         completions: s.completions,
+        fetch_rearms: ctx.fetch_rearms.get(),
     })
 }
 

@@ -355,11 +355,13 @@ fn serve_device(
                     0.0
                 };
                 tracing::info!(
-                    "queue {q}: {} requests, {} errors, {} enters, {:.1} completions per enter",
+                    "queue {q}: {} requests, {} errors, {} enters, {:.1} completions per enter, \
+                     {} fetch re-arms",
                     s.requests,
                     s.errors,
                     s.enters,
-                    batch
+                    batch,
+                    s.fetch_rearms
                 );
             }
             tracing::info!("device {id} removed");
