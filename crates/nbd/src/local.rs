@@ -1,6 +1,6 @@
 //! Small single-thread async primitives for tasks of one `rt` runtime: a FIFO lock (replies of a
-//! connection go out one whole reply at a time), a byte budget (bounds memory per connection), a
-//! notification, and `select2` (first of two futures). No atomics: all of this is `!Send`.
+//! connection go out one whole reply at a time), a byte budget (bounds memory per connection) and
+//! a notification. No atomics: all of this is `!Send`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

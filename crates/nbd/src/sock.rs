@@ -188,20 +188,3 @@ impl Sock {
         (Ok(()), g._owner)
     }
 }
-
-impl Sock {
-    /// Receive whatever has arrived, up to `max` bytes, into `buf[start..]`. `Ok(0)`: the peer
-    /// closed (or reading was shut down).
-    pub async fn recv_some(&self, buf: &mut IoBuf, start: usize, max: usize) -> io::Result<usize> {
-        assert!(start + max <= buf.len(), "range outside the buffer");
-        let e = io_uring::opcode::Recv::new(
-            io_uring::types::Fd(self.fd()),
-            buf.addr().wrapping_add(start),
-            max as u32,
-        )
-        .build();
-        // SAFETY: the range lies inside `buf`; the op keeps its memory alive.
-        let c = unsafe { rt::op::Op::submit(e, buf.keepalive()) }.await;
-        c.io_result().map(|n| n as usize)
-    }
-}

@@ -156,6 +156,16 @@ pub async fn recv(fd: RawFd, buf: &mut IoBuf) -> io::Result<usize> {
     c.io_result().map(|n| n as usize)
 }
 
+/// Receive whatever has arrived, up to `max` bytes, into `buf[start..start+max]`. `Ok(0)`: the
+/// peer closed (or reading was shut down).
+pub async fn recv_some(fd: RawFd, buf: &mut IoBuf, start: usize, max: usize) -> io::Result<usize> {
+    check(buf, start, max)?;
+    let e = opcode::Recv::new(types::Fd(fd), buf.addr().wrapping_add(start), max as u32).build();
+    // SAFETY: the range lies inside `buf` (checked above); the op keeps its memory alive.
+    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    c.io_result().map(|n| n as usize)
+}
+
 /// Receive exactly `buf.len()` bytes; `UnexpectedEof` if the peer closes first.
 pub async fn recv_exact(fd: RawFd, buf: &mut IoBuf) -> io::Result<()> {
     let len = buf.len();
@@ -319,7 +329,15 @@ mod range_tests {
             recv_range(b.as_raw_fd(), &mut dst, 5, 20).await.unwrap();
             assert_eq!(&dst.as_slice()[5..25], &src.as_slice()[10..30]);
             assert!(send_range(a.as_raw_fd(), &src, 90, 20, 0).await.is_err());
+            // recv_some takes what has arrived (a partial read), refuses a range outside the
+            // buffer, and reports a closed peer as 0.
+            send_range(a.as_raw_fd(), &src, 0, 7, 0).await.unwrap();
+            assert_eq!(recv_some(b.as_raw_fd(), &mut dst, 40, 10).await.unwrap(), 7);
+            assert_eq!(&dst.as_slice()[40..47], &src.as_slice()[..7]);
+            let e = recv_some(b.as_raw_fd(), &mut dst, 45, 10).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             drop(a);
+            assert_eq!(recv_some(b.as_raw_fd(), &mut dst, 0, 10).await.unwrap(), 0);
             assert_eq!(
                 recv_range(b.as_raw_fd(), &mut dst, 0, 1)
                     .await

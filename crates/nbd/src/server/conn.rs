@@ -168,9 +168,8 @@ impl Reader {
                 self.start = 0;
                 self.end = b - a;
             }
-            let got = sock
-                .recv_some(&mut self.buf, self.end, READ_BUF - self.end)
-                .await?;
+            let got =
+                rt::net::recv_some(sock.fd(), &mut self.buf, self.end, READ_BUF - self.end).await?;
             if got == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }

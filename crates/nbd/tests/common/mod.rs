@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nbd::server::{ExportConfig, Listener, Shutdown, serve};
+use nbd::server::serve;
+use nbd::server::{ExportConfig, Listener, Shutdown};
 use target::Target;
 
 /// Whether `prog` is on PATH. Missing: a failure under CI, a loud SKIP otherwise.
