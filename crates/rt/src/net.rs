@@ -334,7 +334,9 @@ mod range_tests {
             send_range(a.as_raw_fd(), &src, 0, 7, 0).await.unwrap();
             assert_eq!(recv_some(b.as_raw_fd(), &mut dst, 40, 10).await.unwrap(), 7);
             assert_eq!(&dst.as_slice()[40..47], &src.as_slice()[..7]);
-            let e = recv_some(b.as_raw_fd(), &mut dst, 45, 10).await.unwrap_err();
+            let e = recv_some(b.as_raw_fd(), &mut dst, 45, 10)
+                .await
+                .unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             drop(a);
             assert_eq!(recv_some(b.as_raw_fd(), &mut dst, 0, 10).await.unwrap(), 0);

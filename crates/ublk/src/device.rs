@@ -274,6 +274,8 @@ impl Device {
     ) -> Result<(), DeviceError> {
         let cdev = Arc::new(open_char_dev(self.info.dev_id)?);
         self.cdev = Some(cdev.clone());
+        let ignores_data = target.geometry().caps.ignores_data;
+        let batch = self.info.flags & UBLK_F_BATCH_IO != 0;
         for q in 0..self.info.nr_hw_queues {
             let cpus = if tuning.pin {
                 self.ctrl
@@ -288,8 +290,8 @@ impl Device {
                 depth: self.info.queue_depth,
                 max_io: self.info.max_io_buf_bytes,
                 mode: self.mode,
-                batch: self.info.flags & UBLK_F_BATCH_IO != 0,
-                ignores_data: target.geometry().caps.ignores_data,
+                batch,
+                ignores_data,
                 cpus,
                 busy_poll: tuning.busy_poll,
             };
@@ -484,13 +486,13 @@ impl Drop for Device {
     }
 }
 
-/// Open `/dev/ublkcN`, waiting briefly for devtmpfs/udev to create it.
 /// The first queue thread that has ended. Before START_DEV/END_USER_RECOVERY completes, none
 /// may end except by failing.
 fn ended_queue(queues: &[JoinHandle<io::Result<QueueStats>>]) -> Option<usize> {
     queues.iter().position(|h| h.is_finished())
 }
 
+/// Open `/dev/ublkcN`, waiting briefly for devtmpfs/udev to create it.
 fn open_char_dev(id: u32) -> Result<File, DeviceError> {
     let path = format!("/dev/ublkc{id}");
     let deadline = Instant::now() + Duration::from_secs(5);

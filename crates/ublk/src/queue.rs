@@ -85,6 +85,14 @@ pub struct QueueConfig {
     pub ignores_data: bool,
 }
 
+impl QueueConfig {
+    /// User-copy mode with a target that needs the bytes: request data moves through
+    /// pread/pwrite on the char device.
+    fn copies_through_cdev(&self) -> bool {
+        self.mode == BufMode::UserCopy && !self.ignores_data
+    }
+}
+
 /// Counters a queue reports when it ends (and a shared snapshot while running).
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct QueueStats {
@@ -450,7 +458,7 @@ async fn handle<Q: TargetQueue>(
         UBLK_IO_OP_READ => {
             buf.set_len(len as usize);
             match t.read(off, buf).await {
-                Ok(()) if q.cfg.mode == BufMode::UserCopy && !q.cfg.ignores_data => {
+                Ok(()) if q.cfg.copies_through_cdev() => {
                     let at = user_copy_offset(q.cfg.q_id, tag, 0);
                     rt::fs::write_all_at(q.cdev, buf, at, 0).await
                 }
@@ -459,7 +467,7 @@ async fn handle<Q: TargetQueue>(
         }
         UBLK_IO_OP_WRITE => {
             buf.set_len(len as usize);
-            let fetched = if q.cfg.mode == BufMode::UserCopy && !q.cfg.ignores_data {
+            let fetched = if q.cfg.copies_through_cdev() {
                 rt::fs::read_exact_at(q.cdev, buf, user_copy_offset(q.cfg.q_id, tag, 0)).await
             } else {
                 Ok(())
