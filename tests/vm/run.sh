@@ -208,7 +208,22 @@ test_list_json() {
     out=$("$UBLKD" list --json)
     check "list --json shows the device live with its target" \
         bash -c "echo '$out' | grep -q '\"state\": \"live\"' && echo '$out' | grep -q '\"depth\": 32' && echo '$out' | grep -q 'mem 64M'"
+    check "list, list --json and features into a reader that already left: exit 0, no panic" \
+        reports_survive_a_closed_reader
     "$UBLKD" del -n "${dev#/dev/ublkb}"
+}
+
+# `ublkd list --json | grep -q live` under pipefail: grep may leave before list writes, and
+# list must then end quietly with status 0 (it used to panic in println!, status 134).
+reports_survive_a_closed_reader() {
+    local args rc
+    for args in "list" "list --json" "features" "features --json"; do
+        # shellcheck disable=SC2086
+        "$UBLKD" $args 2>"$LOG_DIR/closed-reader.err" | true
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || { echo "ublkd $args: status $rc"; cat "$LOG_DIR/closed-reader.err"; return 1; }
+        ! grep -q panicked "$LOG_DIR/closed-reader.err" || { echo "ublkd $args panicked"; return 1; }
+    done
 }
 
 test_user_copy() {

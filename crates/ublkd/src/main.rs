@@ -7,6 +7,7 @@
 mod any;
 mod args;
 mod cmd;
+mod out;
 mod report;
 mod serve;
 mod spec;

@@ -308,7 +308,8 @@ fn serve_device(
         drop(out);
         redirect_output(&st.log);
     } else {
-        println!("{}", st.block_device);
+        // Serving goes on whether or not anyone reads this.
+        let _ = crate::out::print(&st.block_device);
     }
     if let Some(note) = note {
         tracing::info!("{note}"); // after the redirect, so a daemon's log has it too

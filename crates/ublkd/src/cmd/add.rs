@@ -100,12 +100,11 @@ pub fn spawn_daemon(args: Vec<String>, json: bool) -> ExitCode {
     match line {
         Some(l) => {
             if json {
-                println!("{l}");
+                crate::out::print(l)
             } else {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-                println!("{}", v["block_device"].as_str().unwrap_or("?"));
+                crate::out::print(v["block_device"].as_str().unwrap_or("?"))
             }
-            ExitCode::SUCCESS
         }
         None => {
             let mut err = String::new();

@@ -23,15 +23,13 @@ pub fn run(a: FeaturesArgs) -> ExitCode {
     };
     let names = features::names(f);
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({ "flags": format!("{f:#x}"), "features": names })
+        return crate::out::print(
+            serde_json::json!({ "flags": format!("{f:#x}"), "features": names }),
         );
-    } else {
-        println!("ublk features {f:#x}:");
-        for n in names {
-            println!("  {n}");
-        }
     }
-    ExitCode::SUCCESS
+    let mut text = format!("ublk features {f:#x}:");
+    for n in names {
+        text += &format!("\n  {n}");
+    }
+    crate::out::print(text)
 }

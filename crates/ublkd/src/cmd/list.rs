@@ -62,19 +62,15 @@ pub fn run(a: ListArgs) -> ExitCode {
         }
     }
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&reports).unwrap_or_default()
-        );
-        return ExitCode::SUCCESS;
+        return crate::out::print(serde_json::to_string_pretty(&reports).unwrap_or_default());
     }
-    println!(
+    let mut text = format!(
         "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  TARGET",
         "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "IO_CMDS", "PID"
     );
     for r in &reports {
-        println!(
-            "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  {}",
+        text += &format!(
+            "\n{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  {}",
             r.id,
             r.block_device,
             r.state,
@@ -87,5 +83,5 @@ pub fn run(a: ListArgs) -> ExitCode {
             r.target.as_deref().unwrap_or("(no state file)")
         );
     }
-    ExitCode::SUCCESS
+    crate::out::print(text)
 }
