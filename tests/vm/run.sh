@@ -294,6 +294,60 @@ test_buffer_modes() {
     "$UBLKD" del -n "${dev#/dev/ublkb}"
 }
 
+# The file target's inline I/O (--inline-io): a file on tmpfs, which io_uring can only serve
+# through a worker thread per request, is read and written with blocking calls on the queue
+# threads; with zero copy only requests that find their queue idle take that path (through user
+# copy), deeper ones stay zero-copy. A file on a disk file system goes through io_uring.
+io_note_says() { grep 'reads and writes' "/run/ublkd/$1.log" | tail -1 | grep -q "$2"; } # ID TEXT
+served_inline() { # ID QUEUES: requests the last daemon of this id served inline
+    grep -o '[0-9]* served inline' "/run/ublkd/$1.log" | tail -"$2" | awk '{ n += $1 } END { print n + 0 }'
+}
+
+test_inline_io() {
+    local dev id mnt=$SCRATCH/inline-tmpfs ext=$SCRATCH/inline-ext4 loopdev zc=0
+    kernel_has AUTO_BUF_REG && kernel_has USER_COPY && zc=1
+    mkdir -p "$mnt" "$ext"
+    mount -t tmpfs -o size=400M tmpfs "$mnt" || { fail "inline-io: mount tmpfs"; return; }
+    truncate -s 256M "$mnt/disk.img"
+    dev=$("$UBLKD" add -t file --path "$mnt/disk.img" -q 2 -d 128) || { fail "inline-io: add"; umount "$mnt"; return; }
+    id=${dev#/dev/ublkb}
+    check "inline-io auto: a file on tmpfs is read and written inline" \
+        io_note_says "$id" 'inline on the queue threads'
+    [ "$zc" = 1 ] && check "inline-io auto: still zero-copy for deep queues" test "$(mode_of "$id")" = zero-copy
+    check "inline-io auto: verify 4k qd1" fio_verify "$dev" inline-qd1 "--bs=4k" 1
+    check "inline-io auto: verify 4k-512k qd128" fio_verify "$dev" inline-qd128 "--bsrange=4k-512k" 128
+    check "inline-io auto: ext4 round trip" ext4_round_trip "$dev" inline
+    "$UBLKD" del -n "$id"
+    if [ "$zc" = 1 ]; then
+        check "inline-io auto with zero copy: idle-queue requests took the inline path" \
+            test "$(served_inline "$id" 2)" -gt 0
+    fi
+    dev=$("$UBLKD" add -t file --path "$mnt/disk.img" -q 2 --inline-io off) || { fail "inline-io off: add"; umount "$mnt"; return; }
+    id=${dev#/dev/ublkb}
+    check "inline-io off: through io_uring" io_note_says "$id" 'through io_uring'
+    check "inline-io off: list names the choice" bash -c "'$UBLKD' list -n $id | grep -q 'inline-io off'"
+    check "inline-io off: verify 4k qd1" fio_verify "$dev" inline-off-qd1 "--bs=4k" 1
+    "$UBLKD" del -n "$id"
+    check "inline-io off: nothing served inline" test "$(served_inline "$id" 2)" = 0
+    dev=$("$UBLKD" add -t file --path "$mnt/disk.img" -q 2 --buffers copy) || { fail "inline-io copy: add"; umount "$mnt"; return; }
+    check "inline-io auto, copy buffers: verify 4k-512k qd32" fio_verify "$dev" inline-copy "--bsrange=4k-512k" 32
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    # A disk file system: ext4 on a loop device.
+    truncate -s 128M "$mnt/ext4.img"
+    loopdev=$(losetup -f --show "$mnt/ext4.img") && mkfs.ext4 -q "$loopdev" && mount "$loopdev" "$ext" \
+        || { fail "inline-io: ext4 scratch"; umount "$mnt"; return; }
+    truncate -s 64M "$ext/disk.img"
+    dev=$("$UBLKD" add -t file --path "$ext/disk.img" -q 2) || fail "inline-io ext4: add"
+    if [ -n "$dev" ]; then
+        id=${dev#/dev/ublkb}
+        check "inline-io auto: a file on ext4 goes through io_uring" \
+            io_note_says "$id" 'through io_uring (not a file system in memory)'
+        check "inline-io auto, ext4: verify 4k qd1" fio_verify "$dev" inline-ext4 "--bs=4k" 1
+        "$UBLKD" del -n "$id"
+    fi
+    umount "$ext"; losetup -d "$loopdev"; umount "$mnt"
+}
+
 io_cmds_of() { # ID: the I/O command style `list --json` reports
     "$UBLKD" list --json | python3 -c "import json,sys; print([d['io_cmds'] for d in json.load(sys.stdin) if d['id'] == $1][0])"
 }
@@ -356,7 +410,7 @@ batch_fetch_rearmed() { # BACKING-FILE
         "/run/ublkd/$id.log")
     echo "$log"
     [ "$(echo "$log" | grep -c " 0 errors")" = 2 ] || return 1
-    rearms=$(echo "$log" | awk '{ n += $(NF - 2) } END { print n + 0 }')
+    rearms=$(echo "$log" | grep -o '[0-9]* fetch re-arms' | awk '{ n += $1 } END { print n + 0 }')
     [ "$rearms" -gt 0 ]
 }
 
@@ -389,6 +443,7 @@ if [ -n "${UBLKD_TESTS:-}" ]; then
 elif [ "$COMPAT" = 1 ]; then
     test_buffer_modes
     test_batch_io
+    test_inline_io
     test_fio_verify mem -t mem --size 256M
     test_fio_verify file -t file --path "$BACK/verify.img"
     test_null_io
@@ -403,6 +458,7 @@ else
     test_user_copy
     test_buffer_modes
     test_batch_io
+    test_inline_io
     test_queue_start_failure
     test_ext4
     test_discard

@@ -79,6 +79,58 @@ pub async fn write_all_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io
     Ok(())
 }
 
+/// Blocking: read into `buf` from `off` until it is full or the file ends; returns the bytes
+/// read. For callers that chose to block this thread (a file in memory, ublk user copy).
+pub fn pread_full(fd: RawFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: pread writes at most rest.len() bytes into memory we borrow mutably.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (off + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => {}
+                e => return Err(e),
+            },
+        }
+    }
+    Ok(done)
+}
+
+/// Blocking: write all of `buf` at `off`; `rw_flags` may carry `RWF_DSYNC`. A write that makes
+/// no progress is EIO.
+pub fn pwrite_all(fd: RawFd, buf: &[u8], off: u64, rw_flags: i32) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        };
+        // SAFETY: one iovec over memory we borrow; pwritev2 only reads it.
+        let n =
+            unsafe { libc::pwritev2(fd, &iov, 1, (off + done as u64) as libc::off_t, rw_flags) };
+        match n {
+            0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            n if n > 0 => done += n as usize,
+            _ => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => {}
+                e => return Err(e),
+            },
+        }
+    }
+    Ok(())
+}
+
 /// fsync (or fdatasync when `datasync`).
 pub async fn fsync(fd: RawFd, datasync: bool) -> io::Result<()> {
     let mut b = opcode::Fsync::new(types::Fd(fd));

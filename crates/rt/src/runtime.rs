@@ -124,6 +124,7 @@ impl Builder {
             stats: Cell::new(Stats::default()),
             busy_poll: self.busy_poll,
             cqe_scratch: RefCell::new(Vec::with_capacity(256)),
+            last_reap: Cell::new(0),
             leak_on_drop: Cell::new(false),
             provided: RefCell::new(Vec::new()),
         });
@@ -143,6 +144,8 @@ pub(crate) struct Inner {
     stats: Cell<Stats>,
     busy_poll: Option<Duration>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
+    /// Completions the last reap found: how busy the ring was a moment ago.
+    last_reap: Cell<usize>,
     leak_on_drop: Cell<bool>,
     /// Provided-buffer rings registered with `ring`. Declared after it, so they are freed only
     /// once the ring is closed.
@@ -310,6 +313,12 @@ where
     crate::task::spawn_on(&current(), fut)
 }
 
+/// How many completions the current thread's runtime found in its last look at the CQ: a
+/// cheap measure of load (1 when requests trickle in one by one, many at depth).
+pub fn last_reap_len() -> usize {
+    current().last_reap.get()
+}
+
 /// Counters of the current thread's runtime.
 pub fn current_stats() -> Stats {
     current().stats.get()
@@ -441,6 +450,7 @@ impl Inner {
             }
         }
         self.count(|s| s.completions += scratch.len() as u64);
+        self.last_reap.set(scratch.len());
         for (ud, res, flags) in scratch.drain(..) {
             match ud {
                 IGNORED_USER_DATA => {}

@@ -1,6 +1,12 @@
 //! `file`: a regular file or a block device, through io_uring. O_DIRECT by default (no double
 //! caching; the page cache of the host is not our cache). FLUSH is fdatasync, FUA is RWF_DSYNC,
 //! DISCARD punches a hole, WRITE_ZEROES zeroes a range with fallocate.
+//!
+//! Inline I/O: io_uring can only run a read or write in the submitting thread when the file
+//! system supports non-blocking attempts (FMODE_NOWAIT); tmpfs does not, so io_uring hands
+//! every request to one of its worker threads and back, two thread wake-ups per request. For
+//! files in memory (tmpfs, ramfs) the target therefore does the I/O with plain pread/pwrite on
+//! the queue thread whenever the buffer is one the CPU can reach ([`InlineIo`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -17,6 +23,73 @@ pub struct FileTarget {
     geo: Geometry,
     direct: bool,
     blockdev: bool,
+    /// Why `auto` would (or would not) serve inline, for the log.
+    inline_auto: (bool, &'static str),
+}
+
+/// When the file target does its I/O with blocking calls on the queue thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InlineIo {
+    /// Inline for files in memory (tmpfs, ramfs) that io_uring cannot read or write without a
+    /// worker thread; io_uring otherwise.
+    #[default]
+    Auto,
+    /// Always inline when the buffer allows it: fast on memory, but a slow backing store stalls
+    /// every request of the queue behind the one being served.
+    On,
+    /// Always io_uring.
+    Off,
+}
+
+impl InlineIo {
+    pub fn name(self) -> &'static str {
+        match self {
+            InlineIo::Auto => "auto",
+            InlineIo::On => "on",
+            InlineIo::Off => "off",
+        }
+    }
+}
+
+/// statfs magic numbers of file systems whose data lives in RAM.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Would `auto` serve this file inline? Only a file in memory (a blocking call never waits for
+/// a device) whose file system io_uring cannot drive without a worker thread.
+fn inline_by_default(fd: RawFd) -> (bool, &'static str) {
+    // SAFETY: fstatfs fills the struct through a valid pointer.
+    let magic = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::fstatfs(fd, &mut st) != 0 {
+            return (false, "file system unknown");
+        }
+        st.f_type as i64
+    };
+    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        return (false, "not a file system in memory");
+    }
+    // RWF_NOWAIT is refused with EOPNOTSUPP exactly when the file lacks FMODE_NOWAIT, the test
+    // io_uring uses to decide to hand a read or write to a worker thread.
+    let mut probe = IoBuf::with_capacity(4096);
+    let iov = libc::iovec {
+        iov_base: probe.as_mut_slice().as_mut_ptr().cast(),
+        iov_len: 4096,
+    };
+    // SAFETY: one iovec over our own 4 KiB buffer, aligned for O_DIRECT.
+    let r = unsafe { libc::preadv2(fd, &iov, 1, 0, libc::RWF_NOWAIT) };
+    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+        (
+            true,
+            "in memory, and io_uring would use a worker thread per request",
+        )
+    } else {
+        (
+            false,
+            "in memory, but io_uring can serve it without a worker thread",
+        )
+    }
 }
 
 /// BLKGETSIZE64 = _IOR(0x12, 114, size_t)
@@ -147,9 +220,15 @@ impl FileTarget {
             rotational: false,
             needs_cpu_access: false,
             ignores_data: false,
+            inline_io: false,
             consistent_across_queues: true,
         };
-        Ok(FileTarget {
+        let inline_auto = if blockdev {
+            (false, "a block device")
+        } else {
+            inline_by_default(file.as_raw_fd())
+        };
+        let mut t = FileTarget {
             file: Arc::new(file),
             path: path.to_path_buf(),
             geo: Geometry {
@@ -160,7 +239,24 @@ impl FileTarget {
             },
             direct,
             blockdev,
-        })
+            inline_auto,
+        };
+        t.set_inline_io(InlineIo::Auto);
+        Ok(t)
+    }
+
+    /// Choose when to serve inline (see [`InlineIo`]); `open` starts at `Auto`.
+    pub fn set_inline_io(&mut self, mode: InlineIo) {
+        self.geo.caps.inline_io = match mode {
+            InlineIo::Auto => self.inline_auto.0,
+            InlineIo::On => true,
+            InlineIo::Off => false,
+        };
+    }
+
+    /// Whether requests are served inline, and why `auto` decided as it did.
+    pub fn inline_io(&self) -> (bool, &'static str) {
+        (self.geo.caps.inline_io, self.inline_auto.1)
     }
 
     pub fn is_direct(&self) -> bool {
@@ -180,6 +276,7 @@ impl Target for FileTarget {
         Ok(FileQueue {
             file: self.file.clone(),
             blockdev: self.blockdev,
+            inline: self.geo.caps.inline_io,
         })
     }
 }
@@ -187,6 +284,8 @@ impl Target for FileTarget {
 pub struct FileQueue {
     file: Arc<File>,
     blockdev: bool,
+    /// Serve CPU-reachable buffers with blocking calls on this thread.
+    inline: bool,
 }
 
 impl FileQueue {
@@ -211,10 +310,19 @@ impl FileQueue {
 
 impl TargetQueue for FileQueue {
     async fn read(&self, off: u64, buf: &mut IoBuf) -> io::Result<()> {
+        if self.inline && buf.is_cpu_accessible() {
+            let b = buf.as_mut_slice();
+            let n = rt::fs::pread_full(self.fd(), b, off)?;
+            b[n..].fill(0); // past the end of the file
+            return Ok(());
+        }
         rt::fs::read_exact_at(self.fd(), buf, off).await
     }
     async fn write(&self, off: u64, buf: &IoBuf, fua: bool) -> io::Result<()> {
         let flags = if fua { libc::RWF_DSYNC } else { 0 };
+        if self.inline && buf.is_cpu_accessible() {
+            return rt::fs::pwrite_all(self.fd(), buf.as_slice(), off, flags);
+        }
         rt::fs::write_all_at(self.fd(), buf, off, flags).await
     }
     async fn flush(&self) -> io::Result<()> {
@@ -340,6 +448,51 @@ mod tests {
         // The bytes are really in the file.
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes[8192 + 4096 + 5], ((4096 + 5) % 199) as u8 + 1);
+    }
+
+    #[test]
+    fn inline_io_round_trip_and_auto_choice() {
+        // A disk file system: auto goes through io_uring.
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let p = dir.path().join("disk.img");
+        File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let mut t = FileTarget::open(&p, None, false, false).unwrap();
+        let on_tmpfs = std::env::temp_dir().starts_with("/dev/shm");
+        if !on_tmpfs {
+            assert_eq!(t.inline_io(), (false, "not a file system in memory"));
+        }
+        t.set_inline_io(InlineIo::On);
+        assert!(t.geometry().caps.inline_io);
+        let q = t.open_queue(0).unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut w = IoBuf::with_capacity(8192);
+            w.as_mut_slice().fill(0x5a);
+            q.write(4096, &w, true).await.unwrap();
+            // Reading past the end of the file: the tail reads as zeroes.
+            let mut r = IoBuf::with_capacity(8192);
+            r.as_mut_slice().fill(1);
+            q.read((1 << 20) - 4096, &mut r).await.unwrap();
+            assert!(r.as_slice()[..4096].iter().all(|&b| b == 0));
+            assert!(r.as_slice()[4096..].iter().all(|&b| b == 0));
+            q.read(4096, &mut r).await.unwrap();
+            assert_eq!(r.as_slice(), w.as_slice());
+        });
+        assert_eq!(std::fs::read(&p).unwrap()[4096 + 100], 0x5a);
+        t.set_inline_io(InlineIo::Off);
+        assert!(!t.geometry().caps.inline_io);
+        // A file in memory: auto names it as such, whichever way it decides for this kernel.
+        if std::path::Path::new("/dev/shm").is_dir() {
+            let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+            let p = shm.path().join("disk.img");
+            File::create(&p).unwrap().set_len(1 << 20).unwrap();
+            let t = FileTarget::open(&p, None, false, false).unwrap();
+            assert!(
+                t.inline_io().1.starts_with("in memory"),
+                "{:?}",
+                t.inline_io()
+            );
+        }
     }
 
     #[test]

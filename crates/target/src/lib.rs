@@ -42,6 +42,12 @@ pub struct Caps {
     /// it at all, which is the cheapest data path there is.
     #[serde(default)]
     pub ignores_data: bool,
+    /// Handed a buffer the CPU can reach, the target does the I/O inline (blocking calls on the
+    /// queue thread), because its io_uring path would pass every request to a kernel worker
+    /// thread (a file on tmpfs). A frontend using zero-copy buffers should then still hand it
+    /// a CPU buffer when its queue is shallow: there the hand-off is most of a request's time.
+    #[serde(default)]
+    pub inline_io: bool,
     /// Several connections/queues see each other's completed writes and flushes cover all of
     /// them (NBD multi-conn).
     pub consistent_across_queues: bool,

@@ -170,6 +170,16 @@ impl Device {
             .batch
             .unwrap_or_else(|| have.is_some_and(|h| h & UBLK_F_BATCH_IO != 0));
         let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag();
+        // Zero copy chosen for a target that serves CPU buffers inline (a file on tmpfs): ask
+        // for user copy too, so a request that finds its queue idle can skip the target's
+        // worker-thread hand-off (QueueConfig::shallow_inline).
+        if opts.mode.is_none()
+            && mode == BufMode::ZeroCopy
+            && caps.inline_io
+            && have.is_some_and(|h| h & UBLK_F_USER_COPY != 0)
+        {
+            flags |= UBLK_F_USER_COPY;
+        }
         if batch {
             flags |= UBLK_F_BATCH_IO;
         }
@@ -274,8 +284,12 @@ impl Device {
     ) -> Result<(), DeviceError> {
         let cdev = Arc::new(open_char_dev(self.info.dev_id)?);
         self.cdev = Some(cdev.clone());
-        let ignores_data = target.geometry().caps.ignores_data;
+        let caps = target.geometry().caps;
+        let ignores_data = caps.ignores_data;
         let batch = self.info.flags & UBLK_F_BATCH_IO != 0;
+        let shallow_inline = self.mode == BufMode::ZeroCopy
+            && self.info.flags & UBLK_F_USER_COPY != 0
+            && caps.inline_io;
         for q in 0..self.info.nr_hw_queues {
             let cpus = if tuning.pin {
                 self.ctrl
@@ -292,6 +306,7 @@ impl Device {
                 mode: self.mode,
                 batch,
                 ignores_data,
+                shallow_inline,
                 cpus,
                 busy_poll: tuning.busy_poll,
             };

@@ -49,7 +49,8 @@ impl BufMode {
 
     /// The mode a device was created with, from its flags.
     pub fn from_flags(flags: u64) -> BufMode {
-        [BufMode::UserCopy, BufMode::ZeroCopy]
+        // Zero copy first: a zero-copy device may carry USER_COPY too (shallow inline, below).
+        [BufMode::ZeroCopy, BufMode::UserCopy]
             .into_iter()
             .find(|m| flags & m.flag() != 0)
             .unwrap_or(BufMode::Copy)
@@ -83,6 +84,10 @@ pub struct QueueConfig {
     pub batch: bool,
     /// The target never looks at request data: user-copy mode then copies nothing.
     pub ignores_data: bool,
+    /// Zero copy plus user copy, for a target that serves CPU buffers inline (`Caps::inline_io`):
+    /// a request that finds the queue otherwise idle goes through a CPU buffer and blocking
+    /// copies instead of the zero-copy buffer, saving the target's worker-thread hand-off.
+    pub shallow_inline: bool,
 }
 
 impl QueueConfig {
@@ -103,6 +108,8 @@ pub struct QueueStats {
     /// Batch mode: times the driver ended the multishot fetch (buffers ran out, or a
     /// completion could not be posted) and we armed it again.
     pub fetch_rearms: u64,
+    /// Requests the shallow-inline path served through a CPU buffer (zero-copy devices only).
+    pub inlined: u64,
 }
 
 /// Resident memory of tag buffers is kept under this per queue, so a deep queue with large
@@ -178,9 +185,24 @@ pub(crate) struct QueueCtx<Q> {
     errors: Cell<u64>,
     pub(crate) fetch_rearms: Cell<u64>,
     resident: Cell<usize>,
+    /// The CPU buffer of the shallow-inline path (one request at a time uses it).
+    scratch: std::cell::RefCell<Option<IoBuf>>,
+    /// Requests served through `scratch`.
+    inlined: Cell<u64>,
 }
 
 impl<Q> QueueCtx<Q> {
+    /// The CPU buffer, when this request should take the shallow-inline path: the device has
+    /// it, the queue serves nothing else, and the ring was quiet at the last look (at depth
+    /// the zero-copy path wins: no copies, and the target's worker threads run in parallel).
+    fn shallow_scratch(&self) -> Option<IoBuf> {
+        if self.cfg.shallow_inline && self.busy.get() <= 1 && rt::runtime::last_reap_len() <= 2 {
+            self.scratch.borrow_mut().take()
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn wake_done(&self) {
         if let Some(w) = self.done_waker.take() {
             w.wake();
@@ -249,6 +271,11 @@ pub fn run_queue<T: Target>(
         }
         BufMode::Copy | BufMode::UserCopy => IoBuf::arena(cfg.depth as usize, cfg.max_io as usize)?,
     };
+    let scratch = if cfg.shallow_inline {
+        IoBuf::arena(1, cfg.max_io as usize)?.pop()
+    } else {
+        None
+    };
     let tq = target.open_queue(cfg.q_id)?;
     let ctx = Rc::new(QueueCtx {
         cfg: cfg.clone(),
@@ -262,6 +289,8 @@ pub fn run_queue<T: Target>(
         stopping: Cell::new(false),
         busy: Cell::new(0),
         done_waker: Cell::new(None),
+        scratch: std::cell::RefCell::new(scratch),
+        inlined: Cell::new(0),
     });
     let fetch_bufs = if cfg.batch {
         Some(crate::batch::provide_fetch_buffers(&rt, cfg.depth)?)
@@ -333,6 +362,7 @@ pub fn run_queue<T: Target>(
         enters: s.enters,
         completions: s.completions,
         fetch_rearms: ctx.fetch_rearms.get(),
+        inlined: ctx.inlined.get(),
     })
 }
 
@@ -450,42 +480,51 @@ async fn handle<Q: TargetQueue>(
     let off = d.start_sector << 9;
     let len = (d.nr_sectors as u64) << 9;
     let t = &q.target;
-    let r = match d.op() {
-        UBLK_IO_OP_READ | UBLK_IO_OP_WRITE if len as usize > buf.capacity() => {
-            tracing::error!(tag, len, "request larger than the buffer");
-            return -libc::EIO;
-        }
-        UBLK_IO_OP_READ => {
-            buf.set_len(len as usize);
-            match t.read(off, buf).await {
-                Ok(()) if q.cfg.copies_through_cdev() => {
-                    let at = user_copy_offset(q.cfg.q_id, tag, 0);
-                    rt::fs::write_all_at(q.cdev, buf, at, 0).await
+    let is_rw = matches!(d.op(), UBLK_IO_OP_READ | UBLK_IO_OP_WRITE);
+    if is_rw && len as usize > buf.capacity() {
+        tracing::error!(tag, len, "request larger than the buffer");
+        return -libc::EIO;
+    }
+    let scratch = if is_rw { q.shallow_scratch() } else { None };
+    let r = if let Some(mut s) = scratch {
+        let r = through_cpu(q, tag, d, &mut s).await;
+        q.inlined.set(q.inlined.get() + 1);
+        q.scratch.replace(Some(s));
+        r
+    } else {
+        match d.op() {
+            UBLK_IO_OP_READ => {
+                buf.set_len(len as usize);
+                match t.read(off, buf).await {
+                    Ok(()) if q.cfg.copies_through_cdev() => {
+                        let at = user_copy_offset(q.cfg.q_id, tag, 0);
+                        rt::fs::write_all_at(q.cdev, buf, at, 0).await
+                    }
+                    r => r,
                 }
-                r => r,
             }
-        }
-        UBLK_IO_OP_WRITE => {
-            buf.set_len(len as usize);
-            let fetched = if q.cfg.copies_through_cdev() {
-                rt::fs::read_exact_at(q.cdev, buf, user_copy_offset(q.cfg.q_id, tag, 0)).await
-            } else {
-                Ok(())
-            };
-            match fetched {
-                Ok(()) => t.write(off, buf, d.flags() & UBLK_IO_F_FUA != 0).await,
-                Err(e) => Err(e),
+            UBLK_IO_OP_WRITE => {
+                buf.set_len(len as usize);
+                let fetched = if q.cfg.copies_through_cdev() {
+                    rt::fs::read_exact_at(q.cdev, buf, user_copy_offset(q.cfg.q_id, tag, 0)).await
+                } else {
+                    Ok(())
+                };
+                match fetched {
+                    Ok(()) => t.write(off, buf, d.flags() & UBLK_IO_F_FUA != 0).await,
+                    Err(e) => Err(e),
+                }
             }
-        }
-        UBLK_IO_OP_FLUSH => t.flush().await.map(|_| ()),
-        UBLK_IO_OP_DISCARD => t.discard(off, len).await,
-        UBLK_IO_OP_WRITE_ZEROES => {
-            t.write_zeroes(off, len, d.flags() & UBLK_IO_F_NOUNMAP == 0)
-                .await
-        }
-        other => {
-            tracing::warn!(tag, op = other, "unsupported request op");
-            return -libc::EOPNOTSUPP;
+            UBLK_IO_OP_FLUSH => t.flush().await.map(|_| ()),
+            UBLK_IO_OP_DISCARD => t.discard(off, len).await,
+            UBLK_IO_OP_WRITE_ZEROES => {
+                t.write_zeroes(off, len, d.flags() & UBLK_IO_F_NOUNMAP == 0)
+                    .await
+            }
+            other => {
+                tracing::warn!(tag, op = other, "unsupported request op");
+                return -libc::EOPNOTSUPP;
+            }
         }
     };
     match r {
@@ -494,5 +533,29 @@ async fn handle<Q: TargetQueue>(
             tracing::debug!(tag, op = d.op(), off, len, "request failed: {e}");
             errno(&e)
         }
+    }
+}
+
+/// A read or write through the CPU buffer `s`: the target serves `s` (inline, for a target
+/// with `inline_io`), and the bytes move between `s` and the request with blocking user-copy
+/// calls on the char device (io_uring would hand those to a worker thread too).
+async fn through_cpu<Q: TargetQueue>(
+    q: &QueueCtx<Q>,
+    tag: u16,
+    d: &ublksrv_io_desc,
+    s: &mut IoBuf,
+) -> io::Result<()> {
+    let off = d.start_sector << 9;
+    let len = (d.nr_sectors as usize) << 9;
+    let at = user_copy_offset(q.cfg.q_id, tag, 0);
+    s.set_len(len);
+    if d.op() == UBLK_IO_OP_READ {
+        q.target.read(off, s).await?;
+        rt::fs::pwrite_all(q.cdev, s.as_slice(), at, 0)
+    } else {
+        if rt::fs::pread_full(q.cdev, s.as_mut_slice(), at)? < len {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        q.target.write(off, s, d.flags() & UBLK_IO_F_FUA != 0).await
     }
 }

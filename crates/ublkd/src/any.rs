@@ -38,6 +38,26 @@ impl AnyTarget {
             _ => usize::MAX,
         }
     }
+
+    /// How the target moves data, for the log (one line each).
+    pub fn notes(&self) -> Vec<String> {
+        match self {
+            AnyTarget::File(t) => {
+                let (on, why) = t.inline_io();
+                vec![format!(
+                    "{}: {} ({why})",
+                    t.path().display(),
+                    if on {
+                        "reads and writes inline on the queue threads"
+                    } else {
+                        "reads and writes through io_uring"
+                    }
+                )]
+            }
+            AnyTarget::Delay(t) => t.inner().notes(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Target for AnyTarget {

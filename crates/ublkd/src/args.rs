@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use target::file::InlineIo;
 use target::size::parse_size;
 
 use crate::spec::{FilterSpec, TargetSpec};
@@ -17,6 +18,24 @@ pub enum TargetKind {
     File,
     /// An NBD client: the blocks live on an NBD server (`--uri`).
     Nbd,
+}
+
+/// `--inline-io` (file target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InlineIoArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<InlineIoArg> for InlineIo {
+    fn from(a: InlineIoArg) -> InlineIo {
+        match a {
+            InlineIoArg::Auto => InlineIo::Auto,
+            InlineIoArg::On => InlineIo::On,
+            InlineIoArg::Off => InlineIo::Off,
+        }
+    }
 }
 
 /// `-t TYPE` and the options of each target.
@@ -34,6 +53,11 @@ pub struct TargetArgs {
     /// Use the page cache instead of O_DIRECT (file target).
     #[arg(long)]
     pub buffered: bool,
+    /// When the file target reads and writes with blocking calls on its queue threads instead
+    /// of io_uring: auto (files on tmpfs or ramfs, which io_uring would pass to a worker
+    /// thread per request), on (always; a slow backing store then stalls the queue), off.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub inline_io: Option<InlineIoArg>,
     /// Refuse writes.
     #[arg(long)]
     pub read_only: bool,
@@ -95,6 +119,9 @@ impl TargetArgs {
                 if self.buffered {
                     return Err(only_file("--buffered"));
                 }
+                if self.inline_io.is_some() {
+                    return Err(only_file("--inline-io"));
+                }
                 let size = self.size.ok_or_else(|| {
                     format!(
                         "-t {} needs --size (e.g. --size 1G)",
@@ -132,6 +159,7 @@ impl TargetArgs {
                     size: self.size,
                     buffered: self.buffered,
                     read_only: self.read_only,
+                    inline_io: self.inline_io.map(InlineIo::from).unwrap_or_default(),
                 })
             }
             TargetKind::Nbd => {
@@ -143,6 +171,9 @@ impl TargetArgs {
                 }
                 if self.buffered {
                     return Err(only_file("--buffered"));
+                }
+                if self.inline_io.is_some() {
+                    return Err(only_file("--inline-io"));
                 }
                 let from_server =
                     |flag: &str| format!("{flag} does not apply to -t nbd (the server decides it)");
@@ -174,6 +205,7 @@ mod tests {
             size: None,
             path: None,
             buffered: false,
+            inline_io: None,
             read_only: false,
             logical_block: None,
             uri: None,
@@ -241,6 +273,30 @@ mod tests {
             .to_spec()
             .unwrap_err()
             .contains("--timeout applies only to -t nbd"));
+        m.timeout = None;
+        m.inline_io = Some(InlineIoArg::On);
+        assert!(m
+            .to_spec()
+            .unwrap_err()
+            .contains("--inline-io applies only to -t file"));
+        let mut f = args(TargetKind::File);
+        f.path = Some("/x.img".into());
+        f.inline_io = Some(InlineIoArg::Off);
+        assert!(matches!(
+            f.to_spec().unwrap(),
+            TargetSpec::File {
+                inline_io: InlineIo::Off,
+                ..
+            }
+        ));
+        f.inline_io = None;
+        assert!(matches!(
+            f.to_spec().unwrap(),
+            TargetSpec::File {
+                inline_io: InlineIo::Auto,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -210,8 +210,10 @@ pub fn run(a: ServeArgs) -> ExitCode {
         Err(e) => return crate::fail(e),
     };
     let geo = target.geometry();
+    let mut notes = target.notes();
     // An NBD server without multi-conn allows one connection, so one queue.
     let (queues, clamp_note) = clamp_queues(opts.queues as usize, target.max_queues(), "queue");
+    notes.extend(clamp_note);
     opts.queues = queues as u16;
     let dev = match Device::create(target, &opts) {
         Ok(d) => d,
@@ -220,7 +222,7 @@ pub fn run(a: ServeArgs) -> ExitCode {
     let mut st = DeviceState::new(&dev, spec, geo.size, a.dev.recovery);
     st.busy_poll_us = a.dev.busy_poll_us;
     st.pin_queues = a.dev.pin_queues;
-    serve_device(dev, st, &sigs, a.daemon, clamp_note)
+    serve_device(dev, st, &sigs, a.daemon, notes)
 }
 
 /// Hidden `serve-recover`: the daemon that takes over a device whose daemon died or handed it
@@ -253,6 +255,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
         Err(e) => return crate::fail(e),
     };
     let geo = target.geometry();
+    let notes = target.notes();
     if geo.size != old.size {
         return crate::fail(format!(
             "target size changed from {} to {} bytes; refusing to recover",
@@ -269,7 +272,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     st.supervisor_pid = old.supervisor_pid;
     st.recoveries = old.recoveries + 1;
     tracing::info!("recovered device {} (recovery #{})", a.id, st.recoveries);
-    serve_device(dev, st, &sigs, a.daemon, None)
+    serve_device(dev, st, &sigs, a.daemon, notes)
 }
 
 /// Serve a live device: write its state, report readiness, wait for a stop signal or for the
@@ -279,7 +282,7 @@ fn serve_device(
     st: DeviceState,
     sigs: &libc::sigset_t,
     daemon: bool,
-    note: Option<String>,
+    notes: Vec<String>,
 ) -> ExitCode {
     let id = st.id;
     if let Err(e) = state::save(&st) {
@@ -311,7 +314,7 @@ fn serve_device(
         // Serving goes on whether or not anyone reads this.
         let _ = crate::out::print(&st.block_device);
     }
-    if let Some(note) = note {
+    for note in notes {
         tracing::info!("{note}"); // after the redirect, so a daemon's log has it too
     }
     let recoverable = dev.info.flags & ublk::uapi::UBLK_F_USER_RECOVERY != 0;
@@ -357,12 +360,13 @@ fn serve_device(
                 };
                 tracing::info!(
                     "queue {q}: {} requests, {} errors, {} enters, {:.1} completions per enter, \
-                     {} fetch re-arms",
+                     {} fetch re-arms, {} served inline",
                     s.requests,
                     s.errors,
                     s.enters,
                     batch,
-                    s.fetch_rearms
+                    s.fetch_rearms,
+                    s.inlined
                 );
             }
             tracing::info!("device {id} removed");

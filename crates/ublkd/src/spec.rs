@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nbd::client::{NbdConfig, NbdTarget};
 
-use target::file::FileTarget;
+use target::file::{FileTarget, InlineIo};
 use target::filter::delay::Delay;
 use target::mem::MemTarget;
 use target::null::NullTarget;
@@ -37,6 +37,8 @@ pub enum TargetSpec {
         buffered: bool,
         #[serde(default)]
         read_only: bool,
+        #[serde(default)]
+        inline_io: InlineIo,
     },
     /// An NBD client target.
     Nbd {
@@ -127,11 +129,20 @@ impl TargetSpec {
         match self {
             TargetSpec::Null { size, .. } => format!("null {}", format_size(*size)),
             TargetSpec::Mem { size, .. } => format!("mem {}", format_size(*size)),
-            TargetSpec::File { path, buffered, .. } => {
+            TargetSpec::File {
+                path,
+                buffered,
+                inline_io,
+                ..
+            } => {
                 format!(
-                    "file {}{}",
+                    "file {}{}{}",
                     path.display(),
-                    if *buffered { " (buffered)" } else { "" }
+                    if *buffered { " (buffered)" } else { "" },
+                    match inline_io {
+                        InlineIo::Auto => String::new(),
+                        m => format!(" (inline-io {})", m.name()),
+                    }
                 )
             }
             TargetSpec::Nbd { uri, .. } => format!("nbd {uri}"),
@@ -175,7 +186,12 @@ impl TargetSpec {
                 size,
                 buffered,
                 read_only,
-            } => FileTarget::open(path, *size, *buffered, *read_only).map(AnyTarget::File),
+                inline_io,
+            } => {
+                let mut t = FileTarget::open(path, *size, *buffered, *read_only)?;
+                t.set_inline_io(*inline_io);
+                Ok(AnyTarget::File(t))
+            }
             TargetSpec::Nbd { uri, timeout_secs } => {
                 let mut c = NbdConfig::new(uri).map_err(OpenError::Invalid)?;
                 c.timeout = Duration::from_secs(*timeout_secs);
@@ -202,9 +218,23 @@ mod tests {
             size: Some(4096),
             buffered: true,
             read_only: false,
+            inline_io: InlineIo::Off,
         };
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"type\":\"file\""), "{j}");
+        assert!(j.contains("\"inline_io\":\"off\""), "{j}");
+        // Specs saved before --inline-io existed still load, as auto.
+        let old: TargetSpec = serde_json::from_str(r#"{"type":"file","path":"/x.img"}"#).unwrap();
+        assert!(
+            matches!(
+                old,
+                TargetSpec::File {
+                    inline_io: InlineIo::Auto,
+                    ..
+                }
+            ),
+            "{old:?}"
+        );
         assert_eq!(serde_json::from_str::<TargetSpec>(&j).unwrap(), s);
         let n: TargetSpec = serde_json::from_str(r#"{"type":"null","size":1024}"#).unwrap();
         assert_eq!(

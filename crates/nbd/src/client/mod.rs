@@ -104,6 +104,7 @@ impl NbdTarget {
                 rotational: params.has(tflag::ROTATIONAL),
                 needs_cpu_access: true, // replies are copied into the caller's buffer
                 ignores_data: false,
+                inline_io: false,
                 consistent_across_queues: params.has(tflag::CAN_MULTI_CONN),
             },
         };

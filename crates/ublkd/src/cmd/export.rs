@@ -105,7 +105,7 @@ pub fn run(a: ExportArgs) -> ExitCode {
     };
     let geo = target.geometry();
     let (threads, note) = clamp_queues(threads, target.max_queues(), "worker thread");
-    if let Some(n) = note {
+    for n in target.notes().into_iter().chain(note) {
         tracing::info!("{n}");
     }
     let listener = match &a.socket {
