@@ -29,7 +29,9 @@
 #   --cells REGEX only the matrix cells matching REGEX ("randread-qd64-j1", "qd64", ...)
 #   --groups G    only these device groups (default "null file mem")
 #   --ublkd PATH  binary to run in the guest (must be visible there: not under the host's /tmp);
-#                 default target/bench/ublkd, built (--build, or when missing) from this tree
+#                 default: this tree, built now (cargo does nothing when it is fresh) and copied
+#                 to target/bench/ublkd so rebuilding target/release mid-run changes nothing.
+#                 (--build is accepted and is the default.) notes.txt records the commit.
 # The machine may be busy (other VMs): unless --no-load-wait/--smoke, wait up to 15 min for the
 # 1-minute load average to drop below 1.0 before booting, and record it in notes.txt.
 set -euo pipefail
@@ -78,14 +80,17 @@ done
 
 # ---- the binary -----------------------------------------------------------------------------
 if [[ -z $ublkd ]]; then
+    # Always build: a stale binary once measured an older tree without saying so.
     ublkd=$repo/target/bench/ublkd
-    if [[ $build == 1 || ! -x $ublkd ]]; then
-        tdir=${CARGO_TARGET_DIR:-$repo/target}
-        (cd "$repo" && cargo build --release -p ublkd)
-        mkdir -p "$repo/target/bench"
-        cp "$tdir/release/ublkd" "$ublkd.tmp" && mv "$ublkd.tmp" "$ublkd"
-    fi
+    tdir=${CARGO_TARGET_DIR:-$repo/target}
+    (cd "$repo" && cargo build --release -p ublkd)
+    mkdir -p "$repo/target/bench"
+    cp "$tdir/release/ublkd" "$ublkd.tmp" && mv "$ublkd.tmp" "$ublkd"
 fi
+: "$build" # kept for the old --build flag
+rev=$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(cd "$repo" && git status --porcelain --untracked-files=no 2>/dev/null) ]] || rev+="+changes"
+[[ $ublkd == "$repo/target/bench/ublkd" ]] || rev="$ublkd (given)"
 [[ -x $ublkd ]] || die "no ublkd binary at $ublkd"
 ublkd=$(realpath "$ublkd")
 # The guest sees the host's files except /tmp; vm.sh shares the repo's target/ though.
@@ -119,6 +124,7 @@ set +e
 rc=$?
 set -e
 echo "host load1 after the run: $(load1)" >>"$gout/notes.txt"
+echo "ublkd: $rev" >>"$gout/notes.txt"
 [[ $rc == 0 ]] || { echo "bench.sh: guest benchmark failed (exit $rc); partial results in $gout" >&2; exit 1; }
 
 # ---- summary, table, plots on the host ------------------------------------------------------
