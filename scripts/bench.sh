@@ -44,7 +44,6 @@ quick=0
 smoke=0
 out=""
 ublkd=""
-build=0
 qd=1
 load_wait=1
 add_args=""
@@ -63,7 +62,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) smoke=1; load_wait=0; shift ;;
     --out) out=$2; shift 2 ;;
     --ublkd) ublkd=$2; shift 2 ;;
-    --build) build=1; shift ;;
+    --build) shift ;; # the default now; accepted for old command lines
     --no-qd) qd=0; shift ;;
     --no-load-wait) load_wait=0; shift ;;
     --ublkd-args) add_args=$2; shift 2 ;;
@@ -87,7 +86,6 @@ if [[ -z $ublkd ]]; then
     mkdir -p "$repo/target/bench"
     cp "$tdir/release/ublkd" "$ublkd.tmp" && mv "$ublkd.tmp" "$ublkd"
 fi
-: "$build" # kept for the old --build flag
 rev=$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -z $(cd "$repo" && git status --porcelain --untracked-files=no 2>/dev/null) ]] || rev+="+changes"
 [[ $ublkd == "$repo/target/bench/ublkd" ]] || rev="$ublkd (given)"
