@@ -497,8 +497,7 @@ async fn handle<Q: TargetQueue>(
                 buf.set_len(len as usize);
                 match t.read(off, buf).await {
                     Ok(()) if q.cfg.copies_through_cdev() => {
-                        let at = user_copy_offset(q.cfg.q_id, tag, 0);
-                        rt::fs::write_all_at(q.cdev, buf, at, 0).await
+                        copy_to_request(q, tag, buf.as_slice())
                     }
                     r => r,
                 }
@@ -506,7 +505,7 @@ async fn handle<Q: TargetQueue>(
             UBLK_IO_OP_WRITE => {
                 buf.set_len(len as usize);
                 let fetched = if q.cfg.copies_through_cdev() {
-                    rt::fs::read_exact_at(q.cdev, buf, user_copy_offset(q.cfg.q_id, tag, 0)).await
+                    copy_from_request(q, tag, buf.as_mut_slice())
                 } else {
                     Ok(())
                 };
@@ -537,8 +536,7 @@ async fn handle<Q: TargetQueue>(
 }
 
 /// A read or write through the CPU buffer `s`: the target serves `s` (inline, for a target
-/// with `inline_io`), and the bytes move between `s` and the request with blocking user-copy
-/// calls on the char device (io_uring would hand those to a worker thread too).
+/// with `inline_io`), and the bytes move between `s` and the request by user copy.
 async fn through_cpu<Q: TargetQueue>(
     q: &QueueCtx<Q>,
     tag: u16,
@@ -546,16 +544,30 @@ async fn through_cpu<Q: TargetQueue>(
     s: &mut IoBuf,
 ) -> io::Result<()> {
     let off = d.start_sector << 9;
-    let len = (d.nr_sectors as usize) << 9;
-    let at = user_copy_offset(q.cfg.q_id, tag, 0);
-    s.set_len(len);
+    s.set_len((d.nr_sectors as usize) << 9);
     if d.op() == UBLK_IO_OP_READ {
         q.target.read(off, s).await?;
-        rt::fs::pwrite_all(q.cdev, s.as_slice(), at, 0)
+        copy_to_request(q, tag, s.as_slice())
     } else {
-        if rt::fs::pread_full(q.cdev, s.as_mut_slice(), at)? < len {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        copy_from_request(q, tag, s.as_mut_slice())?;
         q.target.write(off, s, d.flags() & UBLK_IO_F_FUA != 0).await
     }
+}
+
+// User copy is a blocking call on purpose: the driver only copies between pages already in
+// memory and never waits, while io_uring would hand each call to a worker thread and back
+// (the char device cannot promise not to block), two wake-ups per request.
+
+/// Copy a read's bytes into the request's pages.
+fn copy_to_request<Q>(q: &QueueCtx<Q>, tag: u16, data: &[u8]) -> io::Result<()> {
+    rt::fs::pwrite_all(q.cdev, data, user_copy_offset(q.cfg.q_id, tag, 0), 0)
+}
+
+/// Copy a write's bytes out of the request's pages; all of them, or EIO.
+fn copy_from_request<Q>(q: &QueueCtx<Q>, tag: u16, data: &mut [u8]) -> io::Result<()> {
+    let want = data.len();
+    if rt::fs::pread_full(q.cdev, data, user_copy_offset(q.cfg.q_id, tag, 0))? < want {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
 }
