@@ -84,6 +84,11 @@ set_none "$LOOP"
 # ---- one ublkd device per run ------------------------------------------------------------------
 UDEV="" UID_="" UPID="" CREATE_MS="" RSS_IDLE=""
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The peak RSS under load comes from the kernel's own high-water mark (VmHWM, reset to the
+# current RSS by writing 5 to clear_refs before the run), so nothing runs beside fio. An earlier
+# sampler forked awk and sleep every 0.2 s: ~30% of a vCPU under TCG, taken from ublkd runs only.
+rss_peak_reset() { echo 5 2>/dev/null >"/proc/$1/clear_refs" || true; }
+rss_peak_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Precise CPU time (ns) of all the daemon's threads: the scheduler's sum_exec_runtime. utime+stime
 # above come from tick sampling, which TCG biases upwards when the process runs rarely (a tick
@@ -165,20 +170,14 @@ measure() {
     esac
     nrr=$(nr_requests "$dev")
     if [[ $device == ublk-* ]]; then
-        local c0 c1 n0 n1 cpu_stat rssf=$OUT/logs/rss.$$
-        echo 0 >"$rssf"
-        (m=0; while kill -0 "$UPID" 2>/dev/null; do
-            r=$(rss_kib "$UPID"); ((r > m)) && m=$r && echo "$m" >"$rssf"; sleep 0.2
-        done) &
-        local sampler=$!
+        local c0 c1 n0 n1 cpu_stat
+        rss_peak_reset "$UPID"
         c0=$(cpu_ticks "$UPID")
         n0=$(cpu_ns "$UPID")
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
         c1=$(cpu_ticks "$UPID")
         n1=$(cpu_ns "$UPID")
-        kill "$sampler" 2>/dev/null || true
-        wait "$sampler" 2>/dev/null || true
-        rss_l=$(cat "$rssf")
+        rss_l=$(rss_peak_kib "$UPID")
         read -r iops lat ios <<<"$res"
         cpu_stat=$(awk -v d=$((c1 - c0)) -v t="$CLK_TCK" -v n="$ios" \
             'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / t / n : 0) }')
