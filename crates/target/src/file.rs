@@ -56,19 +56,26 @@ impl InlineIo {
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
-/// Would `auto` serve this file inline? Only a file in memory (a blocking call never waits for
-/// a device) whose file system io_uring cannot drive without a worker thread.
-fn inline_by_default(fd: RawFd) -> (bool, &'static str) {
+/// Is the file system holding `fd` one whose data lives in RAM? `None` if fstatfs fails.
+fn on_memory_fs(fd: RawFd) -> Option<bool> {
     // SAFETY: fstatfs fills the struct through a valid pointer.
     let magic = unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
         if libc::fstatfs(fd, &mut st) != 0 {
-            return (false, "file system unknown");
+            return None;
         }
         st.f_type as i64
     };
-    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
-        return (false, "not a file system in memory");
+    Some(magic == TMPFS_MAGIC || magic == RAMFS_MAGIC)
+}
+
+/// Would `auto` serve this file inline? Only a file in memory (a blocking call never waits for
+/// a device) whose file system io_uring cannot drive without a worker thread.
+fn inline_by_default(fd: RawFd) -> (bool, &'static str) {
+    match on_memory_fs(fd) {
+        None => return (false, "file system unknown"),
+        Some(false) => return (false, "not a file system in memory"),
+        Some(true) => {}
     }
     // RWF_NOWAIT is refused with EOPNOTSUPP exactly when the file lacks FMODE_NOWAIT, the test
     // io_uring uses to decide to hand a read or write to a worker thread.
@@ -457,14 +464,8 @@ mod tests {
         let p = dir.path().join("disk.img");
         File::create(&p).unwrap().set_len(1 << 20).unwrap();
         let mut t = FileTarget::open(&p, None, false, false).unwrap();
-        // SAFETY: statfs fills the struct through a valid pointer; the path is NUL-terminated.
-        let magic = unsafe {
-            let mut st: libc::statfs = std::mem::zeroed();
-            let c = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-            assert_eq!(libc::statfs(c.as_ptr(), &mut st), 0);
-            st.f_type as i64
-        };
-        if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
+        let in_memory = on_memory_fs(File::open(&p).unwrap().as_raw_fd()).unwrap();
+        if !in_memory {
             assert_eq!(t.inline_io(), (false, "not a file system in memory"));
         }
         t.set_inline_io(InlineIo::On);

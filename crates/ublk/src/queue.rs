@@ -493,26 +493,17 @@ async fn handle<Q: TargetQueue>(
         r
     } else {
         match d.op() {
+            // User copy with a target that needs the bytes: the tag's buffer is the CPU buffer.
+            UBLK_IO_OP_READ | UBLK_IO_OP_WRITE if q.cfg.copies_through_cdev() => {
+                through_cpu(q, tag, d, buf).await
+            }
             UBLK_IO_OP_READ => {
                 buf.set_len(len as usize);
-                match t.read(off, buf).await {
-                    Ok(()) if q.cfg.copies_through_cdev() => {
-                        copy_to_request(q, tag, buf.as_slice())
-                    }
-                    r => r,
-                }
+                t.read(off, buf).await
             }
             UBLK_IO_OP_WRITE => {
                 buf.set_len(len as usize);
-                let fetched = if q.cfg.copies_through_cdev() {
-                    copy_from_request(q, tag, buf.as_mut_slice())
-                } else {
-                    Ok(())
-                };
-                match fetched {
-                    Ok(()) => t.write(off, buf, d.flags() & UBLK_IO_F_FUA != 0).await,
-                    Err(e) => Err(e),
-                }
+                t.write(off, buf, d.flags() & UBLK_IO_F_FUA != 0).await
             }
             UBLK_IO_OP_FLUSH => t.flush().await.map(|_| ()),
             UBLK_IO_OP_DISCARD => t.discard(off, len).await,
@@ -535,7 +526,8 @@ async fn handle<Q: TargetQueue>(
     }
 }
 
-/// A read or write through the CPU buffer `s`: the target serves `s` (inline, for a target
+/// A read or write through the CPU buffer `s` (the tag's own in user-copy mode, the queue's
+/// scratch buffer on the shallow-inline path): the target serves `s` (inline, for a target
 /// with `inline_io`), and the bytes move between `s` and the request by user copy.
 async fn through_cpu<Q: TargetQueue>(
     q: &QueueCtx<Q>,
