@@ -1,4 +1,4 @@
-//! NBD (the Network Block Device protocol): a server that exports any [`target::Target`], and a
+//! NBD (the Network Block Device protocol): a server that exports any [`targets::Target`], and a
 //! client that is a `Target` itself.
 //!
 //! - [`proto`]: the wire format as pure encode/decode functions (what the fuzz target drives).

@@ -12,8 +12,8 @@ use common::*;
 use nbd::client::{NbdConfig, NbdTarget};
 use nbd::server::ExportConfig;
 use rt::{IoBuf, Runtime};
-use target::mem::MemTarget;
-use target::{Target, TargetQueue};
+use targets::mem::MemTarget;
+use targets::{Target, TargetQueue};
 
 const MB: u64 = 1 << 20;
 

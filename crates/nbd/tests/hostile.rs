@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use nbd::proto::{self, cmd, opt, rep};
 use nbd::server::ExportConfig;
-use target::mem::MemTarget;
+use targets::mem::MemTarget;
 
 const SIZE: u64 = 8 << 20;
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use nbd::server::ExportConfig;
-use target::file::FileTarget;
-use target::mem::MemTarget;
+use targets::file::FileTarget;
+use targets::mem::MemTarget;
 
 const MB: u64 = 1 << 20;
 

@@ -23,5 +23,5 @@ pub mod task;
 pub mod time;
 
 pub use buf::IoBuf;
-pub use runtime::{spawn, Builder, Runtime, Stats};
+pub use runtime::{Builder, Runtime, Stats, spawn};
 pub use task::JoinHandle;

@@ -269,7 +269,7 @@ pub async fn send_vec(fd: RawFd, v: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{spawn, Runtime};
+    use crate::{Runtime, spawn};
     use std::os::fd::AsRawFd;
 
     #[test]

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, Waker};
 
 use io_uring::squeue;
 
-use crate::runtime::{current, Inner};
+use crate::runtime::{Inner, current};
 
 pub(crate) enum Lifecycle {
     /// Submitted; the waker of whoever polled last.

@@ -136,8 +136,8 @@ impl ProvidedBufs {
 
 #[cfg(test)]
 mod tests {
-    use crate::op::MultiOp;
     use crate::Runtime;
+    use crate::op::MultiOp;
     use io_uring::{opcode, types};
     use std::os::fd::AsRawFd;
 

@@ -20,7 +20,7 @@ pub async fn readable(fd: RawFd) -> io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{spawn, Runtime};
+    use crate::{Runtime, spawn};
     use std::os::fd::AsRawFd;
 
     #[test]

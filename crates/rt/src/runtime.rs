@@ -7,17 +7,17 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
 use crate::op::Lifecycle;
 use crate::pbuf::{PbufMem, ProvidedBufs};
-use crate::task::{JoinHandle, Shared, TaskSlot, MAIN_TASK};
+use crate::task::{JoinHandle, MAIN_TASK, Shared, TaskSlot};
 
 /// user_data of SQEs whose completion nobody waits for (cancel requests).
 pub(crate) const IGNORED_USER_DATA: u64 = u64::MAX;
@@ -565,11 +565,12 @@ mod tests {
         let t0 = Instant::now();
         rt.block_on(std::future::poll_fn(|cx| {
             polls += 1;
-            if let Some(tx) = sent.take() {
-                tx.send(cx.waker().clone()).unwrap();
-                Poll::Pending
-            } else {
-                Poll::Ready(())
+            match sent.take() {
+                Some(tx) => {
+                    tx.send(cx.waker().clone()).unwrap();
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
             }
         }));
         let took = t0.elapsed();

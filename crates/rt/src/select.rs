@@ -1,7 +1,7 @@
 //! `select2`: run two futures, finish with the first. The loser is dropped; rt ops dropped
 //! early are safe (their resources live until the kernel completes them, see `op.rs`).
 
-use std::future::{poll_fn, Future};
+use std::future::{Future, poll_fn};
 use std::pin::pin;
 use std::task::Poll;
 

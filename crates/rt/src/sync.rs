@@ -57,11 +57,11 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut c = self.0.borrow_mut();
         c.senders -= 1;
-        if c.senders == 0 {
-            if let Some(w) = c.rx_waker.take() {
-                drop(c);
-                w.wake();
-            }
+        if c.senders == 0
+            && let Some(w) = c.rx_waker.take()
+        {
+            drop(c);
+            w.wake();
         }
     }
 }
@@ -122,7 +122,7 @@ impl<T> OneshotReceiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{spawn, Runtime};
+    use crate::{Runtime, spawn};
 
     #[test]
     fn channel_delivers_in_order_and_closes() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use io_uring::{opcode, types};
 
 use crate::op::Op;
-use crate::select::{select2, Either};
+use crate::select::{Either, select2};
 
 /// Sleep for `d` (an `IORING_OP_TIMEOUT`).
 pub async fn sleep(d: Duration) {

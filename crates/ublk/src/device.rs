@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use target::{Geometry, Target};
+use targets::{Geometry, Target};
 
 use crate::ctrl::{Control, ControlError};
 use crate::features;
-use crate::queue::{run_queue, BufMode, QueueConfig, QueueStats, QueueTuning};
+use crate::queue::{BufMode, QueueConfig, QueueStats, QueueTuning, run_queue};
 use crate::uapi::*;
 
 /// What the user asked for.
@@ -443,12 +443,11 @@ impl Device {
 
     fn teardown(&mut self) -> Result<Vec<QueueStats>, DeviceError> {
         let id = self.info.dev_id;
-        if self.started {
-            if let Err(e) = self.ctrl.stop_dev(id) {
-                if e.raw_os_error() != Some(libc::ENODEV) {
-                    tracing::warn!("STOP_DEV {id}: {e}");
-                }
-            }
+        if self.started
+            && let Err(e) = self.ctrl.stop_dev(id)
+            && e.raw_os_error() != Some(libc::ENODEV)
+        {
+            tracing::warn!("STOP_DEV {id}: {e}");
         }
         // Queues that never got going (early error) are told to stop; started ones end on ABORT.
         if !self.started {
@@ -483,7 +482,7 @@ impl Device {
                 return Err(DeviceError::Io {
                     what: format!("DEL_DEV {id}"),
                     err: e,
-                })
+                });
             }
         }
         Ok(stats)
@@ -521,7 +520,7 @@ fn open_char_dev(id: u32) -> Result<File, DeviceError> {
                 return Err(DeviceError::Io {
                     what: format!("open {path}"),
                     err: e,
-                })
+                });
             }
         }
     }
@@ -554,7 +553,7 @@ pub fn remove_orphan(ctrl: &mut Control, id: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use target::Caps;
+    use targets::Caps;
 
     #[test]
     fn buffer_modes_round_trip_through_device_flags() {

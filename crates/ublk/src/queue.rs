@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rt::select::select2;
 use rt::{IoBuf, Runtime};
-use target::{Target, TargetQueue};
+use targets::{Target, TargetQueue};
 
 use crate::batch::Batch;
 use crate::uapi::*;

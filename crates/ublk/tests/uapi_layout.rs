@@ -20,7 +20,7 @@ fn include_dir() -> Option<PathBuf> {
 type Table = (Vec<(&'static str, &'static str)>, Vec<(&'static str, u64)>);
 
 macro_rules! table {
-    ($( $name:literal => $c:literal, $rust:expr; )*) => {
+    ($( $name:literal => $c:literal, $rust:expr_2021; )*) => {
         (vec![$( ($name, $c) ),*], vec![$( ($name, ($rust) as u64) ),*])
     };
 }
@@ -29,7 +29,9 @@ macro_rules! table {
 fn layout_matches_the_kernel_header() {
     let Some(inc) = include_dir() else {
         if std::env::var_os("CI").is_some() {
-            panic!("linux/ublk_cmd.h (7.3) not found: run scripts/kernels.sh or set UBLKD_UAPI_INCLUDE");
+            panic!(
+                "linux/ublk_cmd.h (7.3) not found: run scripts/kernels.sh or set UBLKD_UAPI_INCLUDE"
+            );
         }
         eprintln!("SKIP!!! uapi layout test: no 7.3 ublk_cmd.h (run scripts/kernels.sh)");
         return;
@@ -136,7 +138,9 @@ fn layout_matches_the_kernel_header() {
     };
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("layout.c");
-    let mut c = String::from("#include <stdio.h>\n#include <stddef.h>\n#include <linux/ioctl.h>\n#include <linux/ublk_cmd.h>\nint main(void) {\n");
+    let mut c = String::from(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/ioctl.h>\n#include <linux/ublk_cmd.h>\nint main(void) {\n",
+    );
     for (name, expr) in &c_exprs {
         c.push_str(&format!(
             "  printf(\"{name} %llu\\n\", (unsigned long long)({expr}));\n"

@@ -6,11 +6,11 @@
 use std::io;
 
 use nbd::client::{NbdQueue, NbdTarget};
-use target::file::{FileQueue, FileTarget};
-use target::filter::delay::{Delay, DelayQueue};
-use target::mem::{MemQueue, MemTarget};
-use target::null::{NullQueue, NullTarget};
-use target::{Extent, Geometry, IoBuf, Target, TargetQueue};
+use targets::file::{FileQueue, FileTarget};
+use targets::filter::delay::{Delay, DelayQueue};
+use targets::mem::{MemQueue, MemTarget};
+use targets::null::{NullQueue, NullTarget};
+use targets::{Extent, Geometry, IoBuf, Target, TargetQueue};
 
 pub enum AnyTarget {
     Null(NullTarget),
@@ -83,7 +83,7 @@ impl Target for AnyTarget {
 }
 
 macro_rules! each {
-    ($self:ident, $q:ident => $e:expr) => {
+    ($self:ident, $q:ident => $e:expr_2021) => {
         match $self {
             AnyQueue::Null($q) => $e,
             AnyQueue::Mem($q) => $e,

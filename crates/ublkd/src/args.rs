@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use target::file::InlineIo;
-use target::size::parse_size;
+use targets::file::InlineIo;
+use targets::size::parse_size;
 
 use crate::spec::{FilterSpec, TargetSpec};
 
@@ -263,22 +263,25 @@ mod tests {
         let mut m = args(TargetKind::Mem);
         m.size = Some(1 << 20);
         m.uri = Some("nbd://127.0.0.1".into());
-        assert!(m
-            .to_spec()
-            .unwrap_err()
-            .contains("--uri applies only to -t nbd"));
+        assert!(
+            m.to_spec()
+                .unwrap_err()
+                .contains("--uri applies only to -t nbd")
+        );
         m.uri = None;
         m.timeout = Some(3);
-        assert!(m
-            .to_spec()
-            .unwrap_err()
-            .contains("--timeout applies only to -t nbd"));
+        assert!(
+            m.to_spec()
+                .unwrap_err()
+                .contains("--timeout applies only to -t nbd")
+        );
         m.timeout = None;
         m.inline_io = Some(InlineIoArg::On);
-        assert!(m
-            .to_spec()
-            .unwrap_err()
-            .contains("--inline-io applies only to -t file"));
+        assert!(
+            m.to_spec()
+                .unwrap_err()
+                .contains("--inline-io applies only to -t file")
+        );
         let mut f = args(TargetKind::File);
         f.path = Some("/x.img".into());
         f.inline_io = Some(InlineIoArg::Off);
@@ -301,14 +304,18 @@ mod tests {
 
     #[test]
     fn combinations_are_checked() {
-        assert!(args(TargetKind::Null)
-            .to_spec()
-            .unwrap_err()
-            .contains("needs --size"));
-        assert!(args(TargetKind::File)
-            .to_spec()
-            .unwrap_err()
-            .contains("needs --path"));
+        assert!(
+            args(TargetKind::Null)
+                .to_spec()
+                .unwrap_err()
+                .contains("needs --size")
+        );
+        assert!(
+            args(TargetKind::File)
+                .to_spec()
+                .unwrap_err()
+                .contains("needs --path")
+        );
         let mut a = args(TargetKind::Mem);
         a.size = Some(1 << 20);
         a.path = Some("/x".into());

@@ -4,7 +4,7 @@ use serde::Serialize;
 use ublk::features;
 use ublk::uapi::ublksrv_ctrl_dev_info;
 
-use crate::state::{pid_alive, DeviceState};
+use crate::state::{DeviceState, pid_alive};
 
 #[derive(Debug, Serialize)]
 pub struct DeviceReport {

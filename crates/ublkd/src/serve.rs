@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use target::size::parse_size;
-use target::Target;
+use targets::Target;
+use targets::size::parse_size;
 use ublk::{BufMode, Device, DeviceOptions, QueueTuning};
 
 use crate::args::TargetArgs;
@@ -340,7 +340,9 @@ fn serve_device(
             let state = dev.driver_state();
             // Stopping it ourselves now would wait forever for the I/O the driver holds.
             if recoverable && state != Some(ublk::uapi::UBLK_S_DEV_DEAD) {
-                tracing::info!("device {id} quiesced (driver state {state:?}): handing it over to a new daemon");
+                tracing::info!(
+                    "device {id} quiesced (driver state {state:?}): handing it over to a new daemon"
+                );
                 dev.abandon();
                 return ExitCode::SUCCESS;
             }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use nbd::client::{NbdConfig, NbdTarget};
 
-use target::file::{FileTarget, InlineIo};
-use target::filter::delay::Delay;
-use target::mem::MemTarget;
-use target::null::NullTarget;
-use target::size::format_size;
-pub use target::OpenError;
+pub use targets::OpenError;
+use targets::file::{FileTarget, InlineIo};
+use targets::filter::delay::Delay;
+use targets::mem::MemTarget;
+use targets::null::NullTarget;
+use targets::size::format_size;
 
 use crate::any::AnyTarget;
 
@@ -68,7 +68,7 @@ impl FilterSpec {
     pub fn parse(s: &str) -> Result<FilterSpec, String> {
         match s.split_once(':') {
             Some(("delay", params)) => {
-                let d = target::filter::delay::parse_params(params).map_err(|e| e.to_string())?;
+                let d = targets::filter::delay::parse_params(params).map_err(|e| e.to_string())?;
                 Ok(FilterSpec::Delay {
                     us: d.as_micros() as u64,
                 })
@@ -209,7 +209,7 @@ impl TargetSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use target::Target;
+    use targets::Target;
 
     #[test]
     fn spec_round_trips_through_json() {

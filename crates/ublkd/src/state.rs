@@ -153,7 +153,8 @@ mod tests {
     #[test]
     fn save_load_remove_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        std::env::set_var("UBLKD_STATE_DIR", d.path());
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("UBLKD_STATE_DIR", d.path()) };
         let s = DeviceState {
             id: 7,
             pid: std::process::id() as i32,

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rt::IoBuf;
-use target::{Caps, Extent, Geometry, Target, TargetQueue};
+use targets::{Caps, Extent, Geometry, Target, TargetQueue};
 
 use crate::proto::{self, cflag, cmd, tflag};
 use crate::sock::Sock;

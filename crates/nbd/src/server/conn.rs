@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rt::IoBuf;
-use target::{Extent, TargetQueue};
+use targets::{Extent, TargetQueue};
 
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use target::Target;
+use targets::Target;
 
 pub use negotiate::ExportInfo;
 
@@ -171,7 +171,7 @@ impl Shutdown {
 }
 
 /// What we advertise for `target` under `cfg`.
-pub fn export_info(geo: &target::Geometry, cfg: &ExportConfig) -> ExportInfo {
+pub fn export_info(geo: &targets::Geometry, cfg: &ExportConfig) -> ExportInfo {
     let c = geo.caps;
     let mut flags =
         tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_DF | tflag::SEND_CACHE;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nbd::server::serve;
 use nbd::server::{ExportConfig, Listener, Shutdown};
-use target::Target;
+use targets::Target;
 
 /// Whether `prog` is on PATH. Missing: a failure under CI, a loud SKIP otherwise.
 pub fn have(prog: &str) -> bool {

@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use clap::Args;
 use nbd::server::{ExportConfig, Listener, Shutdown};
-use target::size::format_size;
-use target::Target;
+use targets::Target;
+use targets::size::format_size;
 
 use crate::args::TargetArgs;
 use crate::serve::{block_stop_signals, clamp_queues, wait_signal};

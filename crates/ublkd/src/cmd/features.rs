@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use ublk::{features, Control};
+use ublk::{Control, features};
 
 #[derive(Debug, Args)]
 pub struct FeaturesArgs {

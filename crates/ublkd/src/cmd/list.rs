@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use target::size::format_size;
+use targets::size::format_size;
 use ublk::Control;
 
 use crate::report::DeviceReport;

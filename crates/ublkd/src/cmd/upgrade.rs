@@ -15,11 +15,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use ublk::Control;
 use ublk::uapi::{
     UBLK_F_BATCH_IO, UBLK_F_QUIESCE, UBLK_F_USER_RECOVERY_REISSUE, UBLK_S_DEV_LIVE,
     UBLK_S_DEV_QUIESCED,
 };
-use ublk::Control;
 
 use crate::state::{self, pid_alive};
 
@@ -42,7 +42,7 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
     let info = match ctrl.get_dev_info(id) {
         Ok(i) => i,
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-            return crate::fail(format!("device {id} does not exist"))
+            return crate::fail(format!("device {id} does not exist"));
         }
         Err(e) => return crate::fail(format!("device {id}: {e}")),
     };

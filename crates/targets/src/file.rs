@@ -185,20 +185,18 @@ impl FileTarget {
         } else {
             (meta.len(), 512)
         };
-        if direct {
-            if let Some(a) = dio_alignment(file.as_raw_fd()) {
-                lbs = lbs.max(a).clamp(512, 4096);
-            }
+        if direct && let Some(a) = dio_alignment(file.as_raw_fd()) {
+            lbs = lbs.max(a).clamp(512, 4096);
         }
         let size = match size {
             Some(s) if s > file_size => {
                 return Err(OpenError::Invalid(format!(
-                "{} holds {} bytes, smaller than --size {} (grow it first, e.g. truncate -s {})",
-                path.display(),
-                file_size,
-                s,
-                s
-            )))
+                    "{} holds {} bytes, smaller than --size {} (grow it first, e.g. truncate -s {})",
+                    path.display(),
+                    file_size,
+                    s,
+                    s
+                )));
             }
             Some(s) => s,
             None => file_size,

@@ -68,9 +68,11 @@ mod tests {
             let e = parse_size(bad).unwrap_err();
             assert!(e.contains("size"), "{bad}: {e}");
         }
-        assert!(parse_size("99999999999P")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(
+            parse_size("99999999999P")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
