@@ -15,6 +15,9 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
+use crate::kind::{Info, Opt, TargetKind, Value};
 use crate::{Caps, Extent, Geometry, IoBuf, OpenError, Target, TargetQueue};
 
 pub struct FileTarget {
@@ -272,10 +275,81 @@ impl FileTarget {
     }
 }
 
+/// `-t file --path FILE [--size N] [--buffered] [--inline-io WHEN] [--read-only]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub buffered: bool,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub inline_io: InlineIo,
+}
+
+impl TargetKind for FileTarget {
+    const INFO: Info = Info {
+        name: "file",
+        about: "a regular file or block device, through io_uring (O_DIRECT unless --buffered)",
+        opts: &[
+            Opt::new("path", Value::Path, "FILE", "the file or block device")
+                .short('f')
+                .required(),
+            Opt::new(
+                "size",
+                Value::Size,
+                "SIZE",
+                "device size, at most the file's (default: the file's size)",
+            )
+            .short('s'),
+            Opt::flag("buffered", "use the page cache instead of O_DIRECT"),
+            Opt::new(
+                "inline-io",
+                Value::Choice(&["auto", "on", "off"]),
+                "WHEN",
+                "blocking reads and writes on the queue threads instead of io_uring: auto (files \
+                 on tmpfs or ramfs, which io_uring would hand to a worker thread per request), \
+                 on (always; a slow backing store then stalls the queue), off",
+            ),
+        ],
+    };
+    type Config = FileConfig;
+    fn open(c: &FileConfig) -> Result<FileTarget, OpenError> {
+        let mut t = FileTarget::open(&c.path, c.size, c.buffered, c.read_only)?;
+        t.set_inline_io(c.inline_io);
+        Ok(t)
+    }
+    fn describe(c: &FileConfig) -> String {
+        format!(
+            "file {}{}{}",
+            c.path.display(),
+            if c.buffered { " (buffered)" } else { "" },
+            match c.inline_io {
+                InlineIo::Auto => String::new(),
+                m => format!(" (inline-io {})", m.name()),
+            }
+        )
+    }
+}
+
 impl Target for FileTarget {
     type Queue = FileQueue;
     fn geometry(&self) -> Geometry {
         self.geo
+    }
+    fn notes(&self) -> Vec<String> {
+        let (on, why) = self.inline_io();
+        vec![format!(
+            "{}: {} ({why})",
+            self.path.display(),
+            if on {
+                "reads and writes inline on the queue threads"
+            } else {
+                "reads and writes through io_uring"
+            }
+        )]
     }
     fn open_queue(&self, _qid: u16) -> io::Result<FileQueue> {
         Ok(FileQueue {

@@ -3,15 +3,20 @@
 //! all queues (the mem target's RAM) says so where it lives.
 //!
 //! Frontends (the ublk queue, the NBD server) drive targets; targets know nothing of frontends.
+//! Filters ([`filter`]) wrap a target and are targets themselves. How the command line names
+//! them and their options is in [`kind`].
 
 #![allow(async_fn_in_trait)] // our futures are !Send on purpose: one runtime per thread.
 
 use std::io;
 
+pub use filter::{Filter, FilterQueue, Filtered};
+pub use kind::{FilterKind, Info, Opt, TargetKind};
 pub use rt::IoBuf;
 
 pub mod file;
 pub mod filter;
+pub mod kind;
 pub mod mem;
 pub mod null;
 pub mod size;
@@ -79,6 +84,14 @@ pub trait Target: Send + Sync + 'static {
     fn geometry(&self) -> Geometry;
     /// Per-queue handle; called on the queue's own thread.
     fn open_queue(&self, qid: u16) -> io::Result<Self::Queue>;
+    /// How many queues (ublk queues, NBD export threads) the target can serve at once.
+    fn max_queues(&self) -> usize {
+        usize::MAX
+    }
+    /// How the target moves data, for the log (one line each).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The data path of one queue. Offsets and lengths are bytes, checked against the geometry by
@@ -114,4 +127,34 @@ pub fn check_range(geo: &Geometry, off: u64, len: u64) -> io::Result<()> {
         Some(end) if end <= geo.size => Ok(()),
         _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
     }
+}
+
+/// The block size of targets with no storage to follow (null, mem).
+pub(crate) const LOGICAL_BLOCK: Opt = Opt::new(
+    "logical-block",
+    kind::Value::Size,
+    "BYTES",
+    "logical block size: 512 (default), 1024, 2048 or 4096",
+);
+
+pub(crate) fn default_block() -> u32 {
+    512
+}
+
+/// A size and block size a target without storage can serve.
+pub(crate) fn check_size(size: u64, block: u32) -> Result<(), OpenError> {
+    if !matches!(block, 512 | 1024 | 2048 | 4096) {
+        return Err(OpenError::Invalid(format!(
+            "logical block size {block} is not one of 512, 1024, 2048, 4096"
+        )));
+    }
+    if size == 0 {
+        return Err(OpenError::Invalid("size must be greater than zero".into()));
+    }
+    if !size.is_multiple_of(block as u64) {
+        return Err(OpenError::Invalid(format!(
+            "size {size} is not a multiple of the {block}-byte block size"
+        )));
+    }
+    Ok(())
 }

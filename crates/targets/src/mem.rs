@@ -8,7 +8,10 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use crate::{Caps, Extent, Geometry, IoBuf, Target, TargetQueue};
+use serde::{Deserialize, Serialize};
+
+use crate::kind::{Info, Opt, TargetKind, Value};
+use crate::{Caps, Extent, Geometry, IoBuf, OpenError, Target, TargetQueue, check_size};
 
 const CHUNK: u64 = 64 << 10;
 const STRIPES: usize = 1024;
@@ -124,6 +127,48 @@ impl MemTarget {
                 caps,
             },
         })
+    }
+}
+
+/// `-t mem --size N [--logical-block B]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemConfig {
+    pub size: u64,
+    #[serde(default = "crate::default_block")]
+    pub logical_block: u32,
+}
+
+impl TargetKind for MemTarget {
+    const INFO: Info = Info {
+        name: "mem",
+        about: "RAM, gone when the daemon exits; untouched and discarded ranges cost no memory",
+        opts: &[
+            Opt::new(
+                "size",
+                Value::Size,
+                "SIZE",
+                "device size (K/M/G/T suffixes)",
+            )
+            .short('s')
+            .required(),
+            crate::LOGICAL_BLOCK,
+        ],
+    };
+    type Config = MemConfig;
+    fn check(c: &MemConfig) -> Result<(), OpenError> {
+        check_size(c.size, c.logical_block)
+    }
+    fn open(c: &MemConfig) -> Result<MemTarget, OpenError> {
+        check_size(c.size, c.logical_block)?;
+        MemTarget::new(c.size, c.logical_block).map_err(|e| {
+            OpenError::Io(format!(
+                "cannot reserve {} of memory: {e}",
+                crate::size::format_size(c.size)
+            ))
+        })
+    }
+    fn describe(c: &MemConfig) -> String {
+        format!("mem {}", crate::size::format_size(c.size))
     }
 }
 

@@ -1,338 +1,297 @@
-//! Command-line arguments shared by commands: one target parser for `add` and `export`.
+//! `-t TYPE`, the target's options, `--read-only` and `--filter`: one parser for `add` and
+//! `export`, built from the registry. Each target's options are clap arguments (hidden from
+//! the flat option list); `--help` lists them per target, with the filters, after the options.
 
-use std::path::PathBuf;
+use clap::builder::PossibleValuesParser;
+use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches, parser::ValueSource};
+use serde_json::Map;
+use targets::kind::{Info, Opt, Value};
 
-use clap::{Args, ValueEnum};
-use targets::file::InlineIo;
-use targets::size::parse_size;
-
+use crate::registry::{FILTERS, TARGETS, target_info};
 use crate::spec::{FilterSpec, TargetSpec};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TargetKind {
-    /// No storage: every request succeeds without touching data (a baseline for benchmarks).
-    Null,
-    /// RAM, gone when the daemon exits.
-    Mem,
-    /// A file or block device (`--path`).
-    File,
-    /// An NBD client: the blocks live on an NBD server (`--uri`).
-    Nbd,
-}
-
-/// `--inline-io` (file target).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InlineIoArg {
-    Auto,
-    On,
-    Off,
-}
-
-impl From<InlineIoArg> for InlineIo {
-    fn from(a: InlineIoArg) -> InlineIo {
-        match a {
-            InlineIoArg::Auto => InlineIo::Auto,
-            InlineIoArg::On => InlineIo::On,
-            InlineIoArg::Off => InlineIo::Off,
-        }
-    }
-}
-
-/// `-t TYPE` and the options of each target.
-#[derive(Debug, Clone, Args)]
+/// What the user typed about the target.
+#[derive(Debug, Clone, Default)]
 pub struct TargetArgs {
-    /// Target type.
-    #[arg(short = 't', long = "type", value_enum)]
-    pub kind: TargetKind,
-    /// Device size (K/M/G/T suffixes); required for null and mem, optional for file.
-    #[arg(short = 's', long, value_parser = parse_size)]
-    pub size: Option<u64>,
-    /// Backing file or block device (file target).
-    #[arg(short = 'f', long)]
-    pub path: Option<PathBuf>,
-    /// Use the page cache instead of O_DIRECT (file target).
-    #[arg(long)]
-    pub buffered: bool,
-    /// When the file target reads and writes with blocking calls on its queue threads instead
-    /// of io_uring: auto (files on tmpfs or ramfs, which io_uring would pass to a worker
-    /// thread per request), on (always; a slow backing store then stalls the queue), off.
-    #[arg(long, value_enum, value_name = "WHEN")]
-    pub inline_io: Option<InlineIoArg>,
-    /// Refuse writes.
-    #[arg(long)]
+    pub kind: String,
+    /// Target options given on the command line, as typed (switches: "").
+    pub given: Vec<(&'static str, String)>,
     pub read_only: bool,
-    /// Logical block size in bytes (null and mem: 512 or 4096; file: follows the backing store).
-    #[arg(long, value_parser = parse_size)]
-    pub logical_block: Option<u64>,
-    /// NBD server to use (nbd target): `nbd://host[:port][/name]` or
-    /// `nbd+unix:///name?socket=/path`.
-    #[arg(long, value_name = "URI")]
-    pub uri: Option<String>,
-    /// Seconds a request may wait for a lost NBD server to come back before it fails with EIO
-    /// (nbd target; default 30).
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<u64>,
-    /// Put a filter in front of the target; repeat to stack (the first wraps the target).
-    /// `delay:ms=N` or `delay:us=N`: a fixed latency per request, unlimited concurrency.
-    #[arg(long = "filter", value_name = "SPEC")]
     pub filters: Vec<String>,
 }
 
-/// Default `--timeout` of the nbd target.
-pub const DEFAULT_NBD_TIMEOUT_SECS: u64 = 30;
+/// Every target option once (kinds that share a name share the option: see the registry test).
+fn all_opts() -> Vec<&'static Opt> {
+    let mut v: Vec<&'static Opt> = Vec::new();
+    for o in TARGETS.iter().flat_map(|i| i.opts) {
+        if !v.iter().any(|x| x.name == o.name) {
+            v.push(o);
+        }
+    }
+    v
+}
 
 impl TargetArgs {
-    /// Check combinations and build the spec. Errors are one line.
+    /// Check combinations and build the spec, without opening anything. Errors are one line.
     pub fn to_spec(&self) -> Result<TargetSpec, String> {
-        let base = self.base_spec()?;
-        if self.filters.is_empty() {
-            return Ok(base);
+        let info =
+            target_info(&self.kind).ok_or_else(|| format!("unknown target '{}'", self.kind))?;
+        let mut config = Map::new();
+        for (name, raw) in &self.given {
+            let Some(opt) = info.opt(name) else {
+                let owners: Vec<String> = TARGETS
+                    .iter()
+                    .filter(|i| i.opt(name).is_some())
+                    .map(|i| format!("-t {}", i.name))
+                    .collect();
+                return Err(format!("--{name} applies only to {}", owners.join(", ")));
+            };
+            let v = opt.parse(raw).map_err(|e| format!("--{name}: {e}"))?;
+            config.insert(opt.key(), v);
         }
-        let filters = self
-            .filters
+        if let Some(o) = info
+            .opts
             .iter()
-            .map(|f| FilterSpec::parse(f))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TargetSpec::Filtered {
-            filters,
-            inner: Box::new(base),
-        })
+            .find(|o| o.required && !config.contains_key(&o.key()))
+        {
+            return Err(format!(
+                "-t {} needs --{} {}",
+                info.name, o.name, o.placeholder
+            ));
+        }
+        let mut spec = TargetSpec {
+            kind: info.name.to_string(),
+            config,
+            filters: self
+                .filters
+                .iter()
+                .map(|f| FilterSpec::parse(f))
+                .collect::<Result<_, _>>()?,
+        };
+        if self.read_only {
+            spec.set_read_only();
+        }
+        spec.check().map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
+/// `--help` text: every target with its options, then every filter with its parameters.
+fn help_text() -> String {
+    fn opt_line(o: &Opt, filter: bool) -> String {
+        let left = match (filter, o.value, o.short) {
+            (true, Value::Flag, _) => o.name.to_string(),
+            (true, _, _) => format!("{}={}", o.name, o.placeholder),
+            (false, Value::Flag, _) => format!("    --{}", o.name),
+            (false, _, Some(c)) => format!("-{c}, --{} {}", o.name, o.placeholder),
+            (false, _, None) => format!("    --{} {}", o.name, o.placeholder),
+        };
+        let req = if o.required { " (required)" } else { "" };
+        format!("      {left:<28} {}{req}\n", o.help)
+    }
+    fn section(out: &mut String, infos: &[Info], filter: bool) {
+        for i in infos {
+            out.push_str(&format!("  {:<8} {}\n", i.name, i.about));
+            for o in i.opts {
+                out.push_str(&opt_line(o, filter));
+            }
+        }
+    }
+    let mut s = String::from("Targets (-t TYPE):\n");
+    section(&mut s, TARGETS, false);
+    s.push_str(
+        "\nFilters (--filter NAME[:KEY=VALUE,...], repeatable; the first given sits next to the target):\n",
+    );
+    section(&mut s, FILTERS, true);
+    s
+}
+
+impl clap::Args for TargetArgs {
+    fn augment_args(cmd: Command) -> Command {
+        let names: Vec<&str> = TARGETS.iter().map(|i| i.name).collect();
+        let mut cmd = cmd
+            .arg(
+                Arg::new("type")
+                    .short('t')
+                    .long("type")
+                    .value_name("TYPE")
+                    .required(true)
+                    .value_parser(PossibleValuesParser::new(names))
+                    .help("Target type (listed below with their options)"),
+            )
+            .arg(
+                Arg::new("read-only")
+                    .long("read-only")
+                    .action(ArgAction::SetTrue)
+                    .help("Refuse writes: a read-only device or export, whatever the target"),
+            )
+            .arg(
+                Arg::new("filter")
+                    .long("filter")
+                    .value_name("SPEC")
+                    .action(ArgAction::Append)
+                    .help("Put a filter in front of the target (listed below); repeat to stack"),
+            );
+        for o in all_opts() {
+            let mut a = Arg::new(o.name).long(o.name).hide(true);
+            a = match o.value {
+                Value::Flag => a.action(ArgAction::SetTrue),
+                _ => a.value_name(o.placeholder).action(ArgAction::Set),
+            };
+            if let Some(c) = o.short {
+                a = a.short(c);
+            }
+            cmd = cmd.arg(a);
+        }
+        cmd.after_help(help_text())
     }
 
-    fn base_spec(&self) -> Result<TargetSpec, String> {
-        let only_file = |flag: &str| format!("{flag} applies only to -t file");
-        let only_nbd = |flag: &str| format!("{flag} applies only to -t nbd");
-        let lb = self.logical_block.map(|b| b as u32).unwrap_or(512);
-        if self.kind != TargetKind::Nbd {
-            if self.uri.is_some() {
-                return Err(only_nbd("--uri"));
-            }
-            if self.timeout.is_some() {
-                return Err(only_nbd("--timeout"));
-            }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for TargetArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut a = TargetArgs::default();
+        a.update_from_arg_matches(m)?;
+        Ok(a)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        if let Some(k) = m.get_one::<String>("type") {
+            self.kind = k.clone();
         }
-        match self.kind {
-            TargetKind::Null | TargetKind::Mem => {
-                if self.path.is_some() {
-                    return Err(only_file("--path"));
-                }
-                if self.buffered {
-                    return Err(only_file("--buffered"));
-                }
-                if self.inline_io.is_some() {
-                    return Err(only_file("--inline-io"));
-                }
-                let size = self.size.ok_or_else(|| {
-                    format!(
-                        "-t {} needs --size (e.g. --size 1G)",
-                        if self.kind == TargetKind::Null {
-                            "null"
-                        } else {
-                            "mem"
-                        }
-                    )
-                })?;
-                Ok(if self.kind == TargetKind::Null {
-                    TargetSpec::Null {
-                        size,
-                        logical_block: lb,
-                    }
-                } else {
-                    TargetSpec::Mem {
-                        size,
-                        logical_block: lb,
-                    }
-                })
+        self.read_only = m.get_flag("read-only");
+        self.filters = m
+            .get_many::<String>("filter")
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default();
+        self.given.clear();
+        for o in all_opts() {
+            if m.value_source(o.name) != Some(ValueSource::CommandLine) {
+                continue;
             }
-            TargetKind::File => {
-                let path = self.path.clone().ok_or("-t file needs --path FILE")?;
-                if self.logical_block.is_some() {
-                    return Err(
-                        "--logical-block does not apply to -t file (it follows the backing store)"
-                            .into(),
-                    );
-                }
-                let path =
-                    std::path::absolute(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                Ok(TargetSpec::File {
-                    path,
-                    size: self.size,
-                    buffered: self.buffered,
-                    read_only: self.read_only,
-                    inline_io: self.inline_io.map(InlineIo::from).unwrap_or_default(),
-                })
-            }
-            TargetKind::Nbd => {
-                let uri = self.uri.clone().ok_or(
-                    "-t nbd needs --uri nbd://HOST[:PORT][/NAME] or nbd+unix:///NAME?socket=PATH",
-                )?;
-                if self.path.is_some() {
-                    return Err(only_file("--path"));
-                }
-                if self.buffered {
-                    return Err(only_file("--buffered"));
-                }
-                if self.inline_io.is_some() {
-                    return Err(only_file("--inline-io"));
-                }
-                let from_server =
-                    |flag: &str| format!("{flag} does not apply to -t nbd (the server decides it)");
-                if self.size.is_some() {
-                    return Err(from_server("--size"));
-                }
-                if self.logical_block.is_some() {
-                    return Err(from_server("--logical-block"));
-                }
-                let timeout_secs = self.timeout.unwrap_or(DEFAULT_NBD_TIMEOUT_SECS);
-                if timeout_secs == 0 {
-                    return Err("--timeout must be at least 1 second".into());
-                }
-                // Check the form now (one line, before anything starts); resolved again at open.
-                nbd::client::NbdConfig::new(&uri)?;
-                Ok(TargetSpec::Nbd { uri, timeout_secs })
-            }
+            let raw = match o.value {
+                Value::Flag => String::new(),
+                _ => m.get_one::<String>(o.name).cloned().unwrap_or_default(),
+            };
+            self.given.push((o.name, raw));
         }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    fn args(kind: TargetKind) -> TargetArgs {
-        TargetArgs {
-            kind,
-            size: None,
-            path: None,
-            buffered: false,
-            inline_io: None,
-            read_only: false,
-            logical_block: None,
-            uri: None,
-            timeout: None,
-            filters: Vec::new(),
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        t: TargetArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TargetSpec, String> {
+        let mut argv = vec!["ublkd"];
+        argv.extend_from_slice(args);
+        let c = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        c.t.to_spec()
+    }
+
+    #[test]
+    fn the_command_is_well_formed_and_help_lists_every_kind() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let h = Cli::command().render_help().to_string();
+        for i in TARGETS.iter().chain(FILTERS) {
+            assert!(h.contains(i.about), "help lacks {}", i.name);
+            for o in i.opts {
+                assert!(h.contains(o.help), "help lacks {} {}", i.name, o.name);
+            }
         }
     }
 
     #[test]
-    fn filters_wrap_the_target_and_bad_ones_are_one_line() {
-        let mut a = args(TargetKind::Null);
-        a.size = Some(1 << 20);
-        a.filters = vec!["delay:us=100".into()];
-        match a.to_spec().unwrap() {
-            TargetSpec::Filtered { filters, inner } => {
-                assert_eq!(filters, vec![FilterSpec::Delay { us: 100 }]);
-                assert!(matches!(*inner, TargetSpec::Null { .. }));
-            }
-            s => panic!("{s:?}"),
-        }
-        a.filters = vec!["delay:ms=oops".into()];
-        let e = a.to_spec().unwrap_err();
-        assert!(e.contains("delay:ms=N") && !e.contains('\n'), "{e}");
+    fn options_become_the_kinds_config() {
+        let s = parse(&[
+            "-t",
+            "file",
+            "-f",
+            "rel.img",
+            "--inline-io",
+            "off",
+            "--buffered",
+        ])
+        .unwrap();
+        assert_eq!(s.kind, "file");
+        assert!(s.config["path"].as_str().unwrap().starts_with('/'));
+        assert_eq!(s.config["inline_io"], "off");
+        assert_eq!(s.config["buffered"], true);
+        assert!(!s.read_only());
+        let s = parse(&[
+            "-t",
+            "mem",
+            "-s",
+            "1M",
+            "--read-only",
+            "--filter",
+            "delay:ms=5",
+        ])
+        .unwrap();
+        assert_eq!(s.config["size"], 1 << 20);
+        assert!(s.read_only());
+        assert_eq!(s.filters.len(), 1);
+        let s = parse(&[
+            "-t",
+            "nbd",
+            "--uri",
+            "nbd://127.0.0.1:1234/disk",
+            "--timeout",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(s.config["timeout"], 5);
     }
 
     #[test]
-    fn nbd_options_are_checked() {
-        let a = args(TargetKind::Nbd);
-        assert!(a.to_spec().unwrap_err().contains("needs --uri"));
-        let mut a = args(TargetKind::Nbd);
-        a.uri = Some("http://x".into());
-        let e = a.to_spec().unwrap_err();
-        assert!(e.contains("invalid NBD URI") && !e.contains('\n'), "{e}");
-        a.uri = Some("nbd://127.0.0.1:1234/disk".into());
-        assert_eq!(
-            a.to_spec().unwrap(),
-            TargetSpec::Nbd {
-                uri: "nbd://127.0.0.1:1234/disk".into(),
-                timeout_secs: 30
-            }
-        );
-        a.timeout = Some(5);
-        assert_eq!(
-            a.to_spec().unwrap(),
-            TargetSpec::Nbd {
-                uri: "nbd://127.0.0.1:1234/disk".into(),
-                timeout_secs: 5
-            }
-        );
-        a.timeout = Some(0);
-        assert!(a.to_spec().unwrap_err().contains("at least 1"));
-        a.timeout = None;
-        a.size = Some(1 << 20);
-        assert!(a.to_spec().unwrap_err().contains("--size does not apply"));
-        let mut m = args(TargetKind::Mem);
-        m.size = Some(1 << 20);
-        m.uri = Some("nbd://127.0.0.1".into());
-        assert!(
-            m.to_spec()
-                .unwrap_err()
-                .contains("--uri applies only to -t nbd")
-        );
-        m.uri = None;
-        m.timeout = Some(3);
-        assert!(
-            m.to_spec()
-                .unwrap_err()
-                .contains("--timeout applies only to -t nbd")
-        );
-        m.timeout = None;
-        m.inline_io = Some(InlineIoArg::On);
-        assert!(
-            m.to_spec()
-                .unwrap_err()
-                .contains("--inline-io applies only to -t file")
-        );
-        let mut f = args(TargetKind::File);
-        f.path = Some("/x.img".into());
-        f.inline_io = Some(InlineIoArg::Off);
-        assert!(matches!(
-            f.to_spec().unwrap(),
-            TargetSpec::File {
-                inline_io: InlineIo::Off,
-                ..
-            }
-        ));
-        f.inline_io = None;
-        assert!(matches!(
-            f.to_spec().unwrap(),
-            TargetSpec::File {
-                inline_io: InlineIo::Auto,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn combinations_are_checked() {
-        assert!(
-            args(TargetKind::Null)
-                .to_spec()
-                .unwrap_err()
-                .contains("needs --size")
-        );
-        assert!(
-            args(TargetKind::File)
-                .to_spec()
-                .unwrap_err()
-                .contains("needs --path")
-        );
-        let mut a = args(TargetKind::Mem);
-        a.size = Some(1 << 20);
-        a.path = Some("/x".into());
-        assert!(a.to_spec().unwrap_err().contains("only to -t file"));
-        a.path = None;
-        assert_eq!(
-            a.to_spec().unwrap(),
-            TargetSpec::Mem {
-                size: 1 << 20,
-                logical_block: 512
-            }
-        );
-        let mut f = args(TargetKind::File);
-        f.path = Some("rel.img".into());
-        match f.to_spec().unwrap() {
-            TargetSpec::File { path, .. } => assert!(path.is_absolute()),
-            s => panic!("{s:?}"),
+    fn combinations_are_checked_in_one_line() {
+        for (args, want) in [
+            (&["-t", "null"][..], "-t null needs --size SIZE"),
+            (&["-t", "file"][..], "-t file needs --path FILE"),
+            (&["-t", "nbd"][..], "-t nbd needs --uri URI"),
+            (
+                &["-t", "mem", "-s", "1M", "--path", "/x"][..],
+                "--path applies only to -t file",
+            ),
+            (
+                &["-t", "mem", "-s", "1M", "--uri", "nbd://h"][..],
+                "--uri applies only to -t nbd",
+            ),
+            (
+                &["-t", "nbd", "--uri", "nbd://h", "-s", "1M"][..],
+                "--size applies only to -t null, -t mem, -t file",
+            ),
+            (
+                &["-t", "file", "-f", "/x", "--logical-block", "4K"][..],
+                "--logical-block applies only to -t null, -t mem",
+            ),
+            (&["-t", "null", "-s", "12Q"][..], "invalid size"),
+            (
+                &["-t", "file", "-f", "/x", "--inline-io", "maybe"][..],
+                "not one of auto, on, off",
+            ),
+            (&["-t", "nbd", "--uri", "http://x"][..], "invalid NBD URI"),
+            (
+                &["-t", "null", "-s", "1M", "--filter", "delay:ms=x"][..],
+                "not a whole number",
+            ),
+            (&["-t", "qcow9"][..], "invalid value 'qcow9'"),
+        ] {
+            let e = parse(args).unwrap_err();
+            let first = e.lines().next().unwrap();
+            assert!(first.contains(want), "{args:?}: {e}");
         }
     }
 }

@@ -4,10 +4,10 @@
 //! until `del` or SIGTERM; `list`, `del`, `features` talk to the driver and the state files.
 //! `export` serves a target over NBD in the foreground (no ublk driver needed).
 
-mod any;
 mod args;
 mod cmd;
 mod out;
+mod registry;
 mod report;
 mod serve;
 mod spec;

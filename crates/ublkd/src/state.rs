@@ -158,10 +158,7 @@ mod tests {
         let s = DeviceState {
             id: 7,
             pid: std::process::id() as i32,
-            target: TargetSpec::Null {
-                size: 4096,
-                logical_block: 512,
-            },
+            target: serde_json::from_str(r#"{"type":"null","size":4096}"#).unwrap(),
             queues: 1,
             depth: 2,
             max_io: 4096,

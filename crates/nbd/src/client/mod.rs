@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rt::IoBuf;
-use targets::{Caps, Extent, Geometry, Target, TargetQueue};
+use targets::kind::{Info, Opt, TargetKind, Value};
+use targets::{Caps, Extent, Geometry, OpenError, Target, TargetQueue};
 
 use crate::proto::{self, cflag, cmd, tflag};
 use crate::sock::Sock;
@@ -117,18 +118,65 @@ impl NbdTarget {
         })
     }
 
-    /// How many queues this export supports: unlimited with multi-conn, else 1.
-    pub fn max_queues(&self) -> usize {
-        if self.params.has(tflag::CAN_MULTI_CONN) {
-            usize::MAX
-        } else {
-            1
-        }
-    }
-
     /// What the server advertised.
     pub fn params(&self) -> &ExportParams {
         &self.params
+    }
+}
+
+/// `-t nbd --uri URI [--timeout SECS]`, as a state file keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NbdSpec {
+    pub uri: String,
+    /// Seconds; `timeout_secs` in state files written before targets declared their options.
+    #[serde(default = "default_timeout", alias = "timeout_secs")]
+    pub timeout: u64,
+}
+
+/// Default `--timeout`: how long a request may wait for a lost server to come back.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_SECS
+}
+
+impl TargetKind for NbdTarget {
+    const INFO: Info = Info {
+        name: "nbd",
+        about: "an NBD client: the blocks live on an NBD server (qemu-nbd, nbdkit, ublkd export, ...)",
+        opts: &[
+            Opt::new(
+                "uri",
+                Value::Text,
+                "URI",
+                "the server: nbd://HOST[:PORT][/NAME] or nbd+unix:///NAME?socket=PATH",
+            )
+            .required(),
+            Opt::new(
+                "timeout",
+                Value::Count,
+                "SECS",
+                "how long a request may wait for a lost server to come back before it fails with EIO (default 30)",
+            ),
+        ],
+    };
+    type Config = NbdSpec;
+    fn check(c: &NbdSpec) -> Result<(), OpenError> {
+        if c.timeout == 0 {
+            return Err(OpenError::Invalid(
+                "--timeout must be at least 1 second".into(),
+            ));
+        }
+        NbdConfig::new(&c.uri).map(drop).map_err(OpenError::Invalid)
+    }
+    fn open(c: &NbdSpec) -> Result<NbdTarget, OpenError> {
+        Self::check(c)?;
+        let mut cfg = NbdConfig::new(&c.uri).map_err(OpenError::Invalid)?;
+        cfg.timeout = Duration::from_secs(c.timeout);
+        NbdTarget::open(cfg).map_err(|e| OpenError::Io(format!("NBD server {}: {e}", c.uri)))
+    }
+    fn describe(c: &NbdSpec) -> String {
+        format!("nbd {}", c.uri)
     }
 }
 
@@ -137,6 +185,15 @@ impl Target for NbdTarget {
 
     fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    /// How many queues this export supports: unlimited with multi-conn, else 1.
+    fn max_queues(&self) -> usize {
+        if self.params.has(tflag::CAN_MULTI_CONN) {
+            usize::MAX
+        } else {
+            1
+        }
     }
 
     /// Cheap and runtime-free; the queue's connection is used (or made) at its first request,

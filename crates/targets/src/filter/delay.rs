@@ -6,68 +6,34 @@
 use std::io;
 use std::time::Duration;
 
-use crate::{Extent, Geometry, IoBuf, OpenError, Target, TargetQueue};
+use serde::{Deserialize, Serialize};
 
-/// Parse the parameters of `delay:ms=N` or `delay:us=N` (the part after `delay:`).
-pub fn parse_params(params: &str) -> Result<Duration, OpenError> {
-    let bad = || {
-        OpenError::Invalid(format!(
-            "bad delay filter 'delay:{params}': expected delay:ms=N or delay:us=N"
-        ))
-    };
-    let (key, val) = params.split_once('=').ok_or_else(bad)?;
-    let n: u64 = val.trim().parse().map_err(|_| bad())?;
-    let d = match key.trim() {
-        "ms" => Duration::from_millis(n),
-        "us" => Duration::from_micros(n),
-        _ => return Err(bad()),
-    };
-    if d > Duration::from_secs(60) {
-        return Err(OpenError::Invalid(format!(
-            "delay filter: {d:?} is more than 60 s"
-        )));
-    }
-    Ok(d)
+use super::{Filter, FilterQueue};
+use crate::kind::{FilterKind, Info, Opt, Value};
+use crate::{IoBuf, OpenError, TargetQueue};
+
+/// `delay:ms=N` or `delay:us=N`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DelayConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub us: Option<u64>,
 }
 
-/// Wraps `T`, delaying every request by a fixed time.
-pub struct Delay<T> {
-    inner: T,
+/// Adds a fixed latency to every request; any number of requests wait at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Delay {
     latency: Duration,
 }
 
-impl<T> Delay<T> {
-    pub fn new(inner: T, latency: Duration) -> Delay<T> {
-        Delay { inner, latency }
-    }
-    pub fn inner(&self) -> &T {
-        &self.inner
+impl Delay {
+    pub fn new(latency: Duration) -> Delay {
+        Delay { latency }
     }
     pub fn latency(&self) -> Duration {
         self.latency
     }
-}
-
-impl<T: Target> Target for Delay<T> {
-    type Queue = DelayQueue<T::Queue>;
-    fn geometry(&self) -> Geometry {
-        self.inner.geometry()
-    }
-    fn open_queue(&self, qid: u16) -> io::Result<Self::Queue> {
-        Ok(DelayQueue {
-            inner: self.inner.open_queue(qid)?,
-            latency: self.latency,
-        })
-    }
-}
-
-/// One queue of a [`Delay`].
-pub struct DelayQueue<Q> {
-    inner: Q,
-    latency: Duration,
-}
-
-impl<Q> DelayQueue<Q> {
     async fn wait(&self) {
         if !self.latency.is_zero() {
             rt::time::sleep(self.latency).await;
@@ -75,56 +41,122 @@ impl<Q> DelayQueue<Q> {
     }
 }
 
-impl<Q: TargetQueue> TargetQueue for DelayQueue<Q> {
-    async fn read(&self, off: u64, buf: &mut IoBuf) -> io::Result<()> {
+impl FilterKind for Delay {
+    const INFO: Info = Info {
+        name: "delay",
+        about: "a fixed latency per request, any number of requests waiting at once (a wide, slow backend)",
+        opts: &[
+            Opt::new("ms", Value::Count, "N", "milliseconds"),
+            Opt::new("us", Value::Count, "N", "microseconds"),
+        ],
+    };
+    type Config = DelayConfig;
+    fn new(c: &DelayConfig) -> Result<Delay, OpenError> {
+        let d = match (c.ms, c.us) {
+            (Some(ms), None) => Duration::from_millis(ms),
+            (None, Some(us)) => Duration::from_micros(us),
+            _ => {
+                return Err(OpenError::Invalid(
+                    "the delay filter needs one latency: delay:ms=N or delay:us=N".into(),
+                ));
+            }
+        };
+        if d > Duration::from_secs(60) {
+            return Err(OpenError::Invalid(format!(
+                "delay filter: {d:?} is more than 60 s"
+            )));
+        }
+        Ok(Delay::new(d))
+    }
+}
+
+impl Filter for Delay {
+    type Queue = Delay;
+    fn open_queue(&self, _qid: u16) -> io::Result<Delay> {
+        Ok(*self)
+    }
+}
+
+impl FilterQueue for Delay {
+    async fn read<N: TargetQueue>(&self, next: &N, off: u64, buf: &mut IoBuf) -> io::Result<()> {
         self.wait().await;
-        self.inner.read(off, buf).await
+        next.read(off, buf).await
     }
-    async fn write(&self, off: u64, buf: &IoBuf, fua: bool) -> io::Result<()> {
+    async fn write<N: TargetQueue>(
+        &self,
+        next: &N,
+        off: u64,
+        buf: &IoBuf,
+        fua: bool,
+    ) -> io::Result<()> {
         self.wait().await;
-        self.inner.write(off, buf, fua).await
+        next.write(off, buf, fua).await
     }
-    async fn flush(&self) -> io::Result<()> {
+    async fn flush<N: TargetQueue>(&self, next: &N) -> io::Result<()> {
         self.wait().await;
-        self.inner.flush().await
+        next.flush().await
     }
-    async fn discard(&self, off: u64, len: u64) -> io::Result<()> {
+    async fn discard<N: TargetQueue>(&self, next: &N, off: u64, len: u64) -> io::Result<()> {
         self.wait().await;
-        self.inner.discard(off, len).await
+        next.discard(off, len).await
     }
-    async fn write_zeroes(&self, off: u64, len: u64, unmap: bool) -> io::Result<()> {
+    async fn write_zeroes<N: TargetQueue>(
+        &self,
+        next: &N,
+        off: u64,
+        len: u64,
+        unmap: bool,
+    ) -> io::Result<()> {
         self.wait().await;
-        self.inner.write_zeroes(off, len, unmap).await
+        next.write_zeroes(off, len, unmap).await
     }
-    async fn block_status(&self, off: u64, len: u64) -> io::Result<Vec<Extent>> {
-        // Metadata, not I/O: no delay.
-        self.inner.block_status(off, len).await
-    }
+    // block_status is metadata, not I/O: passed through without delay (the default).
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mem::MemTarget;
+    use crate::{Filtered, Target};
     use rt::Runtime;
     use std::time::Instant;
 
+    fn config(ms: Option<u64>, us: Option<u64>) -> Result<Delay, OpenError> {
+        <Delay as FilterKind>::new(&DelayConfig { ms, us })
+    }
+
     #[test]
-    fn params_parse_and_bad_ones_are_one_line() {
-        assert_eq!(parse_params("ms=5").unwrap(), Duration::from_millis(5));
-        assert_eq!(parse_params("us=250").unwrap(), Duration::from_micros(250));
-        for bad in ["", "ms", "ms=", "ms=x", "s=1", "ms=-1", "ms=100000"] {
-            let e = parse_params(bad).unwrap_err().to_string();
-            assert!(!e.contains('\n') && !e.is_empty(), "{bad}: {e}");
+    fn one_latency_of_at_most_a_minute() {
+        assert_eq!(
+            config(Some(5), None).unwrap().latency(),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            config(None, Some(250)).unwrap().latency(),
+            Duration::from_micros(250)
+        );
+        for (ms, us) in [(None, None), (Some(1), Some(1)), (Some(100_000), None)] {
+            let e = config(ms, us).unwrap_err().to_string();
+            assert!(
+                !e.contains('\n') && e.contains("delay"),
+                "{ms:?} {us:?}: {e}"
+            );
         }
+        assert_eq!(
+            Delay::describe(&DelayConfig {
+                ms: Some(5),
+                us: None
+            }),
+            "delay:ms=5"
+        );
     }
 
     #[test]
     fn adds_latency_concurrently_and_passes_data_through() {
-        let t = Delay::new(
-            MemTarget::new(1 << 20, 512).unwrap(),
-            Duration::from_millis(20),
-        );
+        let t = Filtered {
+            filter: Delay::new(Duration::from_millis(20)),
+            next: MemTarget::new(1 << 20, 512).unwrap(),
+        };
         assert_eq!(t.geometry().size, 1 << 20);
         let q = t.open_queue(0).unwrap();
         let rt = Runtime::new().unwrap();
