@@ -9,12 +9,15 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use rt::pbuf::ProvidedBufs;
 
-use crate::queue::{BufMode, QueueCtx};
+use crate::bufmode::BufMode;
+use crate::fault::RefuseCommit;
+use crate::inflight::Inflight;
 use crate::uapi::*;
 
 /// Provided-buffer group of the fetch command (one group per ring: each queue has its own ring).
@@ -25,6 +28,16 @@ const MAX_TAGS_PER_FETCH: usize = 128;
 /// A queue's batch state: which tags have a request waiting for their task, and the results
 /// waiting to be committed.
 pub(crate) struct Batch {
+    cdev: RawFd,
+    q_id: u16,
+    /// The queue's count of requests being served (from the fetch to the queued commit).
+    inflight: Rc<Inflight>,
+    /// Times the driver ended the multishot fetch and we armed it again.
+    pub(crate) fetch_rearms: Cell<u64>,
+    /// Tags whose result the driver refused once and that were committed again with EIO.
+    retried: Vec<Cell<bool>>,
+    retrying: Cell<usize>,
+    refuse_commit: RefuseCommit,
     /// Set by the fetcher when the driver hands us the tag's next request.
     ready: Vec<Cell<bool>>,
     wakers: Vec<Cell<Option<Waker>>>,
@@ -41,14 +54,29 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub(crate) fn new(depth: u16, mode: BufMode, buf_addrs: Vec<u64>) -> Batch {
+    pub(crate) fn new(
+        refuse_commit: RefuseCommit,
+        cdev: RawFd,
+        q_id: u16,
+        inflight: Rc<Inflight>,
+        mode: BufMode,
+        buf_addrs: Vec<u64>,
+    ) -> Batch {
+        let depth = buf_addrs.len();
         let copy = mode == BufMode::Copy;
         let elem_bytes = (std::mem::size_of::<ublk_elem_header>() + if copy { 8 } else { 0 }) as u8;
         Batch {
+            cdev,
+            q_id,
+            inflight,
+            fetch_rearms: Cell::new(0),
+            retried: (0..depth).map(|_| Cell::new(false)).collect(),
+            retrying: Cell::new(0),
+            refuse_commit,
             ready: (0..depth).map(|_| Cell::new(false)).collect(),
             wakers: (0..depth).map(|_| Cell::new(None)).collect(),
-            pending: RefCell::new(Vec::with_capacity(depth as usize * elem_bytes as usize)),
-            spare: RefCell::new(Vec::with_capacity(depth as usize * elem_bytes as usize)),
+            pending: RefCell::new(Vec::with_capacity(depth * elem_bytes as usize)),
+            spare: RefCell::new(Vec::with_capacity(depth * elem_bytes as usize)),
             committer: Cell::new(None),
             flags: if copy { UBLK_BATCH_F_HAS_BUF_ADDR } else { 0 },
             elem_bytes,
@@ -58,20 +86,25 @@ impl Batch {
     }
 
     /// Append one element: `tag`, its result, and where its next request's data goes.
-    fn push_elem(&self, out: &mut Vec<u8>, tag: u16, result: i32) {
+    fn push_elem(&self, out: &mut Vec<u8>, tag: u16, result: i32, refuse: bool) {
         // Zero copy: the next request's pages go to fixed-buffer slot `tag` (see queue.rs).
         let buf_index = if self.zero_copy { tag } else { 0 };
         out.extend_from_slice(&tag.to_ne_bytes());
         out.extend_from_slice(&buf_index.to_ne_bytes());
         out.extend_from_slice(&result.to_ne_bytes());
         if self.flags & UBLK_BATCH_F_HAS_BUF_ADDR != 0 {
-            out.extend_from_slice(&self.buf_addrs[tag as usize].to_ne_bytes());
+            let addr = if refuse {
+                0
+            } else {
+                self.buf_addrs[tag as usize]
+            };
+            out.extend_from_slice(&addr.to_ne_bytes());
         }
     }
 
-    fn cmd(&self, q_id: u16, nr_elem: usize) -> [u8; 16] {
+    fn cmd(&self, nr_elem: usize) -> [u8; 16] {
         ublk_batch_io {
-            q_id,
+            q_id: self.q_id,
             flags: self.flags,
             nr_elem: nr_elem as u16,
             elem_bytes: self.elem_bytes,
@@ -96,7 +129,7 @@ impl Batch {
     /// Queue `tag`'s result for the next commit.
     pub(crate) fn finish(&self, tag: u16, result: i32) {
         let mut p = self.pending.borrow_mut();
-        self.push_elem(&mut p, tag, result);
+        self.push_elem(&mut p, tag, result, self.refuse_commit.now());
         if let Some(w) = self.committer.take() {
             w.wake();
         }
@@ -105,15 +138,15 @@ impl Batch {
 
 /// Hand every tag of the queue to the driver (the batch equivalent of the first FETCH_REQ of
 /// each tag). START_DEV completes once every queue did this.
-pub(crate) async fn prep<Q>(q: &QueueCtx<Q>, b: &Batch) -> io::Result<()> {
+pub(crate) async fn prep(b: &Batch) -> io::Result<()> {
     let depth = b.ready.len();
     let mut arr = Vec::with_capacity(depth * b.elem_bytes as usize);
     for tag in 0..depth as u16 {
-        b.push_elem(&mut arr, tag, 0);
+        b.push_elem(&mut arr, tag, 0, false);
     }
     let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
-    let cmd = b.cmd(q.cfg.q_id, depth);
-    let c = rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, arr).await;
+    let cmd = b.cmd(depth);
+    let c = rt::fs::uring_cmd16_array(b.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, arr).await;
     c.io_result()
         .map(drop)
         .map_err(|e| io::Error::new(e.kind(), format!("UBLK_U_IO_PREP_IO_CMDS: {e}")))
@@ -132,14 +165,10 @@ pub(crate) fn provide_fetch_buffers(rt: &rt::Runtime, depth: u16) -> io::Result<
 /// driver ends a multishot fetch when the provided buffers run out (ENOBUFS) or when a
 /// completion cannot be posted (CQ overflow: the ending completion still carries its tags).
 /// `keep` holds the tag buffers the driver copies into (copy mode) while a fetch is armed.
-pub(crate) async fn fetcher<Q>(
-    q: Rc<QueueCtx<Q>>,
-    b: Rc<Batch>,
-    bufs: ProvidedBufs,
-    keep: Rc<Vec<rt::buf::KeepAlive>>,
-) {
+pub(crate) async fn fetcher(b: Rc<Batch>, bufs: ProvidedBufs, keep: Rc<Vec<rt::buf::KeepAlive>>) {
+    let q_id = b.q_id;
     let cmd = ublk_batch_io {
-        q_id: q.cfg.q_id,
+        q_id,
         elem_bytes: 2,
         ..Default::default()
     }
@@ -149,7 +178,7 @@ pub(crate) async fn fetcher<Q>(
     let mut empty_arms = 0u32;
     loop {
         let mut op = rt::fs::uring_cmd16_multishot(
-            q.cdev,
+            b.cdev,
             UBLK_U_IO_FETCH_IO_CMDS,
             cmd,
             &bufs,
@@ -168,12 +197,12 @@ pub(crate) async fn fetcher<Q>(
                 bufs.consume(res, flags, |tags| {
                     // Counted from here until the committer queues their commit, so the queue
                     // cannot end (after an ABORT) with requests handed to tasks not yet run.
-                    q.busy.set(q.busy.get() + tags.len() / 2);
+                    b.inflight.handed(tags.len() / 2);
                     for t in tags.chunks_exact(2) {
                         let tag = u16::from_ne_bytes([t[0], t[1]]) as usize;
                         if tag >= b.ready.len() {
-                            tracing::error!(q = q.cfg.q_id, tag, "driver sent an unknown tag");
-                            q.busy.set(q.busy.get() - 1);
+                            tracing::error!(q = q_id, tag, "driver sent an unknown tag");
+                            b.inflight.committed(1);
                             continue;
                         }
                         b.ready[tag].set(true);
@@ -191,26 +220,19 @@ pub(crate) async fn fetcher<Q>(
         match end {
             UBLK_IO_RES_ABORT => break,
             e if (e >= 0 || e == -libc::ENOBUFS) && empty_arms < MAX_EMPTY_ARMS => {
-                q.fetch_rearms.set(q.fetch_rearms.get() + 1);
-                tracing::debug!(
-                    q = q.cfg.q_id,
-                    res = e,
-                    "the driver ended the fetch; re-arming"
-                );
+                b.fetch_rearms.set(b.fetch_rearms.get() + 1);
+                tracing::debug!(q = q_id, res = e, "the driver ended the fetch; re-arming");
             }
             e => {
-                tracing::error!(
-                    q = q.cfg.q_id,
-                    empty_arms,
-                    "batch fetch ended: {}",
+                b.inflight.fail(format!(
+                    "queue {q_id}: batch fetch ended after {empty_arms} empty arms: {}",
                     io::Error::from_raw_os_error(-e.min(-1))
-                );
-                break;
+                ));
+                return;
             }
         }
     }
-    q.stopping.set(true);
-    q.wake_done();
+    b.inflight.abort();
 }
 
 /// See `fetcher`: this many fetches in a row ending without a tag is a driver we do not
@@ -218,8 +240,9 @@ pub(crate) async fn fetcher<Q>(
 const MAX_EMPTY_ARMS: u32 = 1000;
 
 /// Commit whatever results are pending, one command at a time (each turn of the loop collects
-/// the results of every tag served meanwhile).
-pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
+/// the results of every tag served meanwhile). Results the driver refuses are committed once
+/// more as EIO (the request then fails rather than hangs); a second refusal ends the queue.
+pub(crate) async fn committer(b: Rc<Batch>) {
     let stride = b.elem_bytes as usize;
     loop {
         poll_fn(|cx| {
@@ -234,28 +257,45 @@ pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
         let arr = std::mem::replace(&mut *b.pending.borrow_mut(), spare);
         let n = arr.len() / stride;
         let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
-        let cmd = b.cmd(q.cfg.q_id, n);
-        let op = rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_COMMIT_IO_CMDS, cmd, addr, len, arr);
+        let op =
+            rt::fs::uring_cmd16_array(b.cdev, UBLK_U_IO_COMMIT_IO_CMDS, b.cmd(n), addr, len, arr);
         // The SQE is queued: the queue may end once nothing else is being served.
-        q.busy.set(q.busy.get() - n);
-        if q.stopping.get() {
-            q.wake_done();
-        }
+        b.inflight.committed(n);
         let c = op.await;
         // A failed element stops the driver there: it reports how many bytes it took.
         let done = (c.result.max(0) as usize / stride).min(n);
-        if c.result < 0 && !q.stopping.get() {
+        let tag_at = |i: usize| u16::from_ne_bytes([c.data[i * stride], c.data[i * stride + 1]]);
+        if b.retrying.get() > 0 {
+            for i in 0..done {
+                if b.retried[tag_at(i) as usize].replace(false) {
+                    b.retrying.set(b.retrying.get() - 1);
+                }
+            }
+        }
+        if done < n && !b.inflight.stopping() {
+            let why = if c.result < 0 {
+                io::Error::from_raw_os_error(-c.result).to_string()
+            } else {
+                format!("took {done} of {n}")
+            };
             tracing::error!(
-                q = q.cfg.q_id,
-                "commit of {n} results failed: {}",
-                io::Error::from_raw_os_error(-c.result)
+                q = b.q_id,
+                "commit of {n} results refused at tag {}: {why}",
+                tag_at(done)
             );
-        } else if c.result >= 0 && done < n {
-            let first = u16::from_ne_bytes([c.data[done * stride], c.data[done * stride + 1]]);
-            tracing::error!(
-                q = q.cfg.q_id,
-                "commit took {done} of {n} results; tag {first} and the rest were refused"
-            );
+            for i in done..n {
+                let tag = tag_at(i);
+                if b.retried[tag as usize].replace(true) {
+                    b.inflight.fail(format!(
+                        "queue {}: the driver refused the commit of tag {tag} twice",
+                        b.q_id
+                    ));
+                    break;
+                }
+                b.retrying.set(b.retrying.get() + 1);
+                b.inflight.handed(1);
+                b.finish(tag, -libc::EIO);
+            }
         }
         let mut arr = c.data;
         arr.clear();

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use targets::{Geometry, Target};
 
+use crate::bufmode::BufMode;
 use crate::ctrl::{Control, ControlError};
 use crate::features;
-use crate::queue::{BufMode, QueueConfig, QueueStats, QueueTuning, run_queue};
+use crate::queue::{QueueConfig, QueueStats, QueueTuning, run_queue};
 use crate::uapi::*;
 
 /// What the user asked for.
@@ -113,6 +114,8 @@ pub struct Device {
     cdev: Option<Arc<File>>,
     queues: Vec<JoinHandle<io::Result<QueueStats>>>,
     stops: Vec<rt::sync::Signal>,
+    /// The first queue that gave up while serving, and why.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
     started: bool,
     deleted: bool,
 }
@@ -145,58 +148,9 @@ impl Device {
         let t0 = Instant::now();
         let mut steps: Vec<(&str, Duration)> = Vec::new();
         let geo = target.geometry();
-        let caps = geo.caps;
-        if opts.mode == Some(BufMode::ZeroCopy) && caps.needs_cpu_access {
-            return Err(DeviceError::Invalid(
-                "this target reads and writes request data with the CPU, so it cannot use zero-copy buffers (use copy or user-copy)".into(),
-            ));
-        }
         let mut ctrl = Control::open()?;
-        let have = kernel_features(&mut ctrl);
-        let mode = opts.mode.unwrap_or_else(|| {
-            let zc = have.is_some_and(|h| h & UBLK_F_AUTO_BUF_REG != 0);
-            let user_copy = have.is_some_and(|h| h & UBLK_F_USER_COPY != 0);
-            if user_copy && caps.ignores_data {
-                // Nothing to move at all: the driver leaves the data alone in user-copy mode
-                // and so do we.
-                BufMode::UserCopy
-            } else if zc && !caps.needs_cpu_access {
-                BufMode::ZeroCopy
-            } else {
-                BufMode::Copy
-            }
-        });
-        let batch = opts
-            .batch
-            .unwrap_or_else(|| have.is_some_and(|h| h & UBLK_F_BATCH_IO != 0));
-        let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag();
-        // Zero copy chosen for a target that serves CPU buffers inline (a file on tmpfs): ask
-        // for user copy too, so a request that finds its queue idle can skip the target's
-        // worker-thread hand-off (QueueConfig::shallow_inline).
-        if opts.mode.is_none()
-            && mode == BufMode::ZeroCopy
-            && caps.inline_io
-            && have.is_some_and(|h| h & UBLK_F_USER_COPY != 0)
-        {
-            flags |= UBLK_F_USER_COPY;
-        }
-        if batch {
-            flags |= UBLK_F_BATCH_IO;
-        }
-        if let Some(have) = have {
-            let missing = flags & !have;
-            if missing != 0 {
-                return Err(DeviceError::Unsupported(
-                    features::names(missing).join(", "),
-                    format!("this kernel offers {}", features::names(have).join(" ")),
-                ));
-            }
-            // A recoverable device can also be quiesced for a live upgrade where the kernel
-            // allows it (Linux 6.16+); nothing is lost without it, `upgrade` just refuses.
-            if flags & UBLK_F_USER_RECOVERY != 0 && have & UBLK_F_QUIESCE != 0 {
-                flags |= UBLK_F_QUIESCE;
-            }
-        }
+        let (mode, flags) =
+            crate::policy::device_flags(opts, geo.caps, kernel_features(&mut ctrl))?;
         let want_id = opts.dev_id.unwrap_or(u32::MAX);
         let mut info = ublksrv_ctrl_dev_info {
             nr_hw_queues: opts.queues,
@@ -267,6 +221,7 @@ impl Device {
             cdev: None,
             queues: Vec::new(),
             stops: Vec::new(),
+            failure: Arc::default(),
             started: false,
             deleted: false,
         }
@@ -299,7 +254,6 @@ impl Device {
                 Vec::new()
             };
             let cfg = QueueConfig {
-                dev_id: self.info.dev_id,
                 q_id: q,
                 depth: self.info.queue_depth,
                 max_io: self.info.max_io_buf_bytes,
@@ -314,12 +268,15 @@ impl Device {
             self.stops.push(stop.clone());
             let t = target.clone();
             let c = cdev.clone();
+            let failure = self.failure.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ublk{}q{}", self.info.dev_id, q))
                 .spawn(move || {
                     let r = run_queue(&*t, c, cfg, stop);
                     if let Err(e) = &r {
                         tracing::error!("queue {q}: {e}");
+                        let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+                        f.get_or_insert_with(|| format!("queue {q}: {e}"));
                     }
                     r
                 })
@@ -426,6 +383,15 @@ impl Device {
         }
         self.cdev = None;
         self.deleted = true;
+    }
+
+    /// Why a queue gave up while the device was live, if one did: its requests can no longer be
+    /// served, so the daemon must hand the device on (recovery) or stop it.
+    pub fn queue_failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True once every queue thread has ended (e.g. the device was stopped from outside).
@@ -554,14 +520,6 @@ pub fn remove_orphan(ctrl: &mut Control, id: u32) -> io::Result<()> {
 mod tests {
     use super::*;
     use targets::Caps;
-
-    #[test]
-    fn buffer_modes_round_trip_through_device_flags() {
-        for m in [BufMode::Copy, BufMode::UserCopy, BufMode::ZeroCopy] {
-            let flags = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY | m.flag();
-            assert_eq!(BufMode::from_flags(flags), m);
-        }
-    }
 
     #[test]
     fn params_follow_geometry() {

@@ -1,7 +1,7 @@
 //! One hardware queue: a thread with its own ring, the driver's descriptor array mapped
 //! read-only, and one task per tag running `fetch -> handle -> commit_and_fetch` forever.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -13,49 +13,11 @@ use rt::{IoBuf, Runtime};
 use targets::{Target, TargetQueue};
 
 use crate::batch::Batch;
+use crate::bufmode::BufMode;
+use crate::descs::DescArray;
+use crate::fault::RefuseCommit;
+use crate::inflight::Inflight;
 use crate::uapi::*;
-
-/// Where request data lives (DESIGN.md, "the data path").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BufMode {
-    /// The driver copies between the request and our per-tag buffer.
-    Copy,
-    /// We copy with pread/pwrite on the char device (UBLK_F_USER_COPY).
-    UserCopy,
-    /// Nobody copies (UBLK_F_AUTO_BUF_REG): the driver registers each request's pages in the
-    /// queue ring's fixed-buffer table at slot `tag`, and the target moves them with fixed-buffer
-    /// io_uring ops. Only for targets that never touch the bytes with the CPU.
-    ZeroCopy,
-}
-
-impl BufMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            BufMode::Copy => "copy",
-            BufMode::UserCopy => "user-copy",
-            BufMode::ZeroCopy => "zero-copy",
-        }
-    }
-
-    /// The UBLK_F_* flag that asks the driver for this mode (copy needs none).
-    pub fn flag(self) -> u64 {
-        match self {
-            BufMode::Copy => 0,
-            BufMode::UserCopy => UBLK_F_USER_COPY,
-            BufMode::ZeroCopy => UBLK_F_AUTO_BUF_REG,
-        }
-    }
-
-    /// The mode a device was created with, from its flags.
-    pub fn from_flags(flags: u64) -> BufMode {
-        // Zero copy first: a zero-copy device may carry USER_COPY too (shallow inline, below).
-        [BufMode::ZeroCopy, BufMode::UserCopy]
-            .into_iter()
-            .find(|m| flags & m.flag() != 0)
-            .unwrap_or(BufMode::Copy)
-    }
-}
 
 /// How queue threads run: CPU placement and sleeping. Chosen per device, kept across recovery.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,7 +33,6 @@ pub struct QueueTuning {
 /// What a queue thread needs to know.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
-    pub dev_id: u32,
     pub q_id: u16,
     pub depth: u16,
     pub max_io: u32,
@@ -82,7 +43,8 @@ pub struct QueueConfig {
     pub busy_poll: Option<std::time::Duration>,
     /// The device has UBLK_F_BATCH_IO: batch prep/fetch/commit instead of per-tag commands.
     pub batch: bool,
-    /// The target never looks at request data: user-copy mode then copies nothing.
+    /// The target drops writes and reads zeroes (`Caps::ignores_data`): user-copy mode then
+    /// copies nothing for writes and zeroes for reads.
     pub ignores_data: bool,
     /// Zero copy plus user copy, for a target that serves CPU buffers inline (`Caps::inline_io`):
     /// a request that finds the queue otherwise idle goes through a CPU buffer and blocking
@@ -118,77 +80,23 @@ const RESIDENT_BUDGET: usize = 32 << 20;
 /// Buffers keep this much resident even over budget: small requests never fault.
 const KEEP_RESIDENT: usize = 64 << 10;
 
-/// The read-only descriptor array the driver fills, one `ublksrv_io_desc` per tag.
-struct DescArray {
-    ptr: *const ublksrv_io_desc,
-    len: usize,
-    map_len: usize,
-}
-
-impl DescArray {
-    fn map(fd: RawFd, q_id: u16, depth: u16) -> io::Result<DescArray> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let map_len =
-            (depth as usize * std::mem::size_of::<ublksrv_io_desc>()).next_multiple_of(page);
-        let off = desc_mmap_offset(q_id, page);
-        // SAFETY: a shared read-only mapping of the char device at the driver's documented offset;
-        // the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                fd,
-                off as i64,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(DescArray {
-            ptr: p.cast(),
-            len: depth as usize,
-            map_len,
-        })
-    }
-
-    /// The descriptor of `tag`, read after its fetch completed (the driver wrote it before
-    /// posting the completion and does not touch it until we commit).
-    fn get(&self, tag: u16) -> ublksrv_io_desc {
-        assert!((tag as usize) < self.len);
-        // SAFETY: in bounds of the mapping; volatile because the kernel writes it.
-        unsafe { std::ptr::read_volatile(self.ptr.add(tag as usize)) }
-    }
-}
-
-impl Drop for DescArray {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping.
-        unsafe { libc::munmap(self.ptr as *mut _, self.map_len) };
-    }
-}
-
 pub(crate) struct QueueCtx<Q> {
     pub(crate) cfg: QueueConfig,
     pub(crate) cdev: RawFd,
     descs: DescArray,
     target: Q,
+    pub(crate) inflight: Rc<Inflight>,
     requests: Cell<u64>,
-    /// Set when the driver said UBLK_IO_RES_ABORT: the device is stopping or quiescing.
-    pub(crate) stopping: Cell<bool>,
-    /// Requests being served: from their arrival until their commit is queued on the ring.
-    pub(crate) busy: Cell<usize>,
-    /// Woken when `stopping` or `busy` changes, to re-check whether the queue is done.
-    done_waker: Cell<Option<std::task::Waker>>,
     errors: Cell<u64>,
-    pub(crate) fetch_rearms: Cell<u64>,
     resident: Cell<usize>,
     /// The CPU buffer of the shallow-inline path (one request at a time uses it).
-    scratch: std::cell::RefCell<Option<IoBuf>>,
+    scratch: RefCell<Option<IoBuf>>,
     /// Requests served through `scratch`.
     inlined: Cell<u64>,
+    /// Zeroes for reads of a target that ignores data in user-copy mode: never written, so its
+    /// pages are the kernel's shared zero page and cost no memory.
+    zeroes: Option<IoBuf>,
+    refuse_commit: RefuseCommit,
 }
 
 impl<Q> QueueCtx<Q> {
@@ -196,16 +104,11 @@ impl<Q> QueueCtx<Q> {
     /// it, the queue serves nothing else, and the ring was quiet at the last look (at depth
     /// the zero-copy path wins: no copies, and the target's worker threads run in parallel).
     fn shallow_scratch(&self) -> Option<IoBuf> {
-        if self.cfg.shallow_inline && self.busy.get() <= 1 && rt::runtime::last_reap_len() <= 2 {
+        if self.cfg.shallow_inline && self.inflight.busy() <= 1 && rt::runtime::last_reap_len() <= 2
+        {
             self.scratch.borrow_mut().take()
         } else {
             None
-        }
-    }
-
-    pub(crate) fn wake_done(&self) {
-        if let Some(w) = self.done_waker.take() {
-            w.wake();
         }
     }
 }
@@ -229,8 +132,49 @@ fn pin_to(cpus: &[usize]) {
     }
 }
 
+/// The queue's ring: room for every tag's command plus its target I/O, and completions of
+/// every tag at once.
+fn queue_runtime(cfg: &QueueConfig) -> io::Result<Runtime> {
+    let depth = cfg.depth as u32;
+    let mut sq_entries = (depth * 2).next_power_of_two().min(4096);
+    let mut cq_entries = (depth * 4).next_power_of_two().clamp(64, 16384);
+    if let Some(n) = crate::fault::ring_entries() {
+        (sq_entries, cq_entries) = (n, n);
+    }
+    Runtime::builder()
+        .entries(sq_entries)
+        .cq_entries(cq_entries)
+        .busy_poll(cfg.busy_poll)
+        .build()
+}
+
+/// One buffer per tag, as the buffer mode wants them.
+fn tag_buffers(rt: &Runtime, cfg: &QueueConfig) -> io::Result<Vec<IoBuf>> {
+    match cfg.mode {
+        BufMode::ZeroCopy => {
+            // One table slot per tag: the driver fills slot `tag` before it completes that tag's
+            // fetch and empties it when we commit.
+            rt.register_buffers_sparse(cfg.depth as u32)?;
+            Ok((0..cfg.depth)
+                .map(|tag| IoBuf::kernel_fixed(tag, cfg.max_io as usize))
+                .collect())
+        }
+        BufMode::Copy | BufMode::UserCopy => IoBuf::arena(cfg.depth as usize, cfg.max_io as usize),
+    }
+}
+
+/// One lazily-backed buffer of `max_io` bytes, when `want`.
+fn cpu_buffer(want: bool, cfg: &QueueConfig) -> io::Result<Option<IoBuf>> {
+    Ok(if want {
+        IoBuf::arena(1, cfg.max_io as usize)?.pop()
+    } else {
+        None
+    })
+}
+
 /// Serve one queue until the driver aborts its fetches (device stopped) or `stop` is raised.
-/// Runs on the calling thread.
+/// Runs on the calling thread. A queue that had to give up (the driver refused its commands)
+/// returns the reason as an error once the requests it was serving are committed.
 pub fn run_queue<T: Target>(
     target: &T,
     cdev: Arc<File>,
@@ -238,145 +182,116 @@ pub fn run_queue<T: Target>(
     stop: rt::sync::Signal,
 ) -> io::Result<QueueStats> {
     pin_to(&cfg.cpus);
-    // Fault injection for the test suite: a queue that fails before fetching must make device
-    // creation fail cleanly rather than hang in START_DEV.
-    if std::env::var_os("UBLKD_FAULT_QUEUE_START").is_some() {
-        return Err(io::Error::other("UBLKD_FAULT_QUEUE_START is set"));
-    }
-    let depth = cfg.depth as u32;
-    let mut sq_entries = (depth * 2).next_power_of_two().min(4096);
-    let mut cq_entries = (depth * 4).next_power_of_two().clamp(64, 16384);
-    // Fault injection for the test suite: rings too small for the load make the kernel end
-    // multishot fetches (batch mode), which must be re-armed without losing a tag.
-    if let Some(n) = std::env::var("UBLKD_FAULT_RING_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        (sq_entries, cq_entries) = (n, n);
-    }
-    let rt = Runtime::builder()
-        .entries(sq_entries)
-        .cq_entries(cq_entries)
-        .busy_poll(cfg.busy_poll)
-        .build()?;
-    let descs = DescArray::map(cdev.as_raw_fd(), cfg.q_id, cfg.depth)?;
-    let bufs = match cfg.mode {
-        BufMode::ZeroCopy => {
-            // One table slot per tag: the driver fills slot `tag` before it completes that tag's
-            // fetch and empties it when we commit.
-            rt.register_buffers_sparse(depth)?;
-            (0..cfg.depth)
-                .map(|tag| IoBuf::kernel_fixed(tag, cfg.max_io as usize))
-                .collect()
-        }
-        BufMode::Copy | BufMode::UserCopy => IoBuf::arena(cfg.depth as usize, cfg.max_io as usize)?,
+    crate::fault::before_start()?;
+    let rt = queue_runtime(&cfg)?;
+    let bufs = tag_buffers(&rt, &cfg)?;
+    let fetch_bufs = match cfg.batch {
+        true => Some(crate::batch::provide_fetch_buffers(&rt, cfg.depth)?),
+        false => None,
     };
-    let scratch = if cfg.shallow_inline {
-        IoBuf::arena(1, cfg.max_io as usize)?.pop()
-    } else {
-        None
-    };
-    let tq = target.open_queue(cfg.q_id)?;
     let ctx = Rc::new(QueueCtx {
-        cfg: cfg.clone(),
+        descs: DescArray::map(cdev.as_raw_fd(), cfg.q_id, cfg.depth)?,
+        target: target.open_queue(cfg.q_id)?,
         cdev: cdev.as_raw_fd(),
-        descs,
-        target: tq,
+        inflight: Rc::new(Inflight::default()),
         requests: Cell::new(0),
         errors: Cell::new(0),
-        fetch_rearms: Cell::new(0),
         resident: Cell::new(0),
-        stopping: Cell::new(false),
-        busy: Cell::new(0),
-        done_waker: Cell::new(None),
-        scratch: std::cell::RefCell::new(scratch),
+        scratch: RefCell::new(cpu_buffer(cfg.shallow_inline, &cfg)?),
         inlined: Cell::new(0),
+        zeroes: cpu_buffer(cfg.mode == BufMode::UserCopy && cfg.ignores_data, &cfg)?,
+        refuse_commit: RefuseCommit::from_env(),
+        cfg,
     });
-    let fetch_bufs = if cfg.batch {
-        Some(crate::batch::provide_fetch_buffers(&rt, cfg.depth)?)
-    } else {
-        None
-    };
-    let c2 = ctx.clone();
-    let r = rt.block_on(async move {
-        let tasks: Vec<_> = match fetch_bufs {
-            None => bufs
-                .into_iter()
-                .enumerate()
-                .map(|(tag, buf)| rt::spawn(tag_loop(c2.clone(), tag as u16, buf)))
-                .collect(),
-            Some(fetch_bufs) => {
-                let addrs = bufs.iter().map(|b| b.addr() as u64).collect();
-                let keep = Rc::new(bufs.iter().map(|b| b.keepalive()).collect());
-                let b = Rc::new(Batch::new(c2.cfg.depth, c2.cfg.mode, addrs));
-                crate::batch::prep(&c2, &b).await?;
-                let f = crate::batch::fetcher(c2.clone(), b.clone(), fetch_bufs, keep);
-                drop(rt::spawn(f));
-                drop(rt::spawn(crate::batch::committer(c2.clone(), b.clone())));
-                // Tag tasks never end on their own here: the fetcher ends the queue.
-                for (tag, buf) in bufs.into_iter().enumerate() {
-                    drop(rt::spawn(batch_tag_loop(
-                        c2.clone(),
-                        b.clone(),
-                        tag as u16,
-                        buf,
-                    )));
-                }
-                Vec::new()
-            }
-        };
-        let all = async {
-            if tasks.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            for t in tasks {
-                t.await;
-            }
-        };
-        let stopped = stop.wait();
-        // The driver may not abort a tag whose next request it already started (it requeues
-        // that request instead): once any tag saw ABORT and no tag is serving a request, the
-        // queue is done, and dropping the runtime cancels the remaining fetches.
-        let idle_after_abort = std::future::poll_fn(|cx| {
-            if c2.stopping.get() && c2.busy.get() == 0 {
-                return std::task::Poll::Ready(());
-            }
-            c2.done_waker.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
-        });
-        // Whichever comes first: every tag saw ABORT, the queue went idle after an ABORT, or we
-        // were told to stop.
-        select2(select2(all, idle_after_abort), stopped).await;
-        io::Result::Ok(())
-    });
+    let r = rt.block_on(serve_queue(ctx.clone(), bufs, fetch_bufs, stop));
     let s = rt.stats();
     // Fetches the driver did not abort can only be cancelled by tearing the ring down; their
     // buffers are leaked rather than freed while the kernel might still hold them.
     rt.leak_in_flight_on_drop();
     drop(rt);
     drop(cdev);
-    r?;
+    let fetch_rearms = r?;
+    if let Some(why) = ctx.inflight.failure() {
+        return Err(io::Error::other(why));
+    }
     Ok(QueueStats {
         requests: ctx.requests.get(),
         errors: ctx.errors.get(),
         enters: s.enters,
         completions: s.completions,
-        fetch_rearms: ctx.fetch_rearms.get(),
+        fetch_rearms,
         inlined: ctx.inlined.get(),
     })
 }
 
-/// The life of one tag: fetch, serve, commit-and-fetch, until the driver says ABORT.
+/// Start a task per tag (and, in batch mode, the fetcher and committer), then wait until the
+/// queue is done or told to stop. Returns the batch fetch's re-arm count.
+async fn serve_queue<Q: TargetQueue + 'static>(
+    ctx: Rc<QueueCtx<Q>>,
+    bufs: Vec<IoBuf>,
+    fetch_bufs: Option<rt::pbuf::ProvidedBufs>,
+    stop: rt::sync::Signal,
+) -> io::Result<u64> {
+    let batch = match fetch_bufs {
+        None => {
+            for (tag, buf) in bufs.into_iter().enumerate() {
+                drop(rt::spawn(tag_loop(ctx.clone(), tag as u16, buf)));
+            }
+            None
+        }
+        Some(fetch_bufs) => {
+            let addrs = bufs.iter().map(|b| b.addr() as u64).collect();
+            let keep = Rc::new(bufs.iter().map(|b| b.keepalive()).collect());
+            let b = Rc::new(Batch::new(
+                RefuseCommit::from_env(),
+                ctx.cdev,
+                ctx.cfg.q_id,
+                ctx.inflight.clone(),
+                ctx.cfg.mode,
+                addrs,
+            ));
+            crate::batch::prep(&b).await?;
+            drop(rt::spawn(crate::batch::fetcher(
+                b.clone(),
+                fetch_bufs,
+                keep,
+            )));
+            drop(rt::spawn(crate::batch::committer(b.clone())));
+            for (tag, buf) in bufs.into_iter().enumerate() {
+                drop(rt::spawn(batch_tag_loop(
+                    ctx.clone(),
+                    b.clone(),
+                    tag as u16,
+                    buf,
+                )));
+            }
+            Some(b)
+        }
+    };
+    // Tasks never end the queue themselves; the queue is done once it is stopping (ABORT or
+    // failure) and nothing is being served, or when told to stop. Dropping the runtime then
+    // cancels what is left.
+    select2(ctx.inflight.done(), stop.wait()).await;
+    Ok(batch.map_or(0, |b| b.fetch_rearms.get()))
+}
+
+/// The life of one tag: fetch, serve, commit-and-fetch, until the driver says ABORT. A commit
+/// the driver refuses is sent once more with EIO (the request fails rather than hangs); a second
+/// refusal, or a refused fetch, ends the queue.
 async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) {
     let mut op = UBLK_U_IO_FETCH_REQ;
     let mut result = 0i32;
     let mut touched = 0usize;
+    let mut retried = false;
     loop {
         // Copy mode names our buffer in the command; the other modes leave that field zero (the
         // driver refuses anything else). Zero copy puts `struct ublk_auto_buf_reg` in the SQE's
         // own addr field: index = tag, no flags (no fallback: the slot is ours alone, so the
         // registration cannot find it taken).
         let (addr, sqe_addr) = match q.cfg.mode {
+            BufMode::Copy if op == UBLK_U_IO_COMMIT_AND_FETCH_REQ && q.refuse_commit.now() => {
+                (0, None)
+            }
             BufMode::Copy => (buf.addr() as u64, None),
             BufMode::UserCopy => (0, None),
             BufMode::ZeroCopy => (0, Some(tag as u64)),
@@ -390,28 +305,40 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
         .to_bytes();
         let c = rt::fs::uring_cmd16(q.cdev, op, cmd, sqe_addr, Some(buf.keepalive())).await;
         match c.result {
-            UBLK_IO_RES_OK => {}
+            UBLK_IO_RES_OK => retried = false,
             UBLK_IO_RES_ABORT => {
-                q.stopping.set(true);
-                q.wake_done();
+                q.inflight.abort();
                 return;
             }
-            e => {
+            e if op == UBLK_U_IO_COMMIT_AND_FETCH_REQ && !retried && !q.inflight.stopping() => {
                 tracing::error!(
                     q = q.cfg.q_id,
                     tag,
-                    "io command failed: {}",
+                    result,
+                    "the driver refused a commit ({}); failing the request with EIO",
                     io::Error::from_raw_os_error(-e)
                 );
+                (result, retried) = (-libc::EIO, true);
+                continue;
+            }
+            e => {
+                let what = if op == UBLK_U_IO_FETCH_REQ {
+                    "fetch"
+                } else {
+                    "commit"
+                };
+                q.inflight.fail(format!(
+                    "queue {} tag {tag}: the driver refused the {what}: {}",
+                    q.cfg.q_id,
+                    io::Error::from_raw_os_error(-e)
+                ));
                 return;
             }
         }
-        q.busy.set(q.busy.get() + 1);
+        q.inflight.handed(1);
         result = serve(&q, tag, &mut buf, &mut touched).await;
-        q.busy.set(q.busy.get() - 1);
-        if q.stopping.get() {
-            q.wake_done();
-        }
+        // Queued with the next command, right below.
+        q.inflight.committed(1);
         op = UBLK_U_IO_COMMIT_AND_FETCH_REQ;
     }
 }
@@ -486,6 +413,13 @@ async fn handle<Q: TargetQueue>(
         return -libc::EIO;
     }
     let scratch = if is_rw { q.shallow_scratch() } else { None };
+    if let (Some(z), UBLK_IO_OP_READ) = (&q.zeroes, d.op()) {
+        // A target that ignores data reads zeroes; the request's pages get them from ours.
+        return match copy_to_request(q, tag, &z.as_slice()[..len as usize]) {
+            Ok(()) => len as i32,
+            Err(e) => errno(&e),
+        };
+    }
     let r = if let Some(mut s) = scratch {
         let r = through_cpu(q, tag, d, &mut s).await;
         q.inlined.set(q.inlined.get() + 1);
@@ -518,7 +452,10 @@ async fn handle<Q: TargetQueue>(
         }
     };
     match r {
-        Ok(()) => len as i32,
+        // Reads and writes report their bytes (at most the max I/O size); the other requests
+        // report 0, whatever their length (a discard can cover 4 GiB, past an i32).
+        Ok(()) if is_rw => len as i32,
+        Ok(()) => 0,
         Err(e) => {
             tracing::debug!(tag, op = d.op(), off, len, "request failed: {e}");
             errno(&e)

@@ -1,0 +1,164 @@
+//! Which flags a new device asks the driver for: the buffer mode, batch commands, and the
+//! optional features it gets where the kernel has them. Decided from what the user asked, what
+//! the target can do and what the kernel offers (`None`: too old to say, before Linux 6.5).
+
+use targets::Caps;
+
+use crate::bufmode::BufMode;
+use crate::device::{DeviceError, DeviceOptions};
+use crate::features;
+use crate::uapi::*;
+
+/// The buffer mode and the UBLK_F_* flags for ADD_DEV.
+pub(crate) fn device_flags(
+    opts: &DeviceOptions,
+    caps: Caps,
+    have: Option<u64>,
+) -> Result<(BufMode, u64), DeviceError> {
+    if opts.mode == Some(BufMode::ZeroCopy) && caps.needs_cpu_access {
+        return Err(DeviceError::Invalid(
+            "this target reads and writes request data with the CPU, so it cannot use zero-copy buffers (use copy or user-copy)".into(),
+        ));
+    }
+    let offers = |f: u64| have.is_some_and(|h| h & f != 0);
+    let mode = opts.mode.unwrap_or({
+        if offers(UBLK_F_USER_COPY) && caps.ignores_data {
+            // The driver leaves request pages alone in user-copy mode: writes need no copy,
+            // and reads get their zeroes by one copy from a page that is never written.
+            BufMode::UserCopy
+        } else if offers(UBLK_F_AUTO_BUF_REG) && !caps.needs_cpu_access {
+            BufMode::ZeroCopy
+        } else {
+            BufMode::Copy
+        }
+    });
+    let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag();
+    // Zero copy chosen for a target that serves CPU buffers inline (a file on tmpfs): ask for
+    // user copy too, so a request that finds its queue idle can skip the target's worker-thread
+    // hand-off (QueueConfig::shallow_inline).
+    if opts.mode.is_none()
+        && mode == BufMode::ZeroCopy
+        && caps.inline_io
+        && offers(UBLK_F_USER_COPY)
+    {
+        flags |= UBLK_F_USER_COPY;
+    }
+    if opts.batch.unwrap_or(offers(UBLK_F_BATCH_IO)) {
+        flags |= UBLK_F_BATCH_IO;
+    }
+    let Some(have) = have else {
+        return Ok((mode, flags));
+    };
+    let missing = flags & !have;
+    if missing != 0 {
+        return Err(DeviceError::Unsupported(
+            features::names(missing).join(", "),
+            format!("this kernel offers {}", features::names(have).join(" ")),
+        ));
+    }
+    // A recoverable device can also be quiesced for a live upgrade where the kernel allows it
+    // (Linux 6.16+); nothing is lost without it, `upgrade` just refuses.
+    if flags & UBLK_F_USER_RECOVERY != 0 && have & UBLK_F_QUIESCE != 0 {
+        flags |= UBLK_F_QUIESCE;
+    }
+    Ok((mode, flags))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueTuning;
+
+    fn opts(mode: Option<BufMode>, batch: Option<bool>, extra: u64) -> DeviceOptions {
+        DeviceOptions {
+            dev_id: None,
+            queues: 1,
+            depth: 1,
+            max_io: 4096,
+            mode,
+            batch,
+            extra_flags: extra,
+            tuning: QueueTuning::default(),
+        }
+    }
+
+    const K73: u64 = UBLK_F_USER_COPY
+        | UBLK_F_AUTO_BUF_REG
+        | UBLK_F_BATCH_IO
+        | UBLK_F_QUIESCE
+        | UBLK_F_USER_RECOVERY
+        | UBLK_F_USER_RECOVERY_REISSUE
+        | UBLK_F_CMD_IOCTL_ENCODE;
+    const K612: u64 = UBLK_F_USER_COPY
+        | UBLK_F_USER_RECOVERY
+        | UBLK_F_USER_RECOVERY_REISSUE
+        | UBLK_F_CMD_IOCTL_ENCODE;
+
+    fn null() -> Caps {
+        Caps {
+            ignores_data: true,
+            ..Caps::default()
+        }
+    }
+    fn mem() -> Caps {
+        Caps {
+            needs_cpu_access: true,
+            ..Caps::default()
+        }
+    }
+    fn tmpfs_file() -> Caps {
+        Caps {
+            inline_io: true,
+            ..Caps::default()
+        }
+    }
+
+    #[test]
+    fn auto_takes_the_cheapest_mode_the_kernel_and_target_allow() {
+        let o = opts(None, None, 0);
+        assert_eq!(
+            device_flags(&o, null(), Some(K73)).unwrap().0,
+            BufMode::UserCopy
+        );
+        assert_eq!(device_flags(&o, mem(), Some(K73)).unwrap().0, BufMode::Copy);
+        let (m, f) = device_flags(&o, Caps::default(), Some(K73)).unwrap();
+        assert_eq!(m, BufMode::ZeroCopy);
+        assert_eq!(f & UBLK_F_USER_COPY, 0);
+        assert_ne!(f & UBLK_F_BATCH_IO, 0);
+        let (m, f) = device_flags(&o, tmpfs_file(), Some(K73)).unwrap();
+        assert_eq!(m, BufMode::ZeroCopy);
+        assert_ne!(
+            f & UBLK_F_USER_COPY,
+            0,
+            "shallow inline needs user copy too"
+        );
+        let (m, f) = device_flags(&o, Caps::default(), Some(K612)).unwrap();
+        assert_eq!(m, BufMode::Copy);
+        assert_eq!(f & UBLK_F_BATCH_IO, 0);
+        assert_eq!(
+            device_flags(&o, Caps::default(), None).unwrap().0,
+            BufMode::Copy
+        );
+    }
+
+    #[test]
+    fn asking_for_what_cannot_work_is_refused() {
+        let e = device_flags(&opts(Some(BufMode::ZeroCopy), None, 0), mem(), Some(K73));
+        assert!(matches!(e, Err(DeviceError::Invalid(_))));
+        let e = device_flags(&opts(Some(BufMode::ZeroCopy), None, 0), null(), Some(K612));
+        assert!(matches!(e, Err(DeviceError::Unsupported(..))));
+        let e = device_flags(&opts(None, Some(true), 0), null(), Some(K612));
+        assert!(matches!(e, Err(DeviceError::Unsupported(..))));
+    }
+
+    #[test]
+    fn recoverable_devices_can_be_quiesced_where_offered() {
+        let rec = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+        let (_, f) = device_flags(&opts(None, None, rec), null(), Some(K73)).unwrap();
+        assert_ne!(f & UBLK_F_QUIESCE, 0);
+        let (_, f) = device_flags(&opts(None, None, 0), null(), Some(K73)).unwrap();
+        assert_eq!(f & UBLK_F_QUIESCE, 0);
+        let (_, f) = device_flags(&opts(None, None, rec), null(), Some(K612)).unwrap();
+        assert_eq!(f & UBLK_F_QUIESCE, 0);
+    }
+}
