@@ -25,6 +25,10 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/nbd.sh"
 # shellcheck source=recovery.sh
 . "$HERE/recovery.sh"
+# shellcheck source=requests.sh
+. "$HERE/requests.sh"
+# shellcheck source=filters.sh
+. "$HERE/filters.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -448,6 +452,10 @@ elif [ "$COMPAT" = 1 ]; then
     test_fio_verify file -t file --path "$BACK/verify.img"
     test_null_io
     test_ext4
+    test_large_discard
+    test_null_reads_zero
+    test_refused_commit
+    test_error_filter
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
 else
     test_features
@@ -462,6 +470,12 @@ else
     test_queue_start_failure
     test_ext4
     test_discard
+    test_large_discard
+    test_null_reads_zero
+    test_refused_commit
+    test_error_filter
+    test_rate_filter
+    test_filter_stack
     test_deep_queue
     test_many_devices
     test_list_json

@@ -333,6 +333,16 @@ fn serve_device(
             Some(s) => break format!("signal {s}"),
             None => {}
         }
+        if let Some(why) = dev.queue_failure() {
+            if recoverable {
+                // As after a crash: the driver holds the device and reissues what we had in
+                // flight to the next daemon (a --restart supervisor starts one).
+                tracing::error!("{why}: leaving device {id} to a recovering daemon");
+                dev.abandon();
+                return ExitCode::FAILURE;
+            }
+            break why;
+        }
         if dev.queues_finished() {
             // Every fetch was aborted. STOP_DEV from outside leaves the device DEAD; a quiesce
             // (upgrade) leaves it LIVE until we close the char device, after which the driver

@@ -215,6 +215,82 @@ fn unix_socket_export_read_only_and_socket_removed() {
     assert!(!sock.exists(), "socket file left behind");
 }
 
+/// Filters stack on an export as on a device: injected errors reach an NBD client with their
+/// errno, only in their range, behind a delay the client waits out.
+#[test]
+fn filters_stack_on_an_export() {
+    if !have("qemu-io") {
+        return;
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let e = Export::start(&[
+        "-t",
+        "mem",
+        "--size",
+        "16M",
+        "--listen",
+        &listen,
+        "--filter",
+        "delay:ms=50",
+        "--filter",
+        "error:ops=read,offset=1M,length=4K",
+    ]);
+    assert!(
+        e.log().iter().any(|l| l.contains("+delay:ms=50 +error:")),
+        "{:?}",
+        e.log()
+    );
+    let io = |cmd: &str| {
+        Command::new("qemu-io")
+            .args(["-f", "raw", "-c", cmd, &format!("nbd://{listen}")])
+            .output()
+            .unwrap()
+    };
+    let t0 = Instant::now();
+    let ok = io("read 0 4k");
+    assert!(ok.status.success() && !String::from_utf8_lossy(&ok.stdout).contains("failed"));
+    assert!(t0.elapsed() >= Duration::from_millis(50), "no delay");
+    let bad = io("read 1M 4k");
+    let out =
+        String::from_utf8_lossy(&bad.stdout).to_string() + &String::from_utf8_lossy(&bad.stderr);
+    assert!(out.contains("Input/output error"), "{out}");
+    let w = io("write 1M 4k");
+    assert!(
+        !String::from_utf8_lossy(&w.stdout).contains("failed"),
+        "writes pass"
+    );
+}
+
+/// `--read-only` makes any target's export read-only, not only a file's.
+#[test]
+fn read_only_export_of_mem_refuses_writes() {
+    if !have("qemu-io") {
+        return;
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _e = Export::start(&[
+        "-t",
+        "mem",
+        "--size",
+        "16M",
+        "--listen",
+        &listen,
+        "--read-only",
+    ]);
+    let w = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write 0 4k", &format!("nbd://{listen}")])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&w.stdout).to_string() + &String::from_utf8_lossy(&w.stderr);
+    // qemu-io opens read-write and the server says no.
+    assert!(
+        !w.status.success() && out.contains("Permission denied"),
+        "{out}"
+    );
+}
+
 /// `ublkd export -t nbd --uri` of another `ublkd export`: the nbd target end to end (the same
 /// AnyTarget/AnyQueue code a ublk device uses). Our export allows multi-conn, so every worker
 /// thread of the outer export has its own connection to the inner one.
