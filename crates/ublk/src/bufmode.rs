@@ -1,4 +1,4 @@
-//! Where request data lives (DESIGN.md, "the data path"), and which device flags ask for it.
+//! Where request data lives (docs/design.md, "Buffer modes"), and the flag that asks for it.
 
 use crate::uapi::*;
 

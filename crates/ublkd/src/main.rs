@@ -6,7 +6,9 @@
 
 mod args;
 mod cmd;
+mod device_args;
 mod out;
+mod process;
 mod registry;
 mod report;
 mod serve;

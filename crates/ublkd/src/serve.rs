@@ -2,148 +2,18 @@
 //! until the device is stopped from outside, then remove it and its state file.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use targets::Target;
-use targets::size::parse_size;
-use ublk::{BufMode, Device, DeviceOptions, QueueTuning};
+use ublk::Device;
 
-use crate::args::TargetArgs;
+use crate::device_args::DeviceArgs;
+use crate::process::{HANDOVER_SIGNAL, block_daemon_signals, redirect_output, wait_signal};
 use crate::report::DeviceReport;
 use crate::state::{self, DeviceState};
-
-/// Everything that defines a device; shared by `add` and the daemon.
-#[derive(Debug, Clone, Args)]
-pub struct DeviceArgs {
-    #[command(flatten)]
-    pub target: TargetArgs,
-    /// Hardware queues (default: one per CPU, at most 4).
-    #[arg(short = 'q', long)]
-    pub queues: Option<u16>,
-    /// Queue depth, 1..=4096.
-    #[arg(short = 'd', long, default_value_t = 128)]
-    pub depth: u16,
-    /// Device id (default: the first free one).
-    #[arg(short = 'n', long = "number")]
-    pub id: Option<u32>,
-    /// Largest single I/O (K/M suffixes), a power of two from 4K to 32M.
-    #[arg(long, default_value = "512K", value_parser = parse_size)]
-    pub max_io: u64,
-    /// Where request data lives: copy (the driver copies into per-tag buffers), user-copy (we
-    /// copy with pread/pwrite on the char device, UBLK_F_USER_COPY), zero-copy (the request's
-    /// own pages go to the target's I/O, UBLK_F_AUTO_BUF_REG, Linux 6.17+; file and null
-    /// targets), or auto: zero-copy where the kernel and target allow it, else copy.
-    #[arg(long, value_enum, default_value_t = Buffers::Auto)]
-    pub buffers: Buffers,
-    /// How requests reach the daemon: batch (UBLK_F_BATCH_IO, Linux 7.0+: one multishot fetch
-    /// delivers many requests, one command commits many results), per-tag (one fetch/commit
-    /// command per request), or auto: batch where the kernel offers it.
-    #[arg(long, value_enum, default_value_t = IoCmds::Auto)]
-    pub io_cmds: IoCmds,
-    /// Same as --buffers user-copy.
-    #[arg(long, conflicts_with = "buffers")]
-    pub user_copy: bool,
-    /// Spin this many microseconds for completions before sleeping (lower qd1 latency, more CPU).
-    #[arg(long, value_name = "USEC", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub busy_poll_us: Option<u64>,
-    /// Pin each queue thread to the CPUs the driver maps to its queue (default: let the
-    /// scheduler place them, which measured faster for single-job workloads).
-    #[arg(long)]
-    pub pin_queues: bool,
-    /// What the driver does when the daemon dies: keep the device and reissue in-flight I/O to a
-    /// recovering daemon (reissue), keep it and fail in-flight I/O (on), keep it but fail all I/O
-    /// until recovery (fail-io, Linux 6.13+), or remove it (off).
-    #[arg(long, value_enum, default_value_t = Recovery::Reissue)]
-    pub recovery: Recovery,
-}
-
-/// Queue thread tuning from the options a device was created with (kept in its state file).
-pub(crate) fn queue_tuning(busy_poll_us: Option<u64>, pin_queues: bool) -> QueueTuning {
-    QueueTuning {
-        busy_poll: busy_poll_us.map(Duration::from_micros),
-        pin: pin_queues,
-    }
-}
-
-/// `--buffers`: a buffer mode, or auto.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Buffers {
-    Auto,
-    Copy,
-    UserCopy,
-    ZeroCopy,
-}
-
-/// `--io-cmds`: batch or per-tag I/O commands, or auto.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum IoCmds {
-    Auto,
-    Batch,
-    PerTag,
-}
-
-/// Recovery policy (UBLK_F_USER_RECOVERY and friends).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Recovery {
-    Reissue,
-    On,
-    FailIo,
-    Off,
-}
-
-impl Recovery {
-    pub fn flags(self) -> u64 {
-        use ublk::uapi::*;
-        match self {
-            Recovery::Reissue => UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE,
-            Recovery::On => UBLK_F_USER_RECOVERY,
-            Recovery::FailIo => UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO,
-            Recovery::Off => 0,
-        }
-    }
-}
-
-impl DeviceArgs {
-    pub fn options(&self) -> Result<DeviceOptions, String> {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let max_io = u32::try_from(self.max_io)
-            .map_err(|_| format!("--max-io {} is too large", self.max_io))?;
-        if self.depth == 0 || self.depth > 4096 {
-            return Err(format!("--depth {} is outside 1..=4096", self.depth));
-        }
-        if let Some(0) = self.queues {
-            return Err("--queues must be at least 1".into());
-        }
-        Ok(DeviceOptions {
-            dev_id: self.id,
-            queues: self.queues.unwrap_or(cpus.min(4) as u16),
-            depth: self.depth,
-            max_io,
-            mode: match (self.user_copy, self.buffers) {
-                (true, _) | (_, Buffers::UserCopy) => Some(BufMode::UserCopy),
-                (_, Buffers::Copy) => Some(BufMode::Copy),
-                (_, Buffers::ZeroCopy) => Some(BufMode::ZeroCopy),
-                (_, Buffers::Auto) => None,
-            },
-            batch: match self.io_cmds {
-                IoCmds::Auto => None,
-                IoCmds::Batch => Some(true),
-                IoCmds::PerTag => Some(false),
-            },
-            extra_flags: self.recovery.flags(),
-            tuning: queue_tuning(self.busy_poll_us, self.pin_queues),
-        })
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -152,47 +22,6 @@ pub struct ServeArgs {
     /// Started by `add`: print the ready line on stdout, then log to the device's log file.
     #[arg(long)]
     pub daemon: bool,
-}
-
-/// Block the stop signals in every thread; the main thread takes them with `sigtimedwait`.
-pub(crate) fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset operations on a local set; pthread_sigmask affects this thread and the
-    // threads it spawns afterwards.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// The signal `ublkd upgrade` sends a daemon whose device cannot be quiesced safely (batch I/O
-/// commands): leave the device to the driver, which holds its I/O for the next daemon.
-pub(crate) const HANDOVER_SIGNAL: i32 = libc::SIGUSR1;
-
-/// Block the stop signals and the hand-over signal; the serve loop takes them.
-fn block_daemon_signals() -> libc::sigset_t {
-    let mut set = block_stop_signals();
-    // SAFETY: as in block_stop_signals.
-    unsafe {
-        libc::sigaddset(&mut set, HANDOVER_SIGNAL);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    set
-}
-
-/// Wait up to `d` for a stop signal; returns it.
-pub(crate) fn wait_signal(set: &libc::sigset_t, d: Duration) -> Option<i32> {
-    let ts = libc::timespec {
-        tv_sec: d.as_secs() as _,
-        tv_nsec: d.subsec_nanos() as _,
-    };
-    // SAFETY: valid set and timeout pointers; a null siginfo is allowed.
-    let s = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    (s > 0).then_some(s)
 }
 
 pub fn run(a: ServeArgs) -> ExitCode {
@@ -404,25 +233,4 @@ pub(crate) fn clamp_queues(want: usize, max: usize, what: &str) -> (usize, Optio
         max,
         Some(format!("{why}: using {max} {what}{s} instead of {want}")),
     )
-}
-
-/// Point stdout and stderr at the log file (append), stdin at /dev/null.
-pub(crate) fn redirect_output(log: &std::path::Path) {
-    let Ok(f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-    else {
-        return;
-    };
-    let null = std::fs::File::open("/dev/null").ok();
-    // SAFETY: dup2 onto the standard descriptors; both source fds are valid and stay open for
-    // the duration of the calls.
-    unsafe {
-        libc::dup2(f.as_raw_fd(), 1);
-        libc::dup2(f.as_raw_fd(), 2);
-        if let Some(n) = &null {
-            libc::dup2(n.as_raw_fd(), 0);
-        }
-    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use ublk::BufMode;
 
-use crate::serve::Recovery;
+use crate::device_args::Recovery;
 use crate::spec::TargetSpec;
 
 pub fn state_dir() -> PathBuf {
@@ -49,7 +49,7 @@ fn default_recovery() -> Recovery {
 impl DeviceState {
     /// How the device's queue threads run, for a daemon taking it over.
     pub fn tuning(&self) -> ublk::QueueTuning {
-        crate::serve::queue_tuning(self.busy_poll_us, self.pin_queues)
+        crate::device_args::queue_tuning(self.busy_poll_us, self.pin_queues)
     }
 
     /// The state of a device this process now serves.

@@ -52,7 +52,7 @@ fn kill(child: &Child, sig: i32) {
 }
 
 pub fn run(a: SuperviseArgs) -> ExitCode {
-    let sigs = crate::serve::block_stop_signals();
+    let sigs = crate::process::block_stop_signals();
     let mut serve_args = vec!["serve".to_string(), "--daemon".to_string()];
     serve_args.extend(a.serve_args);
     let (mut child, line) = match start(&serve_args) {
@@ -70,7 +70,7 @@ pub fn run(a: SuperviseArgs) -> ExitCode {
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
     drop(out);
-    crate::serve::redirect_output(&state::log_path_for(id));
+    crate::process::redirect_output(&state::log_path_for(id));
     tracing::info!(
         "supervisor {} watching device {id} (daemon pid {})",
         std::process::id(),
@@ -78,7 +78,7 @@ pub fn run(a: SuperviseArgs) -> ExitCode {
     );
     let mut restarts: Vec<Instant> = Vec::new();
     loop {
-        if crate::serve::wait_signal(&sigs, Duration::from_millis(50)).is_some() {
+        if crate::process::wait_signal(&sigs, Duration::from_millis(50)).is_some() {
             tracing::info!("supervisor: stop requested; stopping daemon {}", child.id());
             kill(&child, libc::SIGTERM);
             let _ = child.wait();

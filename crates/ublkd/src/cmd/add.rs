@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use clap::Args;
 
-use crate::serve::DeviceArgs;
+use crate::device_args::{DeviceArgs, Recovery};
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
@@ -58,7 +58,7 @@ pub fn run(a: AddArgs) -> ExitCode {
             daemon: false,
         });
     }
-    if a.restart && a.dev.recovery == crate::serve::Recovery::Off {
+    if a.restart && a.dev.recovery == Recovery::Off {
         return crate::fail("--restart needs a recovery mode (drop --recovery off)");
     }
     let mut args = if a.restart {

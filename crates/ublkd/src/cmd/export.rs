@@ -42,7 +42,8 @@ use targets::Target;
 use targets::size::format_size;
 
 use crate::args::TargetArgs;
-use crate::serve::{block_stop_signals, clamp_queues, wait_signal};
+use crate::process::{block_stop_signals, wait_signal};
+use crate::serve::clamp_queues;
 
 /// `ublkd export`: the target options of `add`, plus where and how to serve it.
 #[derive(Debug, Args)]

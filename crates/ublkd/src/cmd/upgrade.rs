@@ -73,7 +73,7 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
     let t0 = Instant::now();
     if batch {
         // SAFETY: kill(2) with a pid from our state file and a signal number; no memory.
-        if unsafe { libc::kill(old_pid, crate::serve::HANDOVER_SIGNAL) } != 0 {
+        if unsafe { libc::kill(old_pid, crate::process::HANDOVER_SIGNAL) } != 0 {
             return crate::fail(format!(
                 "cannot signal daemon {old_pid} of device {id}: {}",
                 std::io::Error::last_os_error()
