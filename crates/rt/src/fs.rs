@@ -156,7 +156,25 @@ pub async fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<(
 
 /// An `IORING_OP_URING_CMD` with a 16-byte payload. `addr` goes to `sqe->addr`; `keep` holds any
 /// memory the command makes the kernel touch (ublk's tag buffer) until it completes.
-pub async fn uring_cmd16(
+///
+/// Unlike the buffer ops (`read_at`, `net::recv`, ...), this takes no lend on an [`IoBuf`]: what
+/// the driver behind `fd` reads or writes, and when, is up to its protocol (a ublk fetch makes
+/// the driver write the tag buffer before it completes, a commit makes it read the buffer while
+/// it is processed), so only the caller can know that the CPU and the driver take turns.
+///
+/// # Safety
+/// - Every address the driver dereferences for this command (`addr`, addresses inside `cmd`, and
+///   addresses handed over by earlier commands that this one lets the driver use) points into
+///   memory that `keep` keeps alive, or that otherwise outlives the command. `keep` is held
+///   until the completion, even if the future is dropped, and leaked if the runtime gives up on
+///   in-flight ops.
+/// - The caller follows the driver's protocol so that the CPU never reads or writes bytes the
+///   driver may be writing, nor writes bytes it may be reading, for as long as it may do so:
+///   for ublk, a tag's buffer belongs to the driver from the submission of the command that
+///   names it (FETCH_REQ, COMMIT_AND_FETCH_REQ, PREP/COMMIT_IO_CMDS) until the driver hands the
+///   tag back (that fetch completes, or the batch fetch delivers the tag).
+/// - `fd`, `cmd_op` and `cmd` name a command that does nothing else to this process's memory.
+pub async unsafe fn uring_cmd16(
     fd: RawFd,
     cmd_op: u32,
     cmd: [u8; 16],
@@ -167,15 +185,21 @@ pub async fn uring_cmd16(
     if let Some(a) = addr {
         b = b.addr(Some(a));
     }
-    // SAFETY: the only pointers are the command's buffer address, whose memory `keep` owns (or,
-    // for addresses that are not pointers, none).
+    // SAFETY: the command's pointers lead into memory `keep` owns, and the CPU stays off it
+    // while the driver may use it: both forwarded from the caller's contract.
     unsafe { Op::submit(b.build(), keep) }.await
 }
 
 /// An `IORING_OP_URING_CMD` whose command points at an array: `sqe->addr`/`sqe->len` name
 /// `keep`'s memory (ublk's batch prep/commit element arrays). Queued on the ring when called,
 /// not when first polled.
-pub fn uring_cmd16_array<T: 'static + Unpin>(
+///
+/// # Safety
+/// As for [`uring_cmd16`]: `addr..addr+len` lies in heap memory owned by `keep` (which does not
+/// move when `keep` moves), and so does every address inside the array that the driver may
+/// dereference (ublk copy mode: the tag buffers named by the elements), or that memory
+/// otherwise outlives the command; the CPU follows the driver's protocol for those buffers.
+pub unsafe fn uring_cmd16_array<T: 'static + Unpin>(
     fd: RawFd,
     cmd_op: u32,
     cmd: [u8; 16],
@@ -188,15 +212,22 @@ pub fn uring_cmd16_array<T: 'static + Unpin>(
         .addr(Some(addr))
         .build();
     let e = crate::sqe::with_len(e, len);
-    // SAFETY: the caller passes `addr`/`len` inside heap memory owned by `keep`, which the op
-    // holds until completion.
+    // SAFETY: the array and the memory it names are owned by `keep`, which the op holds until
+    // completion, and the caller follows the driver's protocol (forwarded contract).
     unsafe { Op::submit(e, keep) }
 }
 
 /// A multishot `IORING_OP_URING_CMD` that fills buffers of `bufs`' group (ublk's batch fetch).
 /// `keep` holds memory the driver may write while the command is armed (ublk's copy-mode tag
 /// buffers); it is leaked with the op if the ring goes away first.
-pub fn uring_cmd16_multishot<T: 'static>(
+///
+/// # Safety
+/// As for [`uring_cmd16`]: while the command is armed the driver may write into memory that
+/// earlier commands named (ublk copy mode: every tag buffer); `keep` must keep all of it alive,
+/// and the CPU touches such a buffer only while the protocol gives it to us (ublk: from the
+/// completion that delivers its tag until the commit naming it is submitted). The SQE itself
+/// carries no pointers: completions land in provided buffers, which live as long as the ring.
+pub unsafe fn uring_cmd16_multishot<T: 'static>(
     fd: RawFd,
     cmd_op: u32,
     cmd: [u8; 16],
@@ -210,7 +241,7 @@ pub fn uring_cmd16_multishot<T: 'static>(
     let e = crate::sqe::with_uring_cmd_flags(e, crate::sqe::IORING_URING_CMD_MULTISHOT);
     let e = crate::sqe::with_buf_group(e, bufs.group());
     // SAFETY: no pointers in the SQE: the kernel writes only into provided buffers, which live
-    // as long as the ring, and into memory `keep` owns.
+    // as long as the ring, and into memory `keep` owns, at times the caller's protocol allows.
     unsafe { crate::op::MultiOp::submit(e, keep) }
 }
 

@@ -103,9 +103,13 @@ impl Batch {
     }
 }
 
+/// Keep-alives of every tag buffer (copy mode names them in each element; in the other modes
+/// they cost nothing). Held by every command that lets the driver use those buffers.
+pub(crate) type TagBufs = Rc<Vec<rt::buf::KeepAlive>>;
+
 /// Hand every tag of the queue to the driver (the batch equivalent of the first FETCH_REQ of
 /// each tag). START_DEV completes once every queue did this.
-pub(crate) async fn prep<Q>(q: &QueueCtx<Q>, b: &Batch) -> io::Result<()> {
+pub(crate) async fn prep<Q>(q: &QueueCtx<Q>, b: &Batch, keep: &TagBufs) -> io::Result<()> {
     let depth = b.ready.len();
     let mut arr = Vec::with_capacity(depth * b.elem_bytes as usize);
     for tag in 0..depth as u16 {
@@ -113,7 +117,14 @@ pub(crate) async fn prep<Q>(q: &QueueCtx<Q>, b: &Batch) -> io::Result<()> {
     }
     let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
     let cmd = b.cmd(q.cfg.q_id, depth);
-    let c = rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, arr).await;
+    let keep = (arr, keep.clone());
+    // SAFETY: `addr..addr+len` is `arr`'s heap memory, and the tag buffers its elements name are
+    // kept alive by `keep`'s keep-alives; the op holds both until the completion. Protocol: no
+    // tag task runs before the fetcher delivers its tag, so the CPU leaves every tag buffer to
+    // the driver from here until then.
+    let c =
+        unsafe { rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, keep) }
+            .await;
     c.io_result()
         .map(drop)
         .map_err(|e| io::Error::new(e.kind(), format!("UBLK_U_IO_PREP_IO_CMDS: {e}")))
@@ -136,7 +147,7 @@ pub(crate) async fn fetcher<Q>(
     q: Rc<QueueCtx<Q>>,
     b: Rc<Batch>,
     bufs: ProvidedBufs,
-    keep: Rc<Vec<rt::buf::KeepAlive>>,
+    keep: TagBufs,
 ) {
     let cmd = ublk_batch_io {
         q_id: q.cfg.q_id,
@@ -148,13 +159,15 @@ pub(crate) async fn fetcher<Q>(
     // would otherwise have us spin.
     let mut empty_arms = 0u32;
     loop {
-        let mut op = rt::fs::uring_cmd16_multishot(
-            q.cdev,
-            UBLK_U_IO_FETCH_IO_CMDS,
-            cmd,
-            &bufs,
-            keep.clone(),
-        );
+        // SAFETY: the driver writes copy-mode WRITE data into the tag buffers that prep and
+        // the commits named, while this fetch is armed; `keep` keeps all of them alive for the
+        // op's life (leaked with the ring if it outlives us). Protocol: a tag task touches its
+        // buffer only after this fetch delivered its tag and until its commit element is
+        // submitted (`Batch::finish` then the committer), which is when the driver leaves it
+        // alone. The completions land in `bufs`, which live as long as the ring.
+        let mut op = unsafe {
+            rt::fs::uring_cmd16_multishot(q.cdev, UBLK_U_IO_FETCH_IO_CMDS, cmd, &bufs, keep.clone())
+        };
         let mut delivered = false;
         let end = loop {
             // (`None` only after the completion without MORE, where this loop already left.)
@@ -165,7 +178,7 @@ pub(crate) async fn fetcher<Q>(
                 delivered = true;
             }
             if res >= 0 {
-                bufs.consume(res, flags, |tags| {
+                let wake = |tags: &[u8]| {
                     // Counted from here until the committer queues their commit, so the queue
                     // cannot end (after an ABORT) with requests handed to tasks not yet run.
                     q.busy.set(q.busy.get() + tags.len() / 2);
@@ -181,7 +194,9 @@ pub(crate) async fn fetcher<Q>(
                             w.wake();
                         }
                     }
-                });
+                };
+                // SAFETY: a completion of `op`, which selects from `bufs`, consumed only here.
+                unsafe { bufs.consume(res, flags, wake) };
             }
             if !io_uring::cqueue::more(flags) {
                 break res;
@@ -219,7 +234,7 @@ const MAX_EMPTY_ARMS: u32 = 1000;
 
 /// Commit whatever results are pending, one command at a time (each turn of the loop collects
 /// the results of every tag served meanwhile).
-pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
+pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>, keep: TagBufs) {
     let stride = b.elem_bytes as usize;
     loop {
         poll_fn(|cx| {
@@ -235,7 +250,20 @@ pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
         let n = arr.len() / stride;
         let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
         let cmd = b.cmd(q.cfg.q_id, n);
-        let op = rt::fs::uring_cmd16_array(q.cdev, UBLK_U_IO_COMMIT_IO_CMDS, cmd, addr, len, arr);
+        // SAFETY: `addr..addr+len` is `arr`'s heap memory; the tag buffers its elements name
+        // (copy mode: the driver copies READ data out of them while it processes the commit)
+        // stay alive through `keep`. Protocol: each element's tag task queued it after serving
+        // its request and leaves its buffer alone until the fetcher delivers the tag again.
+        let op = unsafe {
+            rt::fs::uring_cmd16_array(
+                q.cdev,
+                UBLK_U_IO_COMMIT_IO_CMDS,
+                cmd,
+                addr,
+                len,
+                (arr, keep.clone()),
+            )
+        };
         // The SQE is queued: the queue may end once nothing else is being served.
         q.busy.set(q.busy.get() - n);
         if q.stopping.get() {
@@ -251,13 +279,14 @@ pub(crate) async fn committer<Q>(q: Rc<QueueCtx<Q>>, b: Rc<Batch>) {
                 io::Error::from_raw_os_error(-c.result)
             );
         } else if c.result >= 0 && done < n {
-            let first = u16::from_ne_bytes([c.data[done * stride], c.data[done * stride + 1]]);
+            let a = &c.data.0;
+            let first = u16::from_ne_bytes([a[done * stride], a[done * stride + 1]]);
             tracing::error!(
                 q = q.cfg.q_id,
                 "commit took {done} of {n} results; tag {first} and the rest were refused"
             );
         }
-        let mut arr = c.data;
+        let (mut arr, _) = c.data;
         arr.clear();
         *b.spare.borrow_mut() = arr;
     }

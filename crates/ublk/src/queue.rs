@@ -309,10 +309,14 @@ pub fn run_queue<T: Target>(
                 let addrs = bufs.iter().map(|b| b.addr() as u64).collect();
                 let keep = Rc::new(bufs.iter().map(|b| b.keepalive()).collect());
                 let b = Rc::new(Batch::new(c2.cfg.depth, c2.cfg.mode, addrs));
-                crate::batch::prep(&c2, &b).await?;
-                let f = crate::batch::fetcher(c2.clone(), b.clone(), fetch_bufs, keep);
+                crate::batch::prep(&c2, &b, &keep).await?;
+                let f = crate::batch::fetcher(c2.clone(), b.clone(), fetch_bufs, keep.clone());
                 drop(rt::spawn(f));
-                drop(rt::spawn(crate::batch::committer(c2.clone(), b.clone())));
+                drop(rt::spawn(crate::batch::committer(
+                    c2.clone(),
+                    b.clone(),
+                    keep,
+                )));
                 // Tag tasks never end on their own here: the fetcher ends the queue.
                 for (tag, buf) in bufs.into_iter().enumerate() {
                     drop(rt::spawn(batch_tag_loop(
@@ -388,7 +392,15 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
             addr,
         }
         .to_bytes();
-        let c = rt::fs::uring_cmd16(q.cdev, op, cmd, sqe_addr, Some(buf.keepalive())).await;
+        // SAFETY: the only address of ours the driver uses is `buf`'s (copy mode, in `cmd`; the
+        // other modes name none: `sqe_addr` is a fixed-buffer index), and the op keeps `buf`'s
+        // memory alive until the completion (leaked with the ring if that never comes). The
+        // protocol: the driver copies a WRITE's data into `buf` before it completes this fetch
+        // and a READ's data out of it while it processes the next COMMIT_AND_FETCH; this task
+        // touches `buf` (in `serve`) only between the two, and `buf` dies with the task, so a
+        // dropped task cannot touch it either.
+        let c =
+            unsafe { rt::fs::uring_cmd16(q.cdev, op, cmd, sqe_addr, Some(buf.keepalive())) }.await;
         match c.result {
             UBLK_IO_RES_OK => {}
             UBLK_IO_RES_ABORT => {
