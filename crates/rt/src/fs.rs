@@ -20,8 +20,9 @@ pub async fn read_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<usize> 
             .offset(off)
             .build(),
     };
-    // SAFETY: the SQE points into `buf`'s memory, kept alive by the KeepAlive in the op's data.
-    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    // SAFETY: the SQE points into `buf`'s bytes; the write lend in the op's data keeps their
+    // memory alive and the CPU off them until the completion (buf.rs).
+    let c = unsafe { Op::submit(e, buf.lend_write()) }.await;
     c.io_result().map(|n| n as usize)
 }
 
@@ -38,8 +39,9 @@ pub async fn write_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Re
             .rw_flags(rw_flags)
             .build(),
     };
-    // SAFETY: as in `read_at`.
-    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    // SAFETY: as in `read_at`, with a read lend: the kernel only reads the bytes, so CPU reads
+    // stay allowed and CPU writes panic until the completion.
+    let c = unsafe { Op::submit(e, buf.lend_read()) }.await;
     c.io_result().map(|n| n as usize)
 }
 
@@ -300,6 +302,10 @@ mod tests {
             fsync(fd, true).await.unwrap();
             let mut r = IoBuf::with_capacity(8192);
             read_exact_at(fd, &mut r, 4096).await.unwrap();
+            assert!(
+                !r.is_lent() && !w.is_lent(),
+                "completed ops end their lends"
+            );
             assert_eq!(r.as_slice(), w.as_slice());
             // Past end of file reads as zeroes.
             let mut tail = IoBuf::with_capacity(4096);
@@ -310,6 +316,97 @@ mod tests {
             assert!(tail.as_slice()[2048..].iter().all(|&b| b == 0));
         });
         assert_eq!(f.metadata().unwrap().len(), 12288);
+    }
+
+    fn panics(f: impl FnOnce()) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    /// Poll `f` once (it must stay pending), so its SQE is queued.
+    async fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) {
+        let mut f = Some(f);
+        std::future::poll_fn(|cx| {
+            let p = f.take().unwrap().poll(cx);
+            assert!(p.is_pending(), "the op finished early");
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+
+    /// A read future forgotten mid-op leaves its buffer lent for good: the kernel may write it
+    /// at any time (here: once data arrives), so CPU access panics instead of racing.
+    #[test]
+    fn forgotten_read_leaves_the_buffer_lent() {
+        use std::io::Write;
+        let (r, mut w) = std::io::pipe().unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut buf = IoBuf::with_capacity(64);
+            let mut f = Box::pin(read_at(r.as_raw_fd(), &mut buf, u64::MAX));
+            poll_once(f.as_mut()).await;
+            std::mem::forget(f);
+            assert!(buf.is_lent_for_writing());
+            assert!(panics(|| {
+                buf.as_slice();
+            }));
+            w.write_all(b"data").unwrap();
+            for _ in 0..10 {
+                nop().await.unwrap();
+            }
+            // The read completed, but its data (and lend) live in the forgotten future.
+            assert!(buf.is_lent());
+            assert!(panics(|| buf.as_mut_slice().fill(0)));
+        });
+    }
+
+    /// An op future that outlives its runtime, which leaked its in-flight ops, must not free
+    /// (or stop lending) what the kernel may still write when it is finally dropped.
+    #[test]
+    #[allow(clippy::async_yields_async)] // the pending read must outlive the runtime
+    fn op_dropped_after_its_runtime_leaked_stays_lent() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let mut buf = IoBuf::with_capacity(64);
+        let rt = Runtime::new().unwrap();
+        let f = rt.block_on(async {
+            let mut f = Box::pin(read_at(r.as_raw_fd(), &mut buf, u64::MAX));
+            poll_once(f.as_mut()).await;
+            f
+        });
+        rt.leak_in_flight_on_drop();
+        drop(rt);
+        drop(f);
+        assert!(buf.is_lent_for_writing());
+    }
+
+    /// A read into a tail view, dropped mid-op, lends the whole buffer (they overlap) until its
+    /// completion is reaped; then the buffer is the CPU's again.
+    #[test]
+    fn dropped_read_into_a_tail_lends_the_parent_until_it_completes() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut buf = IoBuf::with_capacity(64);
+            let mut rest = buf.tail(16);
+            let t = crate::time::timeout(
+                std::time::Duration::from_millis(5),
+                read_at(r.as_raw_fd(), &mut rest, u64::MAX),
+            );
+            assert!(t.await.is_err());
+            assert!(panics(|| {
+                buf.as_slice();
+            }));
+            assert!(panics(|| buf.as_mut_slice()[0] = 1));
+            // The drop queued a cancel; the read's completion ends the lend.
+            for _ in 0..100 {
+                if !buf.is_lent() {
+                    break;
+                }
+                nop().await.unwrap();
+            }
+            assert!(!buf.is_lent());
+            buf.as_mut_slice()[0] = 1;
+            assert_eq!(buf.as_slice()[0], 1);
+        });
     }
 
     #[test]
