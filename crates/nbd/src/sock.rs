@@ -87,26 +87,32 @@ impl Sock {
     }
 }
 
-/// One piece of a gathered send: bytes owned by the piece (`Own`) or a range of a buffer whose
-/// memory a [`rt::buf::KeepAlive`] holds (`Buf`).
+/// One piece of a gathered send: bytes owned by the piece (`Own`) or a range of an `IoBuf`
+/// (`Buf`, made by [`Seg::range`]).
 pub enum Seg {
     Own(Vec<u8>),
-    Buf {
-        keep: rt::buf::KeepAlive,
-        ptr: *const u8,
-        len: usize,
-    },
+    Buf(BufRange),
+}
+
+/// A range of an `IoBuf`, lent to the kernel for reading from its creation until it is dropped
+/// (the buffer's bytes stay readable meanwhile, not writable). Fields private: the pointer is
+/// always inside the lent buffer.
+pub struct BufRange {
+    _lend: rt::buf::Lend,
+    ptr: *const u8,
+    len: usize,
 }
 
 impl Seg {
-    /// `buf[start..start+len]`, kept alive without holding on to the `IoBuf` itself.
+    /// `buf[start..start+len]`, kept alive (and lent for reading) without holding on to the
+    /// `IoBuf` itself.
     pub fn range(buf: &IoBuf, start: usize, len: usize) -> Seg {
         assert!(start + len <= buf.len(), "range outside the buffer");
-        Seg::Buf {
-            keep: buf.keepalive(),
+        Seg::Buf(BufRange {
+            _lend: buf.lend_read(),
             ptr: buf.addr().wrapping_add(start),
             len,
-        }
+        })
     }
     fn iov(&self) -> libc::iovec {
         match self {
@@ -114,9 +120,9 @@ impl Seg {
                 iov_base: v.as_ptr() as *mut _,
                 iov_len: v.len(),
             },
-            Seg::Buf { ptr, len, .. } => libc::iovec {
-                iov_base: *ptr as *mut _,
-                iov_len: *len,
+            Seg::Buf(r) => libc::iovec {
+                iov_base: r.ptr as *mut _,
+                iov_len: r.len,
             },
         }
     }
@@ -162,7 +168,8 @@ impl Sock {
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build();
             // SAFETY: the header, the iovec array and the memory they point to are heap memory
-            // owned by `g` (directly or through keepalives), which the op owns until completion.
+            // owned by `g` (directly, or through the read lends of `Seg::Buf`, which also keep
+            // CPU writes off those bytes), which the op owns until completion.
             let c = unsafe { rt::op::Op::submit(e, g) }.await;
             g = c.data;
             if c.result < 0 {

@@ -4,9 +4,29 @@
 //!
 //! An `IoBuf` is a view (offset, capacity, length) into reference-counted memory. Ops clone the
 //! reference into their resources, so memory outlives every op that points into it (see `op.rs`).
-//! If an op using a buffer is dropped before it completes, the kernel may still write into it: its
-//! contents are then unspecified, but the memory stays valid.
+//!
+//! # Lends: no CPU access to bytes the kernel may be using
+//! Ops borrow the `IoBuf` (`read_at(&mut buf)`), but an op future can be dropped or forgotten
+//! while its SQE is in flight, which ends the borrow while the kernel still uses the bytes. So
+//! every op that lets the kernel at a view's bytes also holds a [`Lend`] of the view, in the op's
+//! data: it ends when that data is dropped, i.e. when the completion has arrived (at once if the
+//! future completes; on the CQE if the future was dropped, see `op.rs`; never if the future was
+//! forgotten or the runtime leaked its in-flight ops: the bytes then stay lent forever, which is
+//! safe). While lent:
+//! - for the kernel to write ([`IoBuf::lend_write`]: read, recv), `as_slice`, `as_mut_slice` and
+//!   `release` panic: the bytes may change under any reference;
+//! - for the kernel to read ([`IoBuf::lend_read`]: write, send), `as_slice` still works (both
+//!   sides only read), `as_mut_slice` and `release` panic (the kernel would send torn data).
+//!
+//! The state is a counter per view, shared with the views that overlap it (its tails) and
+//! separate for each arena slot. Costs: one `Rc` clone and one `Cell` add per op, the reverse
+//! when its data is dropped; one compare per `as_slice`. Starting an op never checks: the
+//! kernel racing itself is not a Rust data race, only CPU accesses are.
+//!
+//! Ublk's command ops (`fs::uring_cmd16*`) take no lends (the driver's protocol, not the op's
+//! life, decides when it touches a tag buffer); they are `unsafe` instead.
 
+use std::cell::Cell;
 use std::io;
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -43,9 +63,30 @@ impl Drop for Mem {
     }
 }
 
+/// One lend count for one stretch of memory: a whole heap buffer, or one arena slot. Shared by
+/// the views into that stretch (a buffer and its tails).
+struct Slot {
+    mem: Rc<Mem>,
+    /// `READ_LEND` per kernel-reads lend plus `WRITE_LEND` per kernel-writes lend.
+    lent: Cell<u64>,
+}
+
+const READ_LEND: u64 = 1;
+/// Above any count of read lends that can exist (each is an op in flight or forgotten).
+const WRITE_LEND: u64 = 1 << 32;
+
+impl Slot {
+    fn new(mem: Rc<Mem>) -> Rc<Slot> {
+        Rc::new(Slot {
+            mem,
+            lent: Cell::new(0),
+        })
+    }
+}
+
 /// A buffer handle. Not `Clone`: one owner issues ops on it at a time.
 pub struct IoBuf {
-    mem: Rc<Mem>,
+    slot: Rc<Slot>,
     off: usize,
     cap: usize,
     len: usize,
@@ -62,10 +103,10 @@ impl IoBuf {
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         IoBuf {
-            mem: Rc::new(Mem {
+            slot: Slot::new(Rc::new(Mem {
                 ptr: ptr.as_ptr(),
                 backing: Backing::Heap(layout),
-            }),
+            })),
             off: 0,
             cap,
             len: cap,
@@ -108,7 +149,7 @@ impl IoBuf {
         });
         Ok((0..slots)
             .map(|i| IoBuf {
-                mem: mem.clone(),
+                slot: Slot::new(mem.clone()),
                 off: i * stride,
                 cap: slot_size,
                 len: slot_size,
@@ -121,10 +162,10 @@ impl IoBuf {
     /// io_uring fixed-buffer ops can move its bytes.
     pub fn kernel_fixed(index: u16, len: usize) -> IoBuf {
         IoBuf {
-            mem: Rc::new(Mem {
+            slot: Slot::new(Rc::new(Mem {
                 ptr: std::ptr::null_mut(),
                 backing: Backing::Kernel,
-            }),
+            })),
             off: 0,
             cap: len,
             len,
@@ -152,7 +193,7 @@ impl IoBuf {
     }
     /// Whether the CPU can read and write the bytes (false for zero-copy kernel buffers).
     pub fn is_cpu_accessible(&self) -> bool {
-        !matches!(self.mem.backing, Backing::Kernel)
+        !matches!(self.slot.mem.backing, Backing::Kernel)
     }
     /// The fixed-buffer table index, if the memory is registered in the ring.
     pub fn fixed_index(&self) -> Option<u16> {
@@ -167,39 +208,93 @@ impl IoBuf {
     }
 
     /// The bytes `[0, len)`. Panics for a kernel buffer (zero copy): targets that touch bytes ask
-    /// for copy mode.
+    /// for copy mode. Panics while the kernel may write the bytes (see the module docs: an op
+    /// receiving into them was dropped before it completed).
+    #[track_caller]
     pub fn as_slice(&self) -> &[u8] {
         assert!(
             self.is_cpu_accessible(),
             "CPU access to a zero-copy kernel buffer"
         );
-        // SAFETY: ptr+off..+len lies inside the allocation (len <= cap, views never overlap), and
-        // `&self` prevents a simultaneous `as_mut_slice` on this handle.
-        unsafe { std::slice::from_raw_parts(self.mem.ptr.add(self.off), self.len) }
+        if self.slot.lent.get() >= WRITE_LEND {
+            lent_panic("read", "for writing");
+        }
+        // SAFETY: ptr+off..+len lies inside the allocation (len <= cap <= the view's stretch).
+        // No kernel write to these bytes can be pending (no write lend, checked above), and none
+        // can start while the slice lives: starting one takes `&mut` of this view
+        // (`lend_write`), or of the buffer a crate-internal tail came from. CPU writes need
+        // `&mut self` of this view; other views of the same bytes are tails, which the crate
+        // only hands to the kernel.
+        unsafe { std::slice::from_raw_parts(self.slot.mem.ptr.add(self.off), self.len) }
     }
-    /// The bytes `[0, len)`, mutably. Panics for a kernel buffer.
+    /// The bytes `[0, len)`, mutably. Panics for a kernel buffer, and while the bytes are lent to
+    /// the kernel at all (an op reading or writing them was dropped before it completed).
+    #[track_caller]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         assert!(
             self.is_cpu_accessible(),
             "CPU access to a zero-copy kernel buffer"
         );
-        // SAFETY: as in `as_slice`; `&mut self` makes this the only borrow of this view.
-        unsafe { std::slice::from_raw_parts_mut(self.mem.ptr.add(self.off), self.len) }
+        self.check_unlent("written");
+        // SAFETY: as in `as_slice`, and no kernel access is pending at all (checked above);
+        // `&mut self` makes this the only borrow of this view.
+        unsafe { std::slice::from_raw_parts_mut(self.slot.mem.ptr.add(self.off), self.len) }
+    }
+
+    #[track_caller]
+    fn check_unlent(&self, what: &str) {
+        match self.slot.lent.get() {
+            0 => {}
+            n if n >= WRITE_LEND => lent_panic(what, "for writing"),
+            _ => lent_panic(what, "for reading"),
+        }
+    }
+
+    /// Whether an op may still let the kernel at the bytes (see the module docs).
+    pub fn is_lent(&self) -> bool {
+        self.slot.lent.get() != 0
+    }
+
+    /// Whether an op may still let the kernel write the bytes (`as_slice` would panic).
+    pub fn is_lent_for_writing(&self) -> bool {
+        self.slot.lent.get() >= WRITE_LEND
+    }
+
+    /// Lend the bytes to the kernel to read (a write or send op holds the token until its
+    /// completion). Until the token is dropped, `as_slice` works and `as_mut_slice` panics.
+    pub fn lend_read(&self) -> Lend {
+        self.lend(READ_LEND)
+    }
+
+    /// Lend the bytes to the kernel to write (a read or recv op holds the token until its
+    /// completion). Until the token is dropped, every CPU access panics.
+    pub fn lend_write(&mut self) -> Lend {
+        self.lend(WRITE_LEND)
+    }
+
+    fn lend(&self, weight: u64) -> Lend {
+        let s = &self.slot;
+        s.lent.set(s.lent.get() + weight);
+        Lend {
+            slot: s.clone(),
+            weight,
+        }
     }
 
     /// Address of the first byte, for SQEs (for a kernel buffer: 0, the offset into it).
     pub fn addr(&self) -> *mut u8 {
         if self.is_cpu_accessible() {
             // SAFETY: in bounds of the allocation.
-            unsafe { self.mem.ptr.add(self.off) }
+            unsafe { self.slot.mem.ptr.add(self.off) }
         } else {
             std::ptr::null_mut::<u8>().wrapping_add(self.off)
         }
     }
 
-    /// A view of bytes `[from, len)` sharing this buffer's memory and fixed-buffer slot, to finish
-    /// a short transfer in place. Only handed to the kernel while the caller still holds this
-    /// buffer, so no second CPU borrow of the bytes is ever made through it.
+    /// A view of bytes `[from, len)` sharing this buffer's memory, fixed-buffer slot and lend
+    /// state, to finish a short transfer in place. It overlaps this buffer, so a lend of either
+    /// is a lend of both. The crate only hands tails to the kernel, never makes CPU slices of
+    /// them, and lends one for writing only while it holds this buffer by `&mut`.
     pub(crate) fn tail(&self, from: usize) -> IoBuf {
         assert!(
             from <= self.len,
@@ -207,7 +302,7 @@ impl IoBuf {
             self.len
         );
         IoBuf {
-            mem: self.mem.clone(),
+            slot: self.slot.clone(),
             off: self.off + from,
             cap: self.len - from,
             len: self.len - from,
@@ -215,21 +310,25 @@ impl IoBuf {
         }
     }
 
-    /// A keep-alive token for the memory, for op resources.
+    /// A keep-alive token for the memory, for op resources. It does not lend the bytes: ops that
+    /// take only this (`fs::uring_cmd16*`) are `unsafe` and leave CPU access to their caller.
     pub fn keepalive(&self) -> KeepAlive {
-        KeepAlive(self.mem.clone())
+        KeepAlive(self.slot.mem.clone())
     }
 
     /// Give this view's pages back to the kernel (mapped arenas only; heap buffers keep theirs).
-    /// The bytes read as zero afterwards.
+    /// The bytes read as zero afterwards. Panics while they are lent (it changes them).
+    #[track_caller]
     pub fn release(&mut self) {
         self.release_from(0);
     }
 
     /// Give back the pages of `[from, capacity)` (`from` rounded up to a page): the bytes there
-    /// read as zero afterwards. Mapped arenas only.
+    /// read as zero afterwards. Mapped arenas only. Panics while the bytes are lent.
+    #[track_caller]
     pub fn release_from(&mut self, from: usize) {
-        if let Backing::Mapped(_) = self.mem.backing {
+        if let Backing::Mapped(_) = self.slot.mem.backing {
+            self.check_unlent("released");
             let start = from.next_multiple_of(ALIGN);
             let end = self.cap.next_multiple_of(ALIGN);
             if start >= end {
@@ -239,7 +338,7 @@ impl IoBuf {
             // aligned; DONTNEED on private anonymous memory drops the pages (they read as zero).
             unsafe {
                 libc::madvise(
-                    self.mem.ptr.add(self.off + start).cast(),
+                    self.slot.mem.ptr.add(self.off + start).cast(),
                     end - start,
                     libc::MADV_DONTNEED,
                 )
@@ -254,12 +353,38 @@ impl std::fmt::Debug for IoBuf {
             .field("len", &self.len)
             .field("cap", &self.cap)
             .field("fixed", &self.fixed)
+            .field("lent", &self.slot.lent.get())
             .finish()
     }
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn lent_panic(what: &str, how: &str) -> ! {
+    panic!(
+        "IoBuf {what} while lent to the kernel {how}: an op on it was dropped or forgotten \
+         before it completed, and the bytes stay the kernel's until its completion arrives \
+         (use a fresh buffer, or wait until IoBuf::is_lent says false)"
+    )
+}
+
 /// Keeps a buffer's memory alive while the kernel may use it.
 pub struct KeepAlive(#[allow(dead_code)] Rc<Mem>);
+
+/// A buffer view lent to the kernel (see the module docs): keeps its memory alive and keeps the
+/// CPU off its bytes until dropped. Ops hold it in their data, so it ends when the kernel is done.
+pub struct Lend {
+    slot: Rc<Slot>,
+    weight: u64,
+}
+
+impl Drop for Lend {
+    fn drop(&mut self) {
+        let s = &self.slot;
+        s.lent.set(s.lent.get() - self.weight);
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -297,6 +422,64 @@ mod tests {
     #[should_panic(expected = "beyond capacity")]
     fn set_len_past_capacity_panics() {
         IoBuf::with_capacity(16).set_len(17);
+    }
+
+    fn panics(f: impl FnOnce()) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    /// A read lend (the kernel reads) allows CPU reads only; a write lend (the kernel writes)
+    /// allows nothing; both end when the token is dropped.
+    #[test]
+    fn lends_gate_cpu_access() {
+        let mut b = IoBuf::with_capacity(64);
+        let r = b.lend_read();
+        let r2 = b.lend_read();
+        assert!(b.is_lent() && !b.is_lent_for_writing());
+        assert_eq!(b.as_slice().len(), 64);
+        assert!(panics(|| b.as_mut_slice()[0] = 1));
+        drop(r);
+        assert!(panics(|| b.as_mut_slice()[0] = 1), "one read lend is left");
+        drop(r2);
+        b.as_mut_slice()[0] = 1;
+        let w = b.lend_write();
+        assert!(b.is_lent_for_writing());
+        assert!(panics(|| {
+            b.as_slice();
+        }));
+        assert!(panics(|| b.as_mut_slice()[0] = 2));
+        drop(w);
+        assert!(!b.is_lent());
+        assert_eq!(b.as_slice()[0], 1);
+    }
+
+    /// A tail overlaps its buffer: lending either blocks both. Arena slots do not overlap: each
+    /// has its own state although they share one mapping.
+    #[test]
+    fn tails_share_lends_and_arena_slots_do_not() {
+        let b = IoBuf::with_capacity(100);
+        let mut t = b.tail(40);
+        let w = t.lend_write();
+        assert!(panics(|| {
+            b.as_slice();
+        }));
+        drop(w);
+        let r = b.lend_read();
+        assert!(panics(|| t.as_mut_slice()[0] = 1));
+        drop(r);
+        t.as_mut_slice()[0] = 7;
+        assert_eq!(b.as_slice()[40], 7);
+
+        let mut v = IoBuf::arena(2, 4096).unwrap();
+        let w = v[0].lend_write();
+        v[1].as_mut_slice().fill(3);
+        assert!(panics(|| {
+            v[0].as_slice();
+        }));
+        assert!(panics(|| v[0].release()));
+        drop(w);
+        v[0].release();
+        assert!(v[1].as_slice().iter().all(|&x| x == 3));
     }
 
     #[test]

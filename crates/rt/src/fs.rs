@@ -20,8 +20,9 @@ pub async fn read_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<usize> 
             .offset(off)
             .build(),
     };
-    // SAFETY: the SQE points into `buf`'s memory, kept alive by the KeepAlive in the op's data.
-    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    // SAFETY: the SQE points into `buf`'s bytes; the write lend in the op's data keeps their
+    // memory alive and the CPU off them until the completion (buf.rs).
+    let c = unsafe { Op::submit(e, buf.lend_write()) }.await;
     c.io_result().map(|n| n as usize)
 }
 
@@ -38,8 +39,9 @@ pub async fn write_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Re
             .rw_flags(rw_flags)
             .build(),
     };
-    // SAFETY: as in `read_at`.
-    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    // SAFETY: as in `read_at`, with a read lend: the kernel only reads the bytes, so CPU reads
+    // stay allowed and CPU writes panic until the completion.
+    let c = unsafe { Op::submit(e, buf.lend_read()) }.await;
     c.io_result().map(|n| n as usize)
 }
 
@@ -156,7 +158,25 @@ pub async fn fallocate(fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<(
 
 /// An `IORING_OP_URING_CMD` with a 16-byte payload. `addr` goes to `sqe->addr`; `keep` holds any
 /// memory the command makes the kernel touch (ublk's tag buffer) until it completes.
-pub async fn uring_cmd16(
+///
+/// Unlike the buffer ops (`read_at`, `net::recv`, ...), this takes no lend on an [`IoBuf`]: what
+/// the driver behind `fd` reads or writes, and when, is up to its protocol (a ublk fetch makes
+/// the driver write the tag buffer before it completes, a commit makes it read the buffer while
+/// it is processed), so only the caller can know that the CPU and the driver take turns.
+///
+/// # Safety
+/// - Every address the driver dereferences for this command (`addr`, addresses inside `cmd`, and
+///   addresses handed over by earlier commands that this one lets the driver use) points into
+///   memory that `keep` keeps alive, or that otherwise outlives the command. `keep` is held
+///   until the completion, even if the future is dropped, and leaked if the runtime gives up on
+///   in-flight ops.
+/// - The caller follows the driver's protocol so that the CPU never reads or writes bytes the
+///   driver may be writing, nor writes bytes it may be reading, for as long as it may do so:
+///   for ublk, a tag's buffer belongs to the driver from the submission of the command that
+///   names it (FETCH_REQ, COMMIT_AND_FETCH_REQ, PREP/COMMIT_IO_CMDS) until the driver hands the
+///   tag back (that fetch completes, or the batch fetch delivers the tag).
+/// - `fd`, `cmd_op` and `cmd` name a command that does nothing else to this process's memory.
+pub async unsafe fn uring_cmd16(
     fd: RawFd,
     cmd_op: u32,
     cmd: [u8; 16],
@@ -167,15 +187,21 @@ pub async fn uring_cmd16(
     if let Some(a) = addr {
         b = b.addr(Some(a));
     }
-    // SAFETY: the only pointers are the command's buffer address, whose memory `keep` owns (or,
-    // for addresses that are not pointers, none).
+    // SAFETY: the command's pointers lead into memory `keep` owns, and the CPU stays off it
+    // while the driver may use it: both forwarded from the caller's contract.
     unsafe { Op::submit(b.build(), keep) }.await
 }
 
 /// An `IORING_OP_URING_CMD` whose command points at an array: `sqe->addr`/`sqe->len` name
 /// `keep`'s memory (ublk's batch prep/commit element arrays). Queued on the ring when called,
 /// not when first polled.
-pub fn uring_cmd16_array<T: 'static + Unpin>(
+///
+/// # Safety
+/// As for [`uring_cmd16`]: `addr..addr+len` lies in heap memory owned by `keep` (which does not
+/// move when `keep` moves), and so does every address inside the array that the driver may
+/// dereference (ublk copy mode: the tag buffers named by the elements), or that memory
+/// otherwise outlives the command; the CPU follows the driver's protocol for those buffers.
+pub unsafe fn uring_cmd16_array<T: 'static + Unpin>(
     fd: RawFd,
     cmd_op: u32,
     cmd: [u8; 16],
@@ -188,15 +214,22 @@ pub fn uring_cmd16_array<T: 'static + Unpin>(
         .addr(Some(addr))
         .build();
     let e = crate::sqe::with_len(e, len);
-    // SAFETY: the caller passes `addr`/`len` inside heap memory owned by `keep`, which the op
-    // holds until completion.
+    // SAFETY: the array and the memory it names are owned by `keep`, which the op holds until
+    // completion, and the caller follows the driver's protocol (forwarded contract).
     unsafe { Op::submit(e, keep) }
 }
 
 /// A multishot `IORING_OP_URING_CMD` that fills buffers of `bufs`' group (ublk's batch fetch).
 /// `keep` holds memory the driver may write while the command is armed (ublk's copy-mode tag
 /// buffers); it is leaked with the op if the ring goes away first.
-pub fn uring_cmd16_multishot<T: 'static>(
+///
+/// # Safety
+/// As for [`uring_cmd16`]: while the command is armed the driver may write into memory that
+/// earlier commands named (ublk copy mode: every tag buffer); `keep` must keep all of it alive,
+/// and the CPU touches such a buffer only while the protocol gives it to us (ublk: from the
+/// completion that delivers its tag until the commit naming it is submitted). The SQE itself
+/// carries no pointers: completions land in provided buffers, which live as long as the ring.
+pub unsafe fn uring_cmd16_multishot<T: 'static>(
     fd: RawFd,
     cmd_op: u32,
     cmd: [u8; 16],
@@ -210,7 +243,7 @@ pub fn uring_cmd16_multishot<T: 'static>(
     let e = crate::sqe::with_uring_cmd_flags(e, crate::sqe::IORING_URING_CMD_MULTISHOT);
     let e = crate::sqe::with_buf_group(e, bufs.group());
     // SAFETY: no pointers in the SQE: the kernel writes only into provided buffers, which live
-    // as long as the ring, and into memory `keep` owns.
+    // as long as the ring, and into memory `keep` owns, at times the caller's protocol allows.
     unsafe { crate::op::MultiOp::submit(e, keep) }
 }
 
@@ -269,6 +302,10 @@ mod tests {
             fsync(fd, true).await.unwrap();
             let mut r = IoBuf::with_capacity(8192);
             read_exact_at(fd, &mut r, 4096).await.unwrap();
+            assert!(
+                !r.is_lent() && !w.is_lent(),
+                "completed ops end their lends"
+            );
             assert_eq!(r.as_slice(), w.as_slice());
             // Past end of file reads as zeroes.
             let mut tail = IoBuf::with_capacity(4096);
@@ -279,6 +316,97 @@ mod tests {
             assert!(tail.as_slice()[2048..].iter().all(|&b| b == 0));
         });
         assert_eq!(f.metadata().unwrap().len(), 12288);
+    }
+
+    fn panics(f: impl FnOnce()) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    /// Poll `f` once (it must stay pending), so its SQE is queued.
+    async fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) {
+        let mut f = Some(f);
+        std::future::poll_fn(|cx| {
+            let p = f.take().unwrap().poll(cx);
+            assert!(p.is_pending(), "the op finished early");
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+
+    /// A read future forgotten mid-op leaves its buffer lent for good: the kernel may write it
+    /// at any time (here: once data arrives), so CPU access panics instead of racing.
+    #[test]
+    fn forgotten_read_leaves_the_buffer_lent() {
+        use std::io::Write;
+        let (r, mut w) = std::io::pipe().unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut buf = IoBuf::with_capacity(64);
+            let mut f = Box::pin(read_at(r.as_raw_fd(), &mut buf, u64::MAX));
+            poll_once(f.as_mut()).await;
+            std::mem::forget(f);
+            assert!(buf.is_lent_for_writing());
+            assert!(panics(|| {
+                buf.as_slice();
+            }));
+            w.write_all(b"data").unwrap();
+            for _ in 0..10 {
+                nop().await.unwrap();
+            }
+            // The read completed, but its data (and lend) live in the forgotten future.
+            assert!(buf.is_lent());
+            assert!(panics(|| buf.as_mut_slice().fill(0)));
+        });
+    }
+
+    /// An op future that outlives its runtime, which leaked its in-flight ops, must not free
+    /// (or stop lending) what the kernel may still write when it is finally dropped.
+    #[test]
+    #[allow(clippy::async_yields_async)] // the pending read must outlive the runtime
+    fn op_dropped_after_its_runtime_leaked_stays_lent() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let mut buf = IoBuf::with_capacity(64);
+        let rt = Runtime::new().unwrap();
+        let f = rt.block_on(async {
+            let mut f = Box::pin(read_at(r.as_raw_fd(), &mut buf, u64::MAX));
+            poll_once(f.as_mut()).await;
+            f
+        });
+        rt.leak_in_flight_on_drop();
+        drop(rt);
+        drop(f);
+        assert!(buf.is_lent_for_writing());
+    }
+
+    /// A read into a tail view, dropped mid-op, lends the whole buffer (they overlap) until its
+    /// completion is reaped; then the buffer is the CPU's again.
+    #[test]
+    fn dropped_read_into_a_tail_lends_the_parent_until_it_completes() {
+        let (r, _w) = std::io::pipe().unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut buf = IoBuf::with_capacity(64);
+            let mut rest = buf.tail(16);
+            let t = crate::time::timeout(
+                std::time::Duration::from_millis(5),
+                read_at(r.as_raw_fd(), &mut rest, u64::MAX),
+            );
+            assert!(t.await.is_err());
+            assert!(panics(|| {
+                buf.as_slice();
+            }));
+            assert!(panics(|| buf.as_mut_slice()[0] = 1));
+            // The drop queued a cancel; the read's completion ends the lend.
+            for _ in 0..100 {
+                if !buf.is_lent() {
+                    break;
+                }
+                nop().await.unwrap();
+            }
+            assert!(!buf.is_lent());
+            buf.as_mut_slice()[0] = 1;
+            assert_eq!(buf.as_slice()[0], 1);
+        });
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! and waits for at least one completion (batching). Nothing here knows about block devices.
 //!
 //! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
-//! lifetime invariant), [`buf`] (owned I/O buffers), [`fs`] / [`net`] / [`time`] (typed ops),
+//! lifetime invariant), [`buf`] (I/O buffers, and their lends to the kernel while ops use them), [`fs`] / [`net`] / [`time`] (typed ops),
 //! [`sync`] (single-thread channels and notifications), [`select`] (first of two futures),
 //! [`pbuf`] (provided buffers for multishot ops), [`sqe`] (SQE fields the builders lack).
 

@@ -1,5 +1,6 @@
 //! Socket ops: accept, connect, send, recv. Sockets are created with std (or libc) and driven
-//! through the ring; buffers are owned `Vec<u8>`s or `IoBuf`s passed by value or kept alive.
+//! through the ring; buffers are owned `Vec<u8>`s, or borrowed `IoBuf`s that the op lends to the
+//! kernel until its completion (`buf.rs`).
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -151,8 +152,9 @@ pub async fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
 /// Receive up to `buf.len()` bytes into `buf`. Returns the count (0: peer closed).
 pub async fn recv(fd: RawFd, buf: &mut IoBuf) -> io::Result<usize> {
     let e = opcode::Recv::new(types::Fd(fd), buf.addr(), buf.len() as u32).build();
-    // SAFETY: points into `buf`'s memory, kept alive by the op.
-    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    // SAFETY: points into `buf`'s bytes; the write lend in the op's data keeps their memory
+    // alive and the CPU off them until the completion (buf.rs).
+    let c = unsafe { Op::submit(e, buf.lend_write()) }.await;
     c.io_result().map(|n| n as usize)
 }
 
@@ -161,8 +163,9 @@ pub async fn recv(fd: RawFd, buf: &mut IoBuf) -> io::Result<usize> {
 pub async fn recv_some(fd: RawFd, buf: &mut IoBuf, start: usize, max: usize) -> io::Result<usize> {
     check(buf, start, max)?;
     let e = opcode::Recv::new(types::Fd(fd), buf.addr().wrapping_add(start), max as u32).build();
-    // SAFETY: the range lies inside `buf` (checked above); the op keeps its memory alive.
-    let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+    // SAFETY: the range lies inside `buf` (checked above); the write lend in the op's data keeps
+    // its memory alive and the CPU off all of `buf` until the completion.
+    let c = unsafe { Op::submit(e, buf.lend_write()) }.await;
     c.io_result().map(|n| n as usize)
 }
 
@@ -210,8 +213,9 @@ pub async fn send_range(
         )
         .flags(libc::MSG_NOSIGNAL | flags)
         .build();
-        // SAFETY: the range lies inside `buf` (checked above); the op keeps its memory alive.
-        let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+        // SAFETY: the range lies inside `buf` (checked above); the read lend in the op's data
+        // keeps its memory alive and CPU writes off it until the completion.
+        let c = unsafe { Op::submit(e, buf.lend_read()) }.await;
         let n = c.io_result()? as usize;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -233,8 +237,8 @@ pub async fn recv_range(fd: RawFd, buf: &mut IoBuf, start: usize, len: usize) ->
         )
         .flags(libc::MSG_WAITALL)
         .build();
-        // SAFETY: as in `send_range`; `&mut buf` makes this the only user of those bytes.
-        let c = unsafe { Op::submit(e, buf.keepalive()) }.await;
+        // SAFETY: as in `recv_some`: a write lend, so no CPU access until the completion.
+        let c = unsafe { Op::submit(e, buf.lend_write()) }.await;
         let n = c.io_result()? as usize;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -306,6 +310,84 @@ mod tests {
         let rt = Runtime::new().unwrap();
         let e = rt.block_on(connect_tcp(addr)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ECONNREFUSED));
+    }
+}
+
+#[cfg(test)]
+mod lend_tests {
+    use super::*;
+    use crate::Runtime;
+    use crate::time::timeout;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn panics(f: impl FnOnce()) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+    }
+
+    /// Turn the loop until `buf`'s lend ends (the dropped op's completion was reaped).
+    async fn until_returned(buf: &IoBuf) {
+        for _ in 0..100 {
+            if !buf.is_lent() {
+                return;
+            }
+            crate::fs::nop().await.unwrap();
+        }
+        panic!("the dropped op never completed");
+    }
+
+    /// A recv dropped while pending (a timeout) keeps the buffer lent: touching it panics until
+    /// the completion arrives; then it is usable again, and a completed recv leaves no lend.
+    #[test]
+    fn dropped_recv_lends_the_buffer_until_its_completion() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut buf = IoBuf::with_capacity(32);
+            let t = timeout(
+                Duration::from_millis(5),
+                recv_range(b.as_raw_fd(), &mut buf, 0, 8),
+            );
+            assert!(t.await.is_err());
+            assert!(buf.is_lent_for_writing());
+            assert!(panics(|| {
+                buf.as_slice();
+            }));
+            assert!(panics(|| buf.as_mut_slice()[0] = 1));
+            until_returned(&buf).await;
+            buf.as_mut_slice()[0] = 1;
+
+            let (r, _) = send_vec(a.as_raw_fd(), b"hello".to_vec()).await;
+            r.unwrap();
+            assert_eq!(recv(b.as_raw_fd(), &mut buf).await.unwrap(), 5);
+            assert!(!buf.is_lent());
+            assert_eq!(&buf.as_slice()[..5], b"hello");
+        });
+    }
+
+    /// A send dropped while pending (the peer's buffer is full) leaves the bytes readable, not
+    /// writable, until its completion.
+    #[test]
+    fn dropped_send_allows_reads_not_writes() {
+        use std::io::Write;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let chunk = [0u8; 4096];
+        while a.write(&chunk).is_ok() {}
+        a.set_nonblocking(false).unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut buf = IoBuf::with_capacity(4096);
+            buf.as_mut_slice().fill(5);
+            let t = timeout(Duration::from_millis(5), send_all(a.as_raw_fd(), &buf));
+            assert!(t.await.is_err());
+            assert!(buf.is_lent() && !buf.is_lent_for_writing());
+            assert!(buf.as_slice().iter().all(|&x| x == 5));
+            assert!(panics(|| buf.as_mut_slice()[0] = 1));
+            until_returned(&buf).await;
+            buf.as_mut_slice()[0] = 1;
+        });
+        drop(b);
     }
 }
 

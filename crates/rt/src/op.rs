@@ -9,6 +9,14 @@
 //! freed only when the completion arrives. If the runtime is dropped with ops still in flight it
 //! cancels them and waits; if they still do not finish it leaks their memory rather than free it
 //! (`Runtime::drop`). So no future can free memory the kernel may still write.
+//!
+//! # The aliasing invariant
+//! Keeping memory alive is not enough when an op borrows a buffer (`read_at(&mut buf)`): dropping
+//! or forgetting the future ends the borrow, and the caller could then read bytes the kernel is
+//! still writing. So the data of such an op also holds a lend of the buffer (`buf::Lend`), which
+//! makes `IoBuf`'s CPU accessors panic until the data is dropped, that is until the completion
+//! (or never, if the data is leaked). `Op::submit`'s contract covers this too: the CPU must not
+//! touch memory the kernel may write while the op is in flight, however the future ends.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -64,7 +72,10 @@ impl<T: 'static> Op<T> {
     ///
     /// # Safety
     /// Every pointer in `entry` must point into heap memory owned by `data` (see module docs), or
-    /// into memory that outlives the runtime.
+    /// into memory that outlives the runtime. Until the completion, whether or not this `Op` is
+    /// dropped or forgotten, no CPU access may race with the kernel's: nothing reads or writes
+    /// bytes the op makes the kernel write, nor writes bytes it makes the kernel read (for an
+    /// `IoBuf`, put the matching `Lend` in `data`).
     pub unsafe fn submit(entry: squeue::Entry, data: T) -> Op<T> {
         let rt = current();
         let key = rt.ops.borrow_mut().insert(Lifecycle::Pending(None));
@@ -129,6 +140,9 @@ impl<T: 'static> Drop for Op<T> {
                 // SAFETY: a cancel request carries no pointers.
                 unsafe { self.rt.push(&e) };
             }
+            // The runtime gave up on its in-flight ops and leaked them (this future outlived
+            // it): the kernel may still use `data`, so leak it too.
+            None => std::mem::forget(data),
             _ => {}
         }
     }
@@ -191,6 +205,11 @@ impl<T: 'static> Drop for MultiOp<T> {
         let mut ops = self.rt.ops.borrow_mut();
         let ended = match ops.get(self.key) {
             Some(Lifecycle::Multi(q, _)) => q.iter().any(|(_, f)| !io_uring::cqueue::more(*f)),
+            // The runtime leaked its in-flight ops (see `Op::drop`).
+            None if !self.finished => {
+                std::mem::forget(data);
+                return;
+            }
             _ => true,
         };
         if self.finished || ended {

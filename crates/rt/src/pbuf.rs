@@ -120,14 +120,20 @@ impl ProvidedBufs {
 
     /// If the completion (`res`, `flags`) carries a buffer, call `f` with its first `res` bytes
     /// and then give the buffer back to the kernel. `None` when it carries no buffer.
-    pub fn consume<R>(&self, res: i32, flags: u32, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    ///
+    /// # Safety
+    /// `(res, flags)` is a completion, as the kernel posted it, of an op that selected a buffer
+    /// from this group, and it is consumed at most once. Otherwise `flags` could name a buffer
+    /// the kernel owns (and may be writing while `f` reads it), or give one buffer back twice
+    /// (so the kernel could hand it to two completions at once).
+    pub unsafe fn consume<R>(&self, res: i32, flags: u32, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let bid = cqueue::buffer_select(flags)?;
         if bid >= self.mem.count {
             return None;
         }
         let len = (res.max(0) as usize).min(self.mem.size as usize);
-        // SAFETY: the kernel handed buffer `bid` to us with this completion and will not touch it
-        // until `push` returns it below; `len` is within the buffer.
+        // SAFETY: the kernel handed buffer `bid` to us with this completion (the caller's
+        // contract) and will not touch it until `push` returns it below; `len` is within it.
         let r = f(unsafe { std::slice::from_raw_parts(self.mem.buf_ptr(bid), len) });
         self.mem.push(bid);
         Some(r)
@@ -159,7 +165,8 @@ mod tests {
                 w.write_all(&[i; 3]).unwrap();
                 let (res, flags) = op.next().await.expect("multishot ended");
                 assert!(res > 0, "read failed: {res}");
-                let bytes = bufs.consume(res, flags, |b| b.to_vec()).expect("no buffer");
+                // SAFETY: a completion of `op`, which selects from `bufs`, consumed once.
+                let bytes = unsafe { bufs.consume(res, flags, |b| b.to_vec()) }.expect("no buffer");
                 got.push(bytes);
             }
             got

@@ -127,6 +127,8 @@ impl Builder {
             last_reap: Cell::new(0),
             leak_on_drop: Cell::new(false),
             provided: RefCell::new(Vec::new()),
+            #[cfg(test)]
+            submit_faults: RefCell::new(Vec::new()),
         });
         Ok(Runtime { inner })
     }
@@ -150,6 +152,9 @@ pub(crate) struct Inner {
     /// Provided-buffer rings registered with `ring`. Declared after it, so they are freed only
     /// once the ring is closed.
     provided: RefCell<Vec<Rc<PbufMem>>>,
+    /// Tests: errnos the next busy-poll submits fail with (popped from the end).
+    #[cfg(test)]
+    submit_faults: RefCell<Vec<i32>>,
 }
 
 /// A single-threaded io_uring executor. Not `Send`: each thread builds its own.
@@ -390,11 +395,20 @@ impl Inner {
             // a completion in the CQ, deferred task work announced by IORING_SQ_TASKRUN (only an
             // enter with GETEVENTS runs it; `submit()` adds GETEVENTS when the flag is up), or
             // a task woken from another thread. No syscall while nothing is pending.
-            let n = self.ring.borrow().submit()?;
-            self.count(|s| {
-                s.enters += 1;
-                s.submitted += n as u64
-            });
+            match self.submit_no_wait() {
+                Ok(n) => self.count(|s| {
+                    s.enters += 1;
+                    s.submitted += n as u64
+                }),
+                // CQ overflow backlog (older kernels refuse to submit while completions
+                // wait in the overflow list): nothing went in; reaping makes room, and the next
+                // loop turn submits again. As on the sleeping path below.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    self.count(|s| s.enters += 1);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
             let start = Instant::now();
             loop {
                 let mut ring = self.ring.borrow_mut();
@@ -438,6 +452,24 @@ impl Inner {
         };
         self.shared.sleeping.store(false, Ordering::SeqCst);
         res
+    }
+
+    /// `io_uring_enter` without waiting: submit what is queued (the crate adds GETEVENTS when
+    /// the kernel flags an overflow backlog or pending task work). Retries on EINTR.
+    fn submit_no_wait(&self) -> io::Result<usize> {
+        loop {
+            #[cfg(test)]
+            if let Some(errno) = self.submit_faults.borrow_mut().pop() {
+                if errno == libc::EINTR {
+                    continue;
+                }
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            match self.ring.borrow().submit() {
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                r => return r,
+            }
+        }
     }
 
     /// Move completions out of the CQ and hand each to its op.
@@ -603,6 +635,45 @@ mod tests {
             "a 20 ms sleep took {took:?}"
         );
         assert!(enters < 20, "{enters} enters for one 20 ms sleep");
+    }
+
+    /// Busy polling survives what `io_uring_enter` may say while submitting: EBUSY (a CQ
+    /// overflow backlog on older kernels, which then submit nothing) and EINTR. Current kernels
+    /// no longer refuse, so the errors are injected; the tiny CQ makes real overflows too.
+    #[test]
+    fn busy_poll_survives_ebusy_and_eintr_from_submit() {
+        let rt = Runtime::builder()
+            .entries(8)
+            .cq_entries(16)
+            .busy_poll(Some(Duration::from_micros(50)))
+            .build()
+            .unwrap();
+        let faults = [
+            libc::EBUSY,
+            libc::EINTR,
+            libc::EBUSY,
+            libc::EBUSY,
+            libc::EINTR,
+        ];
+        rt.inner
+            .submit_faults
+            .borrow_mut()
+            .extend(faults.repeat(20));
+        for _ in 0..3 {
+            rt.block_on(async {
+                let hs: Vec<_> = (0..500)
+                    .map(|_| spawn(async { crate::fs::nop().await.unwrap() }))
+                    .collect();
+                for h in hs {
+                    h.await;
+                }
+            });
+        }
+        assert!(
+            rt.inner.submit_faults.borrow().is_empty(),
+            "faults left over"
+        );
+        assert!(rt.stats().completions >= 1500, "{:?}", rt.stats());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `select2`: run two futures, finish with the first. The loser is dropped; rt ops dropped
-//! early are safe (their resources live until the kernel completes them, see `op.rs`).
+//! early are safe (their resources live until the kernel completes them, see `op.rs`), and an
+//! `IoBuf` they borrowed stays lent to the kernel until then: touching it panics (`buf.rs`).
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;

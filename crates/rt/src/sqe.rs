@@ -1,5 +1,10 @@
 //! SQE fields the `io-uring` crate's builders do not expose for `IORING_OP_URING_CMD`: the length
 //! of the array a command points to, multishot, and the provided-buffer group.
+//!
+//! These only edit an entry, so they are safe; what they set is covered by the contract of
+//! whoever submits it ([`crate::op::Op::submit`], [`crate::fs::uring_cmd16_array`], ...). A
+//! larger `len` makes the kernel access more memory behind `addr`, and a buffer group lets it
+//! write into those provided buffers, so the submitter must account for the patched fields.
 
 use io_uring::squeue::Entry;
 

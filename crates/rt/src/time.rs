@@ -32,7 +32,8 @@ impl std::fmt::Display for Elapsed {
 }
 impl std::error::Error for Elapsed {}
 
-/// Run `fut` for at most `d`. On timeout `fut` is dropped (its ops are orphaned safely).
+/// Run `fut` for at most `d`. On timeout `fut` is dropped (its ops are orphaned safely; buffers
+/// they borrowed stay lent to the kernel, and panic on CPU access, until they complete).
 pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
     match select2(fut, sleep(d)).await {
         Either::Left(v) => Ok(v),

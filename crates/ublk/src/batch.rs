@@ -136,9 +136,13 @@ impl Batch {
     }
 }
 
+/// Keep-alives of every tag buffer (copy mode names them in each element; in the other modes
+/// they cost nothing). Held by every command that lets the driver use those buffers.
+pub(crate) type TagBufs = Rc<Vec<rt::buf::KeepAlive>>;
+
 /// Hand every tag of the queue to the driver (the batch equivalent of the first FETCH_REQ of
 /// each tag). START_DEV completes once every queue did this.
-pub(crate) async fn prep(b: &Batch) -> io::Result<()> {
+pub(crate) async fn prep(b: &Batch, keep: &TagBufs) -> io::Result<()> {
     let depth = b.ready.len();
     let mut arr = Vec::with_capacity(depth * b.elem_bytes as usize);
     for tag in 0..depth as u16 {
@@ -146,7 +150,14 @@ pub(crate) async fn prep(b: &Batch) -> io::Result<()> {
     }
     let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
     let cmd = b.cmd(depth);
-    let c = rt::fs::uring_cmd16_array(b.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, arr).await;
+    let keep = (arr, keep.clone());
+    // SAFETY: `addr..addr+len` is `arr`'s heap memory, and the tag buffers its elements name are
+    // kept alive by `keep`'s keep-alives; the op holds both until the completion. Protocol: no
+    // tag task runs before the fetcher delivers its tag, so the CPU leaves every tag buffer to
+    // the driver from here until then.
+    let c =
+        unsafe { rt::fs::uring_cmd16_array(b.cdev, UBLK_U_IO_PREP_IO_CMDS, cmd, addr, len, keep) }
+            .await;
     c.io_result()
         .map(drop)
         .map_err(|e| io::Error::new(e.kind(), format!("UBLK_U_IO_PREP_IO_CMDS: {e}")))
@@ -165,7 +176,7 @@ pub(crate) fn provide_fetch_buffers(rt: &rt::Runtime, depth: u16) -> io::Result<
 /// driver ends a multishot fetch when the provided buffers run out (ENOBUFS) or when a
 /// completion cannot be posted (CQ overflow: the ending completion still carries its tags).
 /// `keep` holds the tag buffers the driver copies into (copy mode) while a fetch is armed.
-pub(crate) async fn fetcher(b: Rc<Batch>, bufs: ProvidedBufs, keep: Rc<Vec<rt::buf::KeepAlive>>) {
+pub(crate) async fn fetcher(b: Rc<Batch>, bufs: ProvidedBufs, keep: TagBufs) {
     let q_id = b.q_id;
     let cmd = ublk_batch_io {
         q_id,
@@ -177,13 +188,15 @@ pub(crate) async fn fetcher(b: Rc<Batch>, bufs: ProvidedBufs, keep: Rc<Vec<rt::b
     // would otherwise have us spin.
     let mut empty_arms = 0u32;
     loop {
-        let mut op = rt::fs::uring_cmd16_multishot(
-            b.cdev,
-            UBLK_U_IO_FETCH_IO_CMDS,
-            cmd,
-            &bufs,
-            keep.clone(),
-        );
+        // SAFETY: the driver writes copy-mode WRITE data into the tag buffers that prep and
+        // the commits named, while this fetch is armed; `keep` keeps all of them alive for the
+        // op's life (leaked with the ring if it outlives us). Protocol: a tag task touches its
+        // buffer only after this fetch delivered its tag and until its commit element is
+        // submitted (`Batch::finish` then the committer), which is when the driver leaves it
+        // alone. The completions land in `bufs`, which live as long as the ring.
+        let mut op = unsafe {
+            rt::fs::uring_cmd16_multishot(b.cdev, UBLK_U_IO_FETCH_IO_CMDS, cmd, &bufs, keep.clone())
+        };
         let mut delivered = false;
         let end = loop {
             // (`None` only after the completion without MORE, where this loop already left.)
@@ -194,7 +207,7 @@ pub(crate) async fn fetcher(b: Rc<Batch>, bufs: ProvidedBufs, keep: Rc<Vec<rt::b
                 delivered = true;
             }
             if res >= 0 {
-                bufs.consume(res, flags, |tags| {
+                let wake = |tags: &[u8]| {
                     // Counted from here until the committer queues their commit, so the queue
                     // cannot end (after an ABORT) with requests handed to tasks not yet run.
                     b.inflight.handed(tags.len() / 2);
@@ -210,7 +223,9 @@ pub(crate) async fn fetcher(b: Rc<Batch>, bufs: ProvidedBufs, keep: Rc<Vec<rt::b
                             w.wake();
                         }
                     }
-                });
+                };
+                // SAFETY: a completion of `op`, which selects from `bufs`, consumed only here.
+                unsafe { bufs.consume(res, flags, wake) };
             }
             if !io_uring::cqueue::more(flags) {
                 break res;
@@ -242,7 +257,7 @@ const MAX_EMPTY_ARMS: u32 = 1000;
 /// Commit whatever results are pending, one command at a time (each turn of the loop collects
 /// the results of every tag served meanwhile). Results the driver refuses are committed once
 /// more as EIO (the request then fails rather than hangs); a second refusal ends the queue.
-pub(crate) async fn committer(b: Rc<Batch>) {
+pub(crate) async fn committer(b: Rc<Batch>, keep: TagBufs) {
     let stride = b.elem_bytes as usize;
     loop {
         poll_fn(|cx| {
@@ -257,14 +272,28 @@ pub(crate) async fn committer(b: Rc<Batch>) {
         let arr = std::mem::replace(&mut *b.pending.borrow_mut(), spare);
         let n = arr.len() / stride;
         let (addr, len) = (arr.as_ptr() as u64, arr.len() as u32);
-        let op =
-            rt::fs::uring_cmd16_array(b.cdev, UBLK_U_IO_COMMIT_IO_CMDS, b.cmd(n), addr, len, arr);
+        let cmd = b.cmd(n);
+        // SAFETY: `addr..addr+len` is `arr`'s heap memory; the tag buffers its elements name
+        // (copy mode: the driver copies READ data out of them while it processes the commit)
+        // stay alive through `keep`. Protocol: each element's tag task queued it after serving
+        // its request and leaves its buffer alone until the fetcher delivers the tag again.
+        let op = unsafe {
+            rt::fs::uring_cmd16_array(
+                b.cdev,
+                UBLK_U_IO_COMMIT_IO_CMDS,
+                cmd,
+                addr,
+                len,
+                (arr, keep.clone()),
+            )
+        };
         // The SQE is queued: the queue may end once nothing else is being served.
         b.inflight.committed(n);
         let c = op.await;
         // A failed element stops the driver there: it reports how many bytes it took.
         let done = (c.result.max(0) as usize / stride).min(n);
-        let tag_at = |i: usize| u16::from_ne_bytes([c.data[i * stride], c.data[i * stride + 1]]);
+        let a = &c.data.0;
+        let tag_at = |i: usize| u16::from_ne_bytes([a[i * stride], a[i * stride + 1]]);
         if b.retrying.get() > 0 {
             for i in 0..done {
                 if b.retried[tag_at(i) as usize].replace(false) {
@@ -297,7 +326,7 @@ pub(crate) async fn committer(b: Rc<Batch>) {
                 b.finish(tag, -libc::EIO);
             }
         }
-        let mut arr = c.data;
+        let (mut arr, _) = c.data;
         arr.clear();
         *b.spare.borrow_mut() = arr;
     }

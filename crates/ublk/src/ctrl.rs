@@ -29,6 +29,9 @@ pub enum ControlError {
 pub struct Control {
     fd: File,
     ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    /// A command was abandoned in flight (the ring failed under it): its buffer is leaked and
+    /// no further command goes out on this ring.
+    broken: bool,
 }
 
 impl Control {
@@ -45,24 +48,58 @@ impl Control {
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .build(4)
             .map_err(ControlError::Other)?;
-        Ok(Control { fd, ring })
+        Ok(Control {
+            fd,
+            ring,
+            broken: false,
+        })
     }
 
-    /// Issue one command and wait for its result (>= 0) or errno.
+    /// Issue one command that names no memory and wait for its result (>= 0) or errno.
     fn cmd(&mut self, op: u32, c: ublksrv_ctrl_cmd) -> io::Result<i32> {
         self.cmd_abortable(op, c, &|| false)
     }
 
-    /// Like `cmd`, but every 20 ms ask `abort`; once it says yes, cancel the command. The driver
-    /// runs control commands on an io-wq worker, and cancelling one interrupts its interruptible
-    /// wait (START_DEV and END_USER_RECOVERY wait for every tag of every queue, forever if a
-    /// queue thread died before fetching). The command then ends with EINTR or ECANCELED.
+    /// Like `cmd`, but every 20 ms ask `abort`; once it says yes, cancel the command (see
+    /// `cmd_with`).
     fn cmd_abortable(
         &mut self,
         op: u32,
         c: ublksrv_ctrl_cmd,
         abort: &dyn Fn() -> bool,
     ) -> io::Result<i32> {
+        self.cmd_with::<()>(op, c, None, abort).map(|(r, _)| r)
+    }
+
+    /// Issue one command whose `addr`/`len` name `data` (the driver reads it, writes it, or
+    /// both) and wait for its result; `data` comes back with what the driver wrote. The ring
+    /// owns `data` while the driver may touch it: if waiting fails with the command still in
+    /// flight, `data` is leaked and the ring refuses further commands.
+    ///
+    /// Every 20 ms ask `abort`; once it says yes, cancel the command. The driver runs control
+    /// commands on an io-wq worker, and cancelling one interrupts its interruptible wait
+    /// (START_DEV and END_USER_RECOVERY wait for every tag of every queue, forever if a queue
+    /// thread died before fetching). The command then ends with EINTR or ECANCELED.
+    fn cmd_with<T: ?Sized>(
+        &mut self,
+        op: u32,
+        mut c: ublksrv_ctrl_cmd,
+        mut data: Option<Box<T>>,
+        abort: &dyn Fn() -> bool,
+    ) -> io::Result<(i32, Option<Box<T>>)> {
+        if self.broken {
+            return Err(io::Error::other(
+                "control ring unusable after an earlier failure",
+            ));
+        }
+        (c.addr, c.len) = match data.as_deref_mut() {
+            Some(d) => (
+                d as *mut T as *mut u8 as u64,
+                u16::try_from(std::mem::size_of_val(d))
+                    .map_err(|_| io::Error::other("control command buffer too large"))?,
+            ),
+            None => (0, 0),
+        };
         let mut bytes = [0u8; 80];
         // SAFETY: ublksrv_ctrl_cmd is 32 bytes of plain data; we copy it into the payload.
         let raw: [u8; 32] = unsafe { std::mem::transmute(c) };
@@ -71,8 +108,9 @@ impl Control {
             .cmd(bytes)
             .build()
             .user_data(1);
-        // SAFETY: `c.addr` (if any) points to a buffer that the caller keeps alive until this
-        // function returns, and we wait for the completion before returning.
+        // SAFETY: the only memory the command names is `data`'s heap allocation (`c.addr`),
+        // which does not move when the box does; it is freed only after the completion below,
+        // or leaked if we stop waiting for it.
         unsafe { self.ring.submission().push(&e) }
             .map_err(|_| io::Error::other("control ring full"))?;
         let mut cancelled = false;
@@ -82,7 +120,15 @@ impl Control {
             match self.ring.submitter().submit_with_args(1, &args) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME)) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // The command may be in the driver, or still queued for the next enter:
+                    // either way the driver may yet use `data`.
+                    self.broken = true;
+                    if let Some(d) = data {
+                        Box::leak(d);
+                    }
+                    return Err(e);
+                }
             }
             // Completions of the cancel request itself (user_data 2) are not ours to report.
             if let Some(cqe) = self.ring.completion().find(|c| c.user_data() == 1) {
@@ -91,16 +137,16 @@ impl Control {
             if !cancelled && abort() {
                 let cancel = opcode::AsyncCancel::new(1).build().user_data(2);
                 // SAFETY: a cancel request carries no pointers.
-                unsafe { self.ring.submission().push(&cancel.into()) }
-                    .map_err(|_| io::Error::other("control ring full"))?;
-                cancelled = true;
+                if unsafe { self.ring.submission().push(&cancel.into()) }.is_ok() {
+                    cancelled = true;
+                }
             }
         };
         // Whether or not the cancel itself completed yet, nothing of it points into memory.
         if res < 0 {
             Err(io::Error::from_raw_os_error(-res))
         } else {
-            Ok(res)
+            Ok((res, data))
         }
     }
 
@@ -114,42 +160,36 @@ impl Control {
 
     /// Features this kernel's driver supports (Linux 6.5+; older kernels: EOPNOTSUPP/EINVAL).
     pub fn get_features(&mut self) -> io::Result<u64> {
-        let mut v: u64 = 0;
-        let mut c = Self::header(u32::MAX);
-        c.addr = &mut v as *mut u64 as u64;
-        c.len = 8;
-        self.cmd(UBLK_U_CMD_GET_FEATURES, c)?;
-        Ok(v)
+        let c = Self::header(u32::MAX);
+        let (_, v) = self.cmd_with(UBLK_U_CMD_GET_FEATURES, c, Some(Box::new(0u64)), &|| false)?;
+        Ok(*v.expect("buffer handed back"))
     }
 
     /// Create a device. `info.dev_id` is the wanted id or `u32::MAX` for any; on return `info`
     /// holds what the kernel granted (id, queues, depth, flags).
     pub fn add_dev(&mut self, info: &mut ublksrv_ctrl_dev_info) -> io::Result<()> {
-        let mut c = Self::header(info.dev_id);
-        c.addr = info as *mut _ as u64;
-        c.len = std::mem::size_of::<ublksrv_ctrl_dev_info>() as u16;
-        self.cmd(UBLK_U_CMD_ADD_DEV, c).map(drop)
+        let c = Self::header(info.dev_id);
+        let (_, out) = self.cmd_with(UBLK_U_CMD_ADD_DEV, c, Some(Box::new(*info)), &|| false)?;
+        *info = *out.expect("buffer handed back");
+        Ok(())
     }
 
     pub fn set_params(&mut self, dev_id: u32, params: &ublk_params) -> io::Result<()> {
         let mut p = *params;
         p.len = std::mem::size_of::<ublk_params>() as u32;
-        let mut c = Self::header(dev_id);
-        c.addr = &mut p as *mut _ as u64;
-        c.len = p.len as u16;
-        self.cmd(UBLK_U_CMD_SET_PARAMS, c).map(drop)
+        let c = Self::header(dev_id);
+        self.cmd_with(UBLK_U_CMD_SET_PARAMS, c, Some(Box::new(p)), &|| false)
+            .map(drop)
     }
 
     pub fn get_params(&mut self, dev_id: u32) -> io::Result<ublk_params> {
-        let mut p = ublk_params {
+        let p = ublk_params {
             len: std::mem::size_of::<ublk_params>() as u32,
             ..Default::default()
         };
-        let mut c = Self::header(dev_id);
-        c.addr = &mut p as *mut _ as u64;
-        c.len = p.len as u16;
-        self.cmd(UBLK_U_CMD_GET_PARAMS, c)?;
-        Ok(p)
+        let c = Self::header(dev_id);
+        let (_, p) = self.cmd_with(UBLK_U_CMD_GET_PARAMS, c, Some(Box::new(p)), &|| false)?;
+        Ok(*p.expect("buffer handed back"))
     }
 
     /// Start serving: blocks until every queue has fetched every tag, then adds the disk.
@@ -184,11 +224,15 @@ impl Control {
         let mut buf = vec![0u8; path.len() + info_len];
         buf[..path.len()].copy_from_slice(path.as_bytes());
         let mut c = Self::header(dev_id);
-        c.addr = buf.as_mut_ptr() as u64;
-        c.len = buf.len() as u16;
         c.dev_path_len = path.len() as u16;
-        match self.cmd(UBLK_U_CMD_GET_DEV_INFO2, c) {
-            Ok(_) => {
+        match self.cmd_with(
+            UBLK_U_CMD_GET_DEV_INFO2,
+            c,
+            Some(buf.into_boxed_slice()),
+            &|| false,
+        ) {
+            Ok((_, buf)) => {
+                let buf = buf.expect("buffer handed back");
                 // SAFETY: the kernel wrote a ublksrv_ctrl_dev_info after the path; read_unaligned
                 // copes with the path's odd length.
                 return Ok(unsafe { std::ptr::read_unaligned(buf[path.len()..].as_ptr().cast()) });
@@ -196,22 +240,19 @@ impl Control {
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Err(e),
             Err(_) => {}
         }
-        let mut info = ublksrv_ctrl_dev_info::default();
-        let mut c = Self::header(dev_id);
-        c.addr = &mut info as *mut _ as u64;
-        c.len = info_len as u16;
-        self.cmd(UBLK_U_CMD_GET_DEV_INFO, c)?;
-        Ok(info)
+        let info = Box::new(ublksrv_ctrl_dev_info::default());
+        let c = Self::header(dev_id);
+        let (_, info) = self.cmd_with(UBLK_U_CMD_GET_DEV_INFO, c, Some(info), &|| false)?;
+        Ok(*info.expect("buffer handed back"))
     }
 
     /// The CPUs the kernel maps to hardware queue `qid`.
     pub fn get_queue_affinity(&mut self, dev_id: u32, qid: u16) -> io::Result<Vec<usize>> {
-        let mut mask = [0u8; 128]; // cpu_set_t: 1024 CPUs
+        let mask = Box::new([0u8; 128]); // cpu_set_t: 1024 CPUs
         let mut c = Self::header(dev_id);
         c.data[0] = qid as u64;
-        c.addr = mask.as_mut_ptr() as u64;
-        c.len = mask.len() as u16;
-        self.cmd(UBLK_U_CMD_GET_QUEUE_AFFINITY, c)?;
+        let (_, mask) = self.cmd_with(UBLK_U_CMD_GET_QUEUE_AFFINITY, c, Some(mask), &|| false)?;
+        let mask = mask.expect("buffer handed back");
         Ok((0..mask.len() * 8)
             .filter(|i| mask[i / 8] & (1 << (i % 8)) != 0)
             .collect())

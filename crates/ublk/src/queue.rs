@@ -250,13 +250,13 @@ async fn serve_queue<Q: TargetQueue + 'static>(
                 ctx.cfg.mode,
                 addrs,
             ));
-            crate::batch::prep(&b).await?;
+            crate::batch::prep(&b, &keep).await?;
             drop(rt::spawn(crate::batch::fetcher(
                 b.clone(),
                 fetch_bufs,
-                keep,
+                keep.clone(),
             )));
-            drop(rt::spawn(crate::batch::committer(b.clone())));
+            drop(rt::spawn(crate::batch::committer(b.clone(), keep)));
             for (tag, buf) in bufs.into_iter().enumerate() {
                 drop(rt::spawn(batch_tag_loop(
                     ctx.clone(),
@@ -303,7 +303,15 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
             addr,
         }
         .to_bytes();
-        let c = rt::fs::uring_cmd16(q.cdev, op, cmd, sqe_addr, Some(buf.keepalive())).await;
+        // SAFETY: the only address of ours the driver uses is `buf`'s (copy mode, in `cmd`; the
+        // other modes name none: `sqe_addr` is a fixed-buffer index), and the op keeps `buf`'s
+        // memory alive until the completion (leaked with the ring if that never comes). The
+        // protocol: the driver copies a WRITE's data into `buf` before it completes this fetch
+        // and a READ's data out of it while it processes the next COMMIT_AND_FETCH; this task
+        // touches `buf` (in `serve`) only between the two, and `buf` dies with the task, so a
+        // dropped task cannot touch it either.
+        let c =
+            unsafe { rt::fs::uring_cmd16(q.cdev, op, cmd, sqe_addr, Some(buf.keepalive())) }.await;
         match c.result {
             UBLK_IO_RES_OK => retried = false,
             UBLK_IO_RES_ABORT => {
