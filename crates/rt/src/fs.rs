@@ -28,13 +28,25 @@ pub async fn read_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<usize> 
 
 /// Write `buf.len()` bytes at `off` in one op; `rw_flags` may carry `RWF_DSYNC` (FUA).
 pub async fn write_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Result<usize> {
-    let len = buf.len() as u32;
+    write_part(fd, buf, 0, buf.len(), off, rw_flags).await
+}
+
+/// Write `buf[start..start + len]` at `off` in one op (the range is checked by the callers).
+async fn write_part(
+    fd: RawFd,
+    buf: &IoBuf,
+    start: usize,
+    len: usize,
+    off: u64,
+    rw_flags: i32,
+) -> io::Result<usize> {
+    let addr = buf.addr().wrapping_add(start);
     let e = match buf.fixed_index() {
-        Some(i) => opcode::WriteFixed::new(types::Fd(fd), buf.addr(), len, i)
+        Some(i) => opcode::WriteFixed::new(types::Fd(fd), addr, len as u32, i)
             .offset(off)
             .rw_flags(rw_flags)
             .build(),
-        None => opcode::Write::new(types::Fd(fd), buf.addr(), len)
+        None => opcode::Write::new(types::Fd(fd), addr, len as u32)
             .offset(off)
             .rw_flags(rw_flags)
             .build(),
@@ -68,11 +80,36 @@ pub async fn read_exact_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<(
 
 /// Write all of `buf` at `off`, continuing after short writes.
 pub async fn write_all_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Result<()> {
-    let want = buf.len();
-    let mut done = write_at(fd, buf, off, rw_flags).await?;
-    while done < want {
-        let rest = buf.tail(done);
-        let m = write_at(fd, &rest, off + done as u64, rw_flags).await?;
+    write_range_all_at(fd, buf, 0, buf.len(), off, rw_flags).await
+}
+
+/// Write all of `buf[start..start + len]` at `off`, continuing after short writes (one buffer
+/// of zeroes can serve writes of any length). A range outside the buffer is InvalidInput.
+pub async fn write_range_all_at(
+    fd: RawFd,
+    buf: &IoBuf,
+    start: usize,
+    len: usize,
+    off: u64,
+    rw_flags: i32,
+) -> io::Result<()> {
+    if start.checked_add(len).is_none_or(|end| end > buf.len()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range outside the buffer",
+        ));
+    }
+    let mut done = 0;
+    while done < len {
+        let m = write_part(
+            fd,
+            buf,
+            start + done,
+            len - done,
+            off + done as u64,
+            rw_flags,
+        )
+        .await?;
         if m == 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }

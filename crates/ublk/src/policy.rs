@@ -24,7 +24,7 @@ pub(crate) fn device_flags(
     let mode = opts.mode.unwrap_or({
         if offers(UBLK_F_USER_COPY) && caps.ignores_data {
             // The driver leaves request pages alone in user-copy mode: writes need no copy,
-            // and reads get their zeroes by one copy from a page that is never written.
+            // and a read costs one copy of the zeroes the target wrote.
             BufMode::UserCopy
         } else if offers(UBLK_F_AUTO_BUF_REG) && !caps.needs_cpu_access {
             BufMode::ZeroCopy

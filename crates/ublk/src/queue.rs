@@ -44,7 +44,7 @@ pub struct QueueConfig {
     /// The device has UBLK_F_BATCH_IO: batch prep/fetch/commit instead of per-tag commands.
     pub batch: bool,
     /// The target drops writes and reads zeroes (`Caps::ignores_data`): user-copy mode then
-    /// copies nothing for writes and zeroes for reads.
+    /// copies nothing for writes.
     pub ignores_data: bool,
     /// Zero copy plus user copy, for a target that serves CPU buffers inline (`Caps::inline_io`):
     /// a request that finds the queue otherwise idle goes through a CPU buffer and blocking
@@ -53,10 +53,11 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    /// User-copy mode with a target that needs the bytes: request data moves through
-    /// pread/pwrite on the char device.
-    fn copies_through_cdev(&self) -> bool {
-        self.mode == BufMode::UserCopy && !self.ignores_data
+    /// User copy, unless it is a write to a target that ignores data: the request's bytes
+    /// move through pread/pwrite on the char device. (Reads always do: even a target that
+    /// ignores data answers with zeroes, and the request's pages must get them.)
+    fn copies_through_cdev(&self, op: u8) -> bool {
+        self.mode == BufMode::UserCopy && !(op == UBLK_IO_OP_WRITE && self.ignores_data)
     }
 }
 
@@ -93,9 +94,6 @@ pub(crate) struct QueueCtx<Q> {
     scratch: RefCell<Option<IoBuf>>,
     /// Requests served through `scratch`.
     inlined: Cell<u64>,
-    /// Zeroes for reads of a target that ignores data in user-copy mode: never written, so its
-    /// pages are the kernel's shared zero page and cost no memory.
-    zeroes: Option<IoBuf>,
     refuse_commit: RefuseCommit,
 }
 
@@ -199,7 +197,6 @@ pub fn run_queue<T: Target>(
         resident: Cell::new(0),
         scratch: RefCell::new(cpu_buffer(cfg.shallow_inline, &cfg)?),
         inlined: Cell::new(0),
-        zeroes: cpu_buffer(cfg.mode == BufMode::UserCopy && cfg.ignores_data, &cfg)?,
         refuse_commit: RefuseCommit::from_env(),
         cfg,
     });
@@ -421,13 +418,6 @@ async fn handle<Q: TargetQueue>(
         return -libc::EIO;
     }
     let scratch = if is_rw { q.shallow_scratch() } else { None };
-    if let (Some(z), UBLK_IO_OP_READ) = (&q.zeroes, d.op()) {
-        // A target that ignores data reads zeroes; the request's pages get them from ours.
-        return match copy_to_request(q, tag, &z.as_slice()[..len as usize]) {
-            Ok(()) => len as i32,
-            Err(e) => errno(&e),
-        };
-    }
     let r = if let Some(mut s) = scratch {
         let r = through_cpu(q, tag, d, &mut s).await;
         q.inlined.set(q.inlined.get() + 1);
@@ -435,8 +425,8 @@ async fn handle<Q: TargetQueue>(
         r
     } else {
         match d.op() {
-            // User copy with a target that needs the bytes: the tag's buffer is the CPU buffer.
-            UBLK_IO_OP_READ | UBLK_IO_OP_WRITE if q.cfg.copies_through_cdev() => {
+            // User copy: the tag's buffer is the CPU buffer.
+            UBLK_IO_OP_READ | UBLK_IO_OP_WRITE if q.cfg.copies_through_cdev(d.op()) => {
                 through_cpu(q, tag, d, buf).await
             }
             UBLK_IO_OP_READ => {
