@@ -7,7 +7,7 @@
 //! - `inflight`: when a queue is done (stopping, and nothing being served);
 //! - `batch`: the same with UBLK_F_BATCH_IO: batch prep, multishot fetch, batch commit;
 //! - [`bufmode`]: where request data lives; `policy`: which flags a new device asks for;
-//! - [`device`]: a device's lifecycle, undone on failure;
+//! - [`device`]: a device's lifecycle, undone on failure; [`options`]: what it is asked to be;
 //! - [`features`]: flag names.
 
 mod batch;
@@ -18,6 +18,7 @@ pub mod device;
 mod fault;
 pub mod features;
 mod inflight;
+pub mod options;
 mod policy;
 pub mod queue;
 pub mod uapi;

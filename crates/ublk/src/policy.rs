@@ -5,8 +5,8 @@
 use targets::Caps;
 
 use crate::bufmode::BufMode;
-use crate::device::{DeviceError, DeviceOptions};
 use crate::features;
+use crate::options::{DeviceError, DeviceOptions};
 use crate::uapi::*;
 
 /// The buffer mode and the UBLK_F_* flags for ADD_DEV.
