@@ -298,16 +298,12 @@ impl FileQueue {
         self.file.as_raw_fd()
     }
 
-    /// Zeroes by writing, for file systems without fallocate modes.
+    /// Zeroes by writing, for file systems without fallocate modes. The zeroes come from the
+    /// thread's shared zero buffer: a flood of such requests allocates nothing per request.
     async fn write_zero_buffers(&self, off: u64, len: u64) -> io::Result<()> {
-        const STEP: u64 = 1 << 20;
-        let mut z = IoBuf::with_capacity(STEP.min(len) as usize);
-        let mut pos = off;
-        while pos < off + len {
-            let n = STEP.min(off + len - pos) as usize;
-            z.set_len(n);
-            rt::fs::write_all_at(self.fd(), &z, pos, 0).await?;
-            pos += n as u64;
+        let z = rt::zeroes::zeroes();
+        for (at, buf) in z.pieces(len) {
+            rt::fs::write_all_at(self.fd(), buf, off + at, 0).await?;
         }
         Ok(())
     }
@@ -453,6 +449,27 @@ mod tests {
         // The bytes are really in the file.
         let bytes = std::fs::read(&p).unwrap();
         assert_eq!(bytes[8192 + 4096 + 5], ((4096 + 5) % 199) as u8 + 1);
+    }
+
+    #[test]
+    fn zeroing_by_writing_covers_exactly_the_range() {
+        // The fallback for file systems without fallocate modes, called directly: pieces of
+        // the shared zero buffer, O_DIRECT-aligned, over a range that is not a power of two.
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let p = dir.path().join("disk.img");
+        std::fs::write(&p, vec![0xa5u8; 4 << 20]).unwrap();
+        let t = FileTarget::open(&p, None, false, false).unwrap();
+        let q = t.open_queue(0).unwrap();
+        let (off, len) = (8192u64, (2u64 << 20) + 12288);
+        Runtime::new()
+            .unwrap()
+            .block_on(q.write_zero_buffers(off, len))
+            .unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let (a, b) = (off as usize, (off + len) as usize);
+        assert!(bytes[..a].iter().all(|&x| x == 0xa5));
+        assert!(bytes[a..b].iter().all(|&x| x == 0));
+        assert!(bytes[b..].iter().all(|&x| x == 0xa5));
     }
 
     #[test]

@@ -453,16 +453,12 @@ async fn then_flush<Q: TargetQueue>(q: &Q, fua: bool, r: io::Result<()>) -> io::
     if fua { q.flush().await } else { Ok(()) }
 }
 
-/// WRITE_ZEROES for a target without a native way: write zero buffers (bounded size).
+/// WRITE_ZEROES for a target without a native way: write zeroes from the thread's shared zero
+/// buffer, so a request allocates nothing however long its range (it is charged as a command).
 async fn write_zero_buffers<Q: TargetQueue>(q: &Q, off: u64, len: u64) -> io::Result<()> {
-    let step = len.min(1 << 20);
-    let mut z = IoBuf::with_capacity(step as usize);
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(step);
-        z.set_len(n as usize);
-        q.write(off + pos, &z, false).await?;
-        pos += n;
+    let z = rt::zeroes::zeroes();
+    for (at, buf) in z.pieces(len) {
+        q.write(off + at, buf, false).await?;
     }
     Ok(())
 }
