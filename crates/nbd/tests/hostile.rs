@@ -5,12 +5,13 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::raw::*;
 use common::*;
 use nbd::proto::{self, cmd, opt, rep};
 use nbd::server::ExportConfig;
+use targets::filter::delay::Delay;
 use targets::mem::MemTarget;
 
 const SIZE: u64 = 8 << 20;
@@ -193,4 +194,38 @@ fn client_that_never_reads_replies_has_bounded_memory() {
     let grew = rss_bytes().saturating_sub(before);
     assert!(grew < 200 << 20, "RSS grew by {} MiB", grew >> 20);
     drop(c);
+}
+
+#[test]
+fn server_budget_makes_other_connections_wait_not_fail() {
+    // The server-wide budget holds one 1 MiB read (it is raised to one largest request), and the
+    // target takes 500 ms per request: a second client's read waits for the first one's reply.
+    let s = Server::tcp(
+        Delay::new(
+            MemTarget::new(SIZE, 512).unwrap(),
+            Duration::from_millis(500),
+        ),
+        ExportConfig {
+            name: "d".into(),
+            threads: 2,
+            max_payload: 1 << 20,
+            max_total_in_flight_bytes: 1,
+            ..Default::default()
+        },
+    );
+    let (mut a, mut b) = (handshake(&s, false), handshake(&s, false));
+    request(&mut a, cmd::READ, 1, 0, 1 << 20);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    request(&mut b, cmd::READ, 2, 0, 1 << 20);
+    assert_eq!(simple_reply(&mut a), (0, 1));
+    read_n(&mut a, 1 << 20);
+    assert_eq!(simple_reply(&mut b), (0, 2));
+    read_n(&mut b, 1 << 20);
+    // 400 ms until the first read is done, then 500 ms of its own; alone it would take 500 ms.
+    assert!(
+        t.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        t.elapsed()
+    );
 }

@@ -3,41 +3,43 @@
 //! arrived) and spawns one task per request, so requests run concurrently and replies go out in
 //! completion order. A finished request queues its reply whole; one writer task per connection
 //! sends everything queued in one gathered `sendmsg` per loop turn, so replies that finish
-//! together share a system call and each reply stays contiguous on the socket. A byte budget,
-//! taken before a request's buffers exist and released once its reply is sent, bounds the memory
-//! a connection can pin: when it runs out we stop reading, and TCP pushes back on the client.
+//! together share a system call and each reply stays contiguous on the socket.
+//!
+//! Memory: before a request's buffers exist it is charged what serving it may allocate
+//! (`cost.rs`), to this connection's budget and then to the server-wide one shared by every
+//! connection on every worker thread; both get it back once its reply is sent. When either runs
+//! out we stop reading, and TCP pushes back on the client: it waits, it is not failed.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rt::IoBuf;
 use targets::{Extent, TargetQueue};
 
+use super::cost::{self, HOLE_GRANULE, MAX_DESCRIPTORS, REQUEST_COST};
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};
 use crate::local::{Budget, Notify, Permit};
 use crate::proto::{self, chunk};
+use crate::shared_budget::{SharedBudget, SharedPermit};
 use crate::sock::{Seg, Sock};
 use rt::select::{Either, select2};
 
 /// Per-connection limits from the export configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnLimits {
     pub max_in_flight_bytes: u64,
+    /// Shared by every connection of the export.
+    pub server_budget: Arc<SharedBudget>,
     pub handshake_timeout: Duration,
     /// How long a closing connection waits for replies a client does not read.
     pub drain_timeout: Duration,
 }
 
-/// Units one request costs besides its data (bounds the number of small requests in flight).
-const REQUEST_COST: u64 = 4096;
-/// Granule for finding all-zero runs in read data (sent as holes when fragmenting is allowed).
-const HOLE_GRANULE: usize = 64 << 10;
-/// Most descriptors in one block status reply.
-const MAX_DESCRIPTORS: usize = 4096;
 /// Request stream read buffer: headers and small write payloads that arrived together are
 /// taken from here instead of one `recv` each.
 const READ_BUF: usize = 64 << 10;
@@ -130,7 +132,24 @@ struct Conn {
 /// One reply's bytes, and the budget its request holds until they are sent.
 struct Reply {
     segs: Vec<Seg>,
-    _permit: Permit,
+    _charge: Charge,
+}
+
+/// A request's share of both budgets, held until its reply is sent (or dropped).
+struct Charge {
+    _conn: Permit,
+    _server: SharedPermit,
+}
+
+/// Take `n` units from the connection's budget, then from the server's. In that order, a
+/// connection waits on the shared budget with one request at a time.
+async fn charge(conn: &Rc<Budget>, server: &Arc<SharedBudget>, n: u64) -> Charge {
+    let c = conn.acquire(n).await;
+    let s = server.acquire(n).await;
+    Charge {
+        _conn: c,
+        _server: s,
+    }
 }
 
 impl AsRef<[Seg]> for Reply {
@@ -236,8 +255,9 @@ async fn transmit<Q: TargetQueue + 'static>(
     let writer = rt::spawn(conn.clone().writer());
     let budget = Rc::new(Budget::new(
         lim.max_in_flight_bytes
-            .max(REQUEST_COST + export.max_block as u64),
+            .max(cost::max_charge(export.max_block)),
     ));
+    let server = &lim.server_budget;
     let mut rd = Reader::new();
     loop {
         let Ok(hdr) = rd.header(&sock).await else {
@@ -254,18 +274,14 @@ async fn transmit<Q: TargetQueue + 'static>(
                 break;
             }
             Verdict::Fail { err, skip } => {
-                let permit = budget.acquire(REQUEST_COST).await;
+                let c = charge(&budget, server, REQUEST_COST).await;
                 if rd.discard(&sock, skip as u64).await.is_err() {
                     break;
                 }
-                conn.reply_error(req.handle, err, "request rejected", permit);
+                conn.reply_error(req.handle, err, "request rejected", c);
             }
             Verdict::Run(cmd) => {
-                let data_len = match cmd {
-                    Cmd::Read { len, .. } | Cmd::Write { len, .. } => len as u64,
-                    _ => 0,
-                };
-                let permit = budget.acquire(REQUEST_COST + data_len).await;
+                let c = charge(&budget, server, cost::charge(&cmd)).await;
                 let payload = if let Cmd::Write { len, .. } = cmd {
                     match rd.payload(&sock, len as usize).await {
                         Ok(b) => Some(b),
@@ -274,10 +290,14 @@ async fn transmit<Q: TargetQueue + 'static>(
                 } else {
                     None
                 };
-                let (c, q) = (conn.clone(), q.clone());
-                rt::spawn(async move {
-                    c.run(&*q, req.handle, cmd, payload, permit).await;
-                });
+                rt::spawn(request_task(
+                    conn.clone(),
+                    q.clone(),
+                    req.handle,
+                    cmd,
+                    payload,
+                    c,
+                ));
             }
         }
     }
@@ -292,6 +312,19 @@ async fn transmit<Q: TargetQueue + 'static>(
     sock.shutdown(Shutdown::Both);
 }
 
+/// The task serving one request (a function of its own so its size can be checked against
+/// [`REQUEST_COST`]).
+async fn request_task<Q: TargetQueue + 'static>(
+    c: Rc<Conn>,
+    q: Rc<Q>,
+    handle: u64,
+    cmd: Cmd,
+    payload: Option<IoBuf>,
+    charge: Charge,
+) {
+    c.run(&*q, handle, cmd, payload, charge).await
+}
+
 impl Conn {
     async fn run<Q: TargetQueue>(
         &self,
@@ -299,13 +332,13 @@ impl Conn {
         handle: u64,
         cmd: Cmd,
         payload: Option<IoBuf>,
-        permit: Permit,
+        charge: Charge,
     ) {
         let res = match cmd {
             Cmd::Read { off, len, df } => {
                 let mut buf = IoBuf::with_capacity(len as usize);
                 match q.read(off, &mut buf).await {
-                    Ok(()) => return self.reply_read(handle, off, &buf, df, permit),
+                    Ok(()) => return self.reply_read(handle, off, &buf, df, charge),
                     Err(e) => Err(e),
                 }
             }
@@ -336,32 +369,32 @@ impl Conn {
             Cmd::BlockStatus { off, len, one } => match q.block_status(off, len as u64).await {
                 Ok(ext) => {
                     let d = descriptors(&ext, len, one);
-                    return self.reply_block_status(handle, &d, permit);
+                    return self.reply_block_status(handle, &d, charge);
                 }
                 Err(e) => Err(e),
             },
         };
         match res {
-            Ok(()) => self.reply_ok(handle, permit),
-            Err(e) => self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string(), permit),
+            Ok(()) => self.reply_ok(handle, charge),
+            Err(e) => self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string(), charge),
         }
     }
 
-    /// Queue one whole reply for the writer (dropped, with its permit, if the connection broke).
-    fn push(&self, segs: Vec<Seg>, permit: Permit) {
+    /// Queue one whole reply for the writer (dropped, with its charge, if the connection broke).
+    fn push(&self, segs: Vec<Seg>, charge: Charge) {
         if self.broken.get() {
             return;
         }
         self.out.borrow_mut().push(Reply {
             segs,
-            _permit: permit,
+            _charge: charge,
         });
         self.more.notify_all();
     }
 
     /// Send what is queued, one gathered `sendmsg` per batch, until the connection closes. A
     /// failed send means the client is gone or broken: cut the connection so the reading loop
-    /// ends too, and drop the replies (their permits go back to the budget).
+    /// ends too, and drop the replies (their charges go back to the budgets).
     async fn writer(self: Rc<Self>) {
         loop {
             let batch = std::mem::take(&mut *self.out.borrow_mut());
@@ -382,16 +415,16 @@ impl Conn {
         }
     }
 
-    fn reply_ok(&self, handle: u64, permit: Permit) {
+    fn reply_ok(&self, handle: u64, charge: Charge) {
         let h = if self.structured {
             proto::encode_chunk_header(chunk::FLAG_DONE, chunk::NONE, handle, 0).to_vec()
         } else {
             proto::encode_simple_reply(0, handle).to_vec()
         };
-        self.push(vec![Seg::Own(h)], permit);
+        self.push(vec![Seg::Own(h)], charge);
     }
 
-    fn reply_error(&self, handle: u64, error: u32, msg: &str, permit: Permit) {
+    fn reply_error(&self, handle: u64, error: u32, msg: &str, charge: Charge) {
         let v = if self.structured {
             let p = proto::encode_error_payload(error, msg);
             let mut v =
@@ -402,13 +435,13 @@ impl Conn {
         } else {
             proto::encode_simple_reply(error, handle).to_vec()
         };
-        self.push(vec![Seg::Own(v)], permit);
+        self.push(vec![Seg::Own(v)], charge);
     }
 
-    fn reply_read(&self, handle: u64, off: u64, buf: &IoBuf, df: bool, permit: Permit) {
+    fn reply_read(&self, handle: u64, off: u64, buf: &IoBuf, df: bool, charge: Charge) {
         if !self.structured {
             let h = proto::encode_simple_reply(0, handle).to_vec();
-            return self.push(vec![Seg::Own(h), Seg::range(buf, 0, buf.len())], permit);
+            return self.push(vec![Seg::Own(h), Seg::range(buf, 0, buf.len())], charge);
         }
         let pieces = plan_read(buf.as_slice(), df);
         let n = pieces.len();
@@ -431,10 +464,10 @@ impl Conn {
                 segs.push(Seg::range(buf, p.start, p.len));
             }
         }
-        self.push(segs, permit);
+        self.push(segs, charge);
     }
 
-    fn reply_block_status(&self, handle: u64, d: &[proto::Descriptor], permit: Permit) {
+    fn reply_block_status(&self, handle: u64, d: &[proto::Descriptor], charge: Charge) {
         let p = proto::encode_block_status(BASE_ALLOCATION_ID, d);
         let mut v = proto::encode_chunk_header(
             chunk::FLAG_DONE,
@@ -444,7 +477,7 @@ impl Conn {
         )
         .to_vec();
         v.extend(p);
-        self.push(vec![Seg::Own(v)], permit);
+        self.push(vec![Seg::Own(v)], charge);
     }
 }
 
@@ -538,6 +571,44 @@ fn descriptors(ext: &[Extent], len: u32, one: bool) -> Vec<proto::Descriptor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The boxed future of a request task, for a target queue: what `REQUEST_COST` must cover
+    /// besides the reply (a few dozen bytes) and the task's bookkeeping (about a hundred).
+    fn task_size<Q: TargetQueue + 'static>(q: Q) -> usize {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = Rc::new(Conn {
+            sock: Rc::new(Sock::unix(a.into())),
+            structured: true,
+            out: RefCell::new(Vec::new()),
+            more: Notify::default(),
+            closing: Cell::new(false),
+            broken: Cell::new(false),
+        });
+        let c = rt::Runtime::new()
+            .unwrap()
+            .block_on(async { charge(&Rc::new(Budget::new(1)), &SharedBudget::new(1), 1).await });
+        let t = request_task(conn, Rc::new(q), 0, Cmd::Flush, None, c);
+        std::mem::size_of_val(&t)
+    }
+
+    #[test]
+    fn a_request_task_fits_in_its_charge() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        use targets::Target;
+        let file = || targets::file::FileTarget::open(&p, None, false, false).unwrap();
+        let delayed = targets::filter::delay::Delay::new(file(), Duration::ZERO);
+        let sizes = [
+            task_size(targets::null::NullQueue),
+            task_size(file().open_queue(0).unwrap()),
+            task_size(delayed.open_queue(0).unwrap()),
+        ];
+        for s in sizes {
+            assert!(s as u64 <= REQUEST_COST / 4, "{sizes:?}");
+        }
+        eprintln!("request task sizes (null, file, delay+file): {sizes:?}");
+    }
 
     #[test]
     fn read_plan_finds_holes_and_respects_df() {
