@@ -31,6 +31,15 @@ impl Sock {
             Sock::Unix(s) => s.as_raw_fd(),
         }
     }
+    /// Who is at the other end, for log lines.
+    pub fn peer(&self) -> String {
+        match self {
+            Sock::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "TCP client".into(), |a| a.to_string()),
+            Sock::Unix(_) => "Unix socket client".into(),
+        }
+    }
     /// Stop reading and/or writing; pending ops on the socket complete with EOF or an error.
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {

@@ -196,6 +196,54 @@ fn client_that_never_reads_replies_has_bounded_memory() {
     drop(c);
 }
 
+/// A server whose target takes `latency` per request, and cuts clients idle for a second.
+fn idle_server(latency: Duration) -> Server {
+    Server::tcp(
+        Delay::new(MemTarget::new(SIZE, 512).unwrap(), latency),
+        ExportConfig {
+            name: "d".into(),
+            threads: 2,
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn idle_client_is_disconnected_after_the_idle_timeout() {
+    let s = idle_server(Duration::ZERO);
+    let mut c = handshake(&s, false);
+    request(&mut c, cmd::FLUSH, 1, 0, 0);
+    assert_eq!(simple_reply(&mut c), (0, 1));
+    let t = Instant::now();
+    assert!(closed(&mut c));
+    let e = t.elapsed();
+    assert!(
+        e >= Duration::from_millis(900) && e < Duration::from_secs(5),
+        "{e:?}"
+    );
+    good_client_works(&s, 6); // within its second
+}
+
+#[test]
+fn a_request_in_flight_longer_than_the_idle_timeout_is_not_cut() {
+    let s = idle_server(Duration::from_millis(2500));
+    let mut c = handshake(&s, false);
+    let t = Instant::now();
+    request(&mut c, cmd::READ, 1, 0, 4096);
+    assert_eq!(simple_reply(&mut c), (0, 1));
+    read_n(&mut c, 4096);
+    assert!(t.elapsed() >= Duration::from_millis(2400));
+    // Idle from the reply on: cut a second later, not at once.
+    let t = Instant::now();
+    assert!(closed(&mut c));
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn server_budget_makes_other_connections_wait_not_fail() {
     // The server-wide budget holds one 1 MiB read (it is raised to one largest request), and the

@@ -9,6 +9,10 @@
 //! (`cost.rs`), to this connection's budget and then to the server-wide one shared by every
 //! connection on every worker thread; both get it back once its reply is sent. When either runs
 //! out we stop reading, and TCP pushes back on the client: it waits, it is not failed.
+//!
+//! Idleness: with an idle timeout, a client that sends no request for that long while nothing of
+//! its is in flight (no request running, no reply unsent) is disconnected. The handshake has its
+//! own timeout.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -36,6 +40,8 @@ pub struct ConnLimits {
     /// Shared by every connection of the export.
     pub server_budget: Arc<SharedBudget>,
     pub handshake_timeout: Duration,
+    /// Disconnect a client that has been idle this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
     /// How long a closing connection waits for replies a client does not read.
     pub drain_timeout: Duration,
 }
@@ -259,47 +265,60 @@ async fn transmit<Q: TargetQueue + 'static>(
     ));
     let server = &lim.server_budget;
     let mut rd = Reader::new();
-    loop {
-        let Ok(hdr) = rd.header(&sock).await else {
-            break; // EOF, error, or shutdown(Read) by the server
-        };
-        let Ok(req) = proto::parse_request(&hdr) else {
-            tracing::debug!("nbd: bad request magic, closing");
-            break;
-        };
-        match check(&req, &limits) {
-            Verdict::Disconnect => break,
-            Verdict::Hangup(why) => {
-                tracing::debug!("nbd: {why}, closing");
+    let reading = async {
+        loop {
+            let Ok(hdr) = rd.header(&sock).await else {
+                break; // EOF, error, or a shutdown by the server (stop, idle timeout)
+            };
+            let Ok(req) = proto::parse_request(&hdr) else {
+                tracing::debug!("nbd: bad request magic, closing");
                 break;
-            }
-            Verdict::Fail { err, skip } => {
-                let c = charge(&budget, server, REQUEST_COST).await;
-                if rd.discard(&sock, skip as u64).await.is_err() {
+            };
+            match check(&req, &limits) {
+                Verdict::Disconnect => break,
+                Verdict::Hangup(why) => {
+                    tracing::debug!("nbd: {why}, closing");
                     break;
                 }
-                conn.reply_error(req.handle, err, "request rejected", c);
-            }
-            Verdict::Run(cmd) => {
-                let c = charge(&budget, server, cost::charge(&cmd)).await;
-                let payload = if let Cmd::Write { len, .. } = cmd {
-                    match rd.payload(&sock, len as usize).await {
-                        Ok(b) => Some(b),
-                        Err(_) => break, // disconnect mid-request: nothing to answer
+                Verdict::Fail { err, skip } => {
+                    let c = charge(&budget, server, REQUEST_COST).await;
+                    if rd.discard(&sock, skip as u64).await.is_err() {
+                        break;
                     }
-                } else {
-                    None
-                };
-                rt::spawn(request_task(
-                    conn.clone(),
-                    q.clone(),
-                    req.handle,
-                    cmd,
-                    payload,
-                    c,
-                ));
+                    conn.reply_error(req.handle, err, "request rejected", c);
+                }
+                Verdict::Run(cmd) => {
+                    let c = charge(&budget, server, cost::charge(&cmd)).await;
+                    let payload = if let Cmd::Write { len, .. } = cmd {
+                        match rd.payload(&sock, len as usize).await {
+                            Ok(b) => Some(b),
+                            Err(_) => break, // disconnect mid-request: nothing to answer
+                        }
+                    } else {
+                        None
+                    };
+                    rt::spawn(request_task(
+                        conn.clone(),
+                        q.clone(),
+                        req.handle,
+                        cmd,
+                        payload,
+                        c,
+                    ));
+                }
             }
         }
+    };
+    match lim.idle_timeout {
+        // The watcher only cuts the socket; the reading loop then ends on its own.
+        Some(t) => {
+            let watch = async {
+                idle_watch(&sock, &budget, t).await;
+                std::future::pending::<()>().await
+            };
+            select2(reading, watch).await;
+        }
+        None => reading.await,
     }
     // Let in-flight requests answer; a client that stops reading gets cut off after a while.
     if let Either::Right(()) = select2(budget.idle(), rt::time::sleep(lim.drain_timeout)).await {
@@ -310,6 +329,29 @@ async fn transmit<Q: TargetQueue + 'static>(
     conn.more.notify_all();
     writer.await;
     sock.shutdown(Shutdown::Both);
+}
+
+/// Disconnect the client once it has had nothing in flight and sent no request for `limit`.
+/// Every request takes budget the moment it is read, so "idle since" of the connection's budget
+/// is the later of the last request and the last reply sent.
+async fn idle_watch(sock: &Sock, budget: &Budget, limit: Duration) {
+    loop {
+        budget.idle().await;
+        let Some(since) = budget.idle_since() else {
+            continue;
+        };
+        let quiet = since.elapsed();
+        if quiet >= limit {
+            tracing::info!(
+                "nbd: {}: no request for {} s and nothing in flight, disconnecting",
+                sock.peer(),
+                limit.as_secs_f64()
+            );
+            sock.shutdown(Shutdown::Both);
+            return;
+        }
+        rt::time::sleep(limit - quiet).await;
+    }
 }
 
 /// The task serving one request (a function of its own so its size can be checked against

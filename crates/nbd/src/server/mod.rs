@@ -65,6 +65,10 @@ pub struct ExportConfig {
     pub max_payload: u32,
     /// A client must finish negotiating within this time.
     pub handshake_timeout: Duration,
+    /// Disconnect a client that sends no request for this long while nothing of its is in
+    /// flight (no request running, no reply unsent). `None` (the default): never, since NBD has
+    /// no keep-alive and kernel or qemu clients idle on a mounted disk for hours.
+    pub idle_timeout: Option<Duration>,
     /// Workers spin this long for completions before sleeping in the kernel (lower latency at
     /// queue depth 1, more CPU); `None` sleeps at once.
     pub busy_poll: Option<Duration>,
@@ -82,6 +86,7 @@ impl Default for ExportConfig {
             max_total_in_flight_bytes: 256 << 20,
             max_payload: 32 << 20,
             handshake_timeout: Duration::from_secs(30),
+            idle_timeout: None,
             busy_poll: None,
         }
     }
@@ -235,6 +240,7 @@ pub fn serve<T: Target>(
                 .max(cost::max_charge(info.max_block)),
         ),
         handshake_timeout: cfg.handshake_timeout,
+        idle_timeout: cfg.idle_timeout,
         drain_timeout: Duration::from_secs(10),
     };
     let handles: Vec<_> = (0..threads)

@@ -2,7 +2,7 @@
 //! is explicit, and read timeouts make a hang fail the test instead of stalling it.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use nbd::proto::{self, opt, rep};
@@ -10,7 +10,11 @@ use nbd::proto::{self, opt, rep};
 use super::Server;
 
 pub fn connect(s: &Server) -> TcpStream {
-    let c = TcpStream::connect(s.addr.unwrap()).unwrap();
+    connect_to(s.addr.unwrap())
+}
+
+pub fn connect_to(addr: SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c
 }
@@ -36,7 +40,12 @@ pub fn closed(c: &mut TcpStream) -> bool {
 
 /// Negotiate export "d" with OPT_GO; optionally structured replies first.
 pub fn handshake(s: &Server, structured: bool) -> TcpStream {
-    let mut c = connect(s);
+    handshake_at(s.addr.unwrap(), structured)
+}
+
+/// [`handshake`] with a server at `addr`.
+pub fn handshake_at(addr: SocketAddr, structured: bool) -> TcpStream {
+    let mut c = connect_to(addr);
     let g = read_n(&mut c, 18);
     assert_eq!(
         proto::parse_greeting(&g).unwrap() & proto::FLAG_FIXED_NEWSTYLE,
