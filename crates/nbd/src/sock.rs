@@ -144,11 +144,12 @@ const MAX_IOV: usize = 1024;
 
 impl Sock {
     /// Send every segment of `parts`, in order, with as few `sendmsg` calls as the kernel allows
-    /// (one per [`MAX_IOV`] segments when the socket buffer has room). `parts` is handed back once
-    /// the kernel is done with it.
+    /// (one per [`MAX_IOV`] segments when the socket buffer has room), calling `sent` after each
+    /// one that moved bytes. `parts` is handed back once the kernel is done with it.
     pub async fn send_gather<R: AsRef<[Seg]> + 'static + Unpin>(
         &self,
         parts: Vec<R>,
+        mut sent: impl FnMut(),
     ) -> (io::Result<()>, Vec<R>) {
         let iov_all: Vec<libc::iovec> = parts
             .iter()
@@ -180,6 +181,7 @@ impl Sock {
             if c.result == 0 {
                 return (Err(io::ErrorKind::WriteZero.into()), g._owner);
             }
+            sent();
             // Skip what went out; a partly sent iovec is trimmed in place.
             let mut n = c.result as usize;
             while n > 0 {

@@ -277,3 +277,58 @@ fn server_budget_makes_other_connections_wait_not_fail() {
         t.elapsed()
     );
 }
+
+/// Per connection 8 MiB, all connections 4 MiB, and clients that stall are cut after a second.
+fn stall_server() -> Server {
+    Server::tcp(
+        MemTarget::new(SIZE, 512).unwrap(),
+        ExportConfig {
+            name: "d".into(),
+            threads: 2,
+            max_payload: 1 << 20,
+            max_in_flight_bytes: 8 << 20,
+            max_total_in_flight_bytes: 4 << 20,
+            stall_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_client_that_stops_reading_replies_is_cut_and_its_budget_comes_back() {
+    let s = stall_server();
+    let mut a = handshake(&s, false);
+    a.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // 64 MiB of replies, more than the socket buffers hold: the rest sits in the server and
+    // holds the whole server budget.
+    for i in 0..64 {
+        let r = encode(cmd::READ, 0, i, 0, 1 << 20);
+        if a.write_all(&r).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut b = handshake(&s, false);
+    request(&mut b, cmd::READ, 1, 0, 4096);
+    assert_eq!(simple_reply(&mut b), (0, 1)); // once the stalled client is cut
+    read_n(&mut b, 4096);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(closed(&mut a));
+}
+
+#[test]
+fn a_client_that_stops_mid_write_payload_is_cut() {
+    let s = stall_server();
+    let mut c = handshake(&s, false);
+    request(&mut c, cmd::WRITE, 1, 0, 1 << 20);
+    c.write_all(&[7u8; 1000]).unwrap(); // and nothing more
+    let t = Instant::now();
+    assert!(closed(&mut c));
+    let e = t.elapsed();
+    assert!(
+        e >= Duration::from_millis(900) && e < Duration::from_secs(5),
+        "{e:?}"
+    );
+    good_client_works(&s, 7);
+}

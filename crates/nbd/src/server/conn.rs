@@ -12,7 +12,9 @@
 //!
 //! Idleness: with an idle timeout, a client that sends no request for that long while nothing of
 //! its is in flight (no request running, no reply unsent) is disconnected. The handshake has its
-//! own timeout.
+//! own timeout. Stalls: a client that keeps the server waiting on it (reads none of its replies,
+//! sends nothing more of a WRITE payload) past the stall timeout is disconnected too, so it cannot
+//! hold its share of the server-wide budget for ever.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -27,6 +29,7 @@ use targets::{Extent, TargetQueue};
 use super::cost::{self, HOLE_GRANULE, MAX_DESCRIPTORS, REQUEST_COST};
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};
+use super::stall::Stall;
 use crate::local::{Budget, Notify, Permit};
 use crate::proto::{self, chunk};
 use crate::shared_budget::{SharedBudget, SharedPermit};
@@ -42,6 +45,8 @@ pub struct ConnLimits {
     pub handshake_timeout: Duration,
     /// Disconnect a client that has been idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Disconnect a client that keeps the server waiting on it this long (`None`: never).
+    pub stall_timeout: Option<Duration>,
     /// How long a closing connection waits for replies a client does not read.
     pub drain_timeout: Duration,
 }
@@ -49,6 +54,8 @@ pub struct ConnLimits {
 /// Request stream read buffer: headers and small write payloads that arrived together are
 /// taken from here instead of one `recv` each.
 const READ_BUF: usize = 64 << 10;
+/// A large write payload is received in pieces of this size, so a stalled sender shows.
+const PAYLOAD_PIECE: usize = 1 << 20;
 
 /// Serve one accepted connection until the client leaves, misbehaves, or reading is shut down.
 pub async fn serve<Q: TargetQueue + 'static>(
@@ -133,6 +140,8 @@ struct Conn {
     closing: Cell<bool>,
     /// A send failed: the connection is cut and further replies are dropped.
     broken: Cell<bool>,
+    /// What waits on the client, and when it last moved.
+    stall: Stall,
 }
 
 /// One reply's bytes, and the budget its request holds until they are sent.
@@ -212,14 +221,19 @@ impl Reader {
         Ok(h)
     }
 
-    /// A write payload of `len` bytes: what is buffered, then the rest straight from the socket.
-    async fn payload(&mut self, sock: &Sock, len: usize) -> io::Result<IoBuf> {
+    /// A write payload of `len` bytes: what is buffered, then the rest straight from the socket,
+    /// telling `stall` each time a piece has come in.
+    async fn payload(&mut self, sock: &Sock, len: usize, stall: &Stall) -> io::Result<IoBuf> {
         let mut b = IoBuf::with_capacity(len);
-        let k = self.available().min(len);
+        let mut k = self.available().min(len);
         b.as_mut_slice()[..k].copy_from_slice(&self.buf.as_slice()[self.start..self.start + k]);
         self.start += k;
-        if k < len {
-            rt::net::recv_range(sock.fd(), &mut b, k, len - k).await?;
+        let _waiting = stall.wait();
+        while k < len {
+            let n = (len - k).min(PAYLOAD_PIECE);
+            rt::net::recv_range(sock.fd(), &mut b, k, n).await?;
+            stall.moved();
+            k += n;
         }
         Ok(b)
     }
@@ -257,6 +271,7 @@ async fn transmit<Q: TargetQueue + 'static>(
         more: Notify::default(),
         closing: Cell::new(false),
         broken: Cell::new(false),
+        stall: Stall::new(),
     });
     let writer = rt::spawn(conn.clone().writer());
     let budget = Rc::new(Budget::new(
@@ -290,7 +305,7 @@ async fn transmit<Q: TargetQueue + 'static>(
                 Verdict::Run(cmd) => {
                     let c = charge(&budget, server, cost::charge(&cmd)).await;
                     let payload = if let Cmd::Write { len, .. } = cmd {
-                        match rd.payload(&sock, len as usize).await {
+                        match rd.payload(&sock, len as usize, &conn.stall).await {
                             Ok(b) => Some(b),
                             Err(_) => break, // disconnect mid-request: nothing to answer
                         }
@@ -309,17 +324,20 @@ async fn transmit<Q: TargetQueue + 'static>(
             }
         }
     };
-    match lim.idle_timeout {
-        // The watcher only cuts the socket; the reading loop then ends on its own.
-        Some(t) => {
-            let watch = async {
-                idle_watch(&sock, &budget, t).await;
-                std::future::pending::<()>().await
-            };
-            select2(reading, watch).await;
+    // The watchers only cut the socket; the reading loop then ends on its own.
+    let idle = async {
+        if let Some(t) = lim.idle_timeout {
+            idle_watch(&sock, &budget, t).await;
         }
-        None => reading.await,
-    }
+        std::future::pending::<()>().await
+    };
+    let stalled = async {
+        if let Some(t) = lim.stall_timeout {
+            stall_watch(&sock, &conn.stall, t).await;
+        }
+        std::future::pending::<()>().await
+    };
+    select2(reading, select2(idle, stalled)).await;
     // Let in-flight requests answer; a client that stops reading gets cut off after a while.
     if let Either::Right(()) = select2(budget.idle(), rt::time::sleep(lim.drain_timeout)).await {
         sock.shutdown(Shutdown::Both);
@@ -351,6 +369,23 @@ async fn idle_watch(sock: &Sock, budget: &Budget, limit: Duration) {
             return;
         }
         rt::time::sleep(limit - quiet).await;
+    }
+}
+
+/// Disconnect the client once it has kept us waiting on it, without moving, for `limit`.
+async fn stall_watch(sock: &Sock, stall: &Stall, limit: Duration) {
+    loop {
+        let stalled = stall.stalled_for().unwrap_or_default();
+        if stalled >= limit {
+            tracing::info!(
+                "nbd: {}: read no reply and sent no request data for {} s, disconnecting",
+                sock.peer(),
+                limit.as_secs_f64()
+            );
+            sock.shutdown(Shutdown::Both);
+            return;
+        }
+        rt::time::sleep(limit - stalled).await;
     }
 }
 
@@ -447,7 +482,9 @@ impl Conn {
                 self.more.notified().await;
                 continue;
             }
-            let (r, batch) = self.sock.send_gather(batch).await;
+            let waiting = self.stall.wait();
+            let (r, batch) = self.sock.send_gather(batch, || self.stall.moved()).await;
+            drop(waiting);
             drop(batch);
             if r.is_err() {
                 self.broken.set(true);
@@ -625,6 +662,7 @@ mod tests {
             more: Notify::default(),
             closing: Cell::new(false),
             broken: Cell::new(false),
+            stall: Stall::new(),
         });
         let c = rt::Runtime::new()
             .unwrap()

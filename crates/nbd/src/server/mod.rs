@@ -17,6 +17,7 @@ mod conn;
 mod cost;
 pub mod negotiate;
 pub mod request;
+mod stall;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -69,6 +70,11 @@ pub struct ExportConfig {
     /// flight (no request running, no reply unsent). `None` (the default): never, since NBD has
     /// no keep-alive and kernel or qemu clients idle on a mounted disk for hours.
     pub idle_timeout: Option<Duration>,
+    /// Disconnect a client that keeps the server waiting on it this long: reads none of its
+    /// pending replies, or sends nothing more of a WRITE payload it started. Such a client holds
+    /// its requests' share of the server-wide budget while it stalls; a well-behaved one never
+    /// stalls. `None`: never.
+    pub stall_timeout: Option<Duration>,
     /// Workers spin this long for completions before sleeping in the kernel (lower latency at
     /// queue depth 1, more CPU); `None` sleeps at once.
     pub busy_poll: Option<Duration>,
@@ -87,6 +93,7 @@ impl Default for ExportConfig {
             max_payload: 32 << 20,
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: None,
+            stall_timeout: Some(Duration::from_secs(60)),
             busy_poll: None,
         }
     }
@@ -241,6 +248,7 @@ pub fn serve<T: Target>(
         ),
         handshake_timeout: cfg.handshake_timeout,
         idle_timeout: cfg.idle_timeout,
+        stall_timeout: cfg.stall_timeout,
         drain_timeout: Duration::from_secs(10),
     };
     let handles: Vec<_> = (0..threads)
