@@ -30,7 +30,8 @@
 //!
 //! Memory: each connection's requests may hold 64 MiB at once and all connections together
 //! 256 MiB (buffers plus a fixed charge per request, `ExportConfig`); a client past either stops
-//! being read until replies have gone out.
+//! being read until replies have gone out. A client that keeps the server waiting on it for 60 s
+//! (reads none of its replies, stops mid-WRITE payload) is disconnected, releasing its share.
 //!
 //! Examples:
 //! ```text
