@@ -12,4 +12,5 @@ pub mod fuzz;
 pub mod local;
 pub mod proto;
 pub mod server;
+pub mod shared_budget;
 pub mod sock;

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+use std::time::Instant;
 
 /// Waiters in arrival order; a waiter is identified by a ticket so a dropped future can leave.
 #[derive(Default)]
@@ -100,6 +101,8 @@ pub struct Budget {
     free: Cell<u64>,
     waiters: Queue,
     idle: RefCell<Vec<Waker>>,
+    /// When the last permit came back (or the budget was made).
+    idle_since: Cell<Instant>,
 }
 
 /// Units held until dropped; owns an `Rc` so it can move into a spawned task.
@@ -115,7 +118,13 @@ impl Budget {
             free: Cell::new(total),
             waiters: Queue::default(),
             idle: RefCell::new(Vec::new()),
+            idle_since: Cell::new(Instant::now()),
         }
+    }
+
+    /// Since when no permit has been held; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        (self.free.get() == self.total).then(|| self.idle_since.get())
     }
 
     pub async fn acquire(self: &Rc<Self>, n: u64) -> Permit {
@@ -161,6 +170,7 @@ impl Drop for Permit {
             w.wake();
         }
         if b.free.get() == b.total {
+            b.idle_since.set(Instant::now());
             for w in b.idle.borrow_mut().drain(..) {
                 w.wake();
             }
@@ -235,8 +245,12 @@ mod tests {
             assert!(!h.is_finished());
             drop(p);
             h.await;
-            let _big = b.acquire(1000).await; // clamped: runs alone
+            let t0 = b.idle_since().unwrap();
+            let big = b.acquire(1000).await; // clamped: runs alone
             assert_eq!(b.free.get(), 0);
+            assert_eq!(b.idle_since(), None);
+            drop(big);
+            assert!(b.idle_since().unwrap() >= t0);
         });
     }
 }

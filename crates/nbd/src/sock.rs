@@ -31,6 +31,15 @@ impl Sock {
             Sock::Unix(s) => s.as_raw_fd(),
         }
     }
+    /// Who is at the other end, for log lines.
+    pub fn peer(&self) -> String {
+        match self {
+            Sock::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "TCP client".into(), |a| a.to_string()),
+            Sock::Unix(_) => "Unix socket client".into(),
+        }
+    }
     /// Stop reading and/or writing; pending ops on the socket complete with EOF or an error.
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
@@ -141,11 +150,12 @@ const MAX_IOV: usize = 1024;
 
 impl Sock {
     /// Send every segment of `parts`, in order, with as few `sendmsg` calls as the kernel allows
-    /// (one per [`MAX_IOV`] segments when the socket buffer has room). `parts` is handed back once
-    /// the kernel is done with it.
+    /// (one per [`MAX_IOV`] segments when the socket buffer has room), calling `sent` after each
+    /// one that moved bytes. `parts` is handed back once the kernel is done with it.
     pub async fn send_gather<R: AsRef<[Seg]> + 'static + Unpin>(
         &self,
         parts: Vec<R>,
+        mut sent: impl FnMut(),
     ) -> (io::Result<()>, Vec<R>) {
         let iov_all: Vec<libc::iovec> = parts
             .iter()
@@ -178,6 +188,7 @@ impl Sock {
             if c.result == 0 {
                 return (Err(io::ErrorKind::WriteZero.into()), g._owner);
             }
+            sent();
             // Skip what went out; a partly sent iovec is trimmed in place.
             let mut n = c.result as usize;
             while n > 0 {

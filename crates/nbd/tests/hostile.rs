@@ -4,14 +4,24 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Write;
+use std::time::{Duration, Instant};
 
+use common::raw::*;
 use common::*;
 use nbd::proto::{self, cmd, opt, rep};
 use nbd::server::ExportConfig;
+use targets::Filtered;
+use targets::filter::delay::Delay;
 use targets::mem::MemTarget;
+
+/// A RAM disk behind a fixed latency.
+fn delayed_mem(latency: Duration) -> Filtered<Delay, MemTarget> {
+    Filtered {
+        filter: Delay::new(latency),
+        next: MemTarget::new(SIZE, 512).unwrap(),
+    }
+}
 
 const SIZE: u64 = 8 << 20;
 
@@ -27,81 +37,6 @@ fn server() -> Server {
             ..Default::default()
         },
     )
-}
-
-fn connect(s: &Server) -> TcpStream {
-    let c = TcpStream::connect(s.addr.unwrap()).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c
-}
-
-fn read_n(c: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut v = vec![0; n];
-    c.read_exact(&mut v).unwrap();
-    v
-}
-
-/// True once the server has closed the connection (EOF or reset), within the read timeout.
-fn closed(c: &mut TcpStream) -> bool {
-    let mut b = [0u8; 4096];
-    loop {
-        match c.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue, // drain any replies still in flight
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(e) => panic!("expected the server to close, got {e}"),
-        }
-    }
-}
-
-/// Negotiate export "d" with OPT_GO; optionally structured replies first.
-fn handshake(s: &Server, structured: bool) -> TcpStream {
-    let mut c = connect(s);
-    let g = read_n(&mut c, 18);
-    assert_eq!(
-        proto::parse_greeting(&g).unwrap() & proto::FLAG_FIXED_NEWSTYLE,
-        1
-    );
-    c.write_all(&(proto::CLIENT_FIXED_NEWSTYLE | proto::CLIENT_NO_ZEROES).to_be_bytes())
-        .unwrap();
-    if structured {
-        c.write_all(&proto::encode_option(opt::STRUCTURED_REPLY, &[]))
-            .unwrap();
-        let h = proto::parse_opt_reply_header(&read_n(&mut c, 20)).unwrap();
-        assert_eq!(h.typ, rep::ACK);
-    }
-    c.write_all(&proto::encode_option(
-        opt::GO,
-        &proto::encode_info_request(b"d", &[]),
-    ))
-    .unwrap();
-    loop {
-        let h = proto::parse_opt_reply_header(&read_n(&mut c, 20)).unwrap();
-        read_n(&mut c, h.len as usize);
-        if h.typ == rep::ACK {
-            return c;
-        }
-        assert!(!rep::is_error(h.typ), "GO failed: {:#x}", h.typ);
-    }
-}
-
-fn request(c: &mut TcpStream, typ: u16, handle: u64, offset: u64, len: u32) {
-    let r = proto::Request {
-        flags: 0,
-        typ,
-        handle,
-        offset,
-        len,
-    };
-    c.write_all(&proto::encode_request(&r)).unwrap();
-}
-
-/// Read one simple reply: (error, handle).
-fn simple_reply(c: &mut TcpStream) -> (u32, u64) {
-    match proto::parse_reply_header(&read_n(c, 16)).unwrap().unwrap() {
-        proto::ReplyHeader::Simple { error, handle } => (error, handle),
-        h => panic!("expected a simple reply, got {h:?}"),
-    }
 }
 
 /// A good client: write a pattern, read it back.
@@ -268,4 +203,138 @@ fn client_that_never_reads_replies_has_bounded_memory() {
     let grew = rss_bytes().saturating_sub(before);
     assert!(grew < 200 << 20, "RSS grew by {} MiB", grew >> 20);
     drop(c);
+}
+
+/// A server whose target takes `latency` per request, and cuts clients idle for a second.
+fn idle_server(latency: Duration) -> Server {
+    Server::tcp(
+        delayed_mem(latency),
+        ExportConfig {
+            name: "d".into(),
+            threads: 2,
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn idle_client_is_disconnected_after_the_idle_timeout() {
+    let s = idle_server(Duration::ZERO);
+    let mut c = handshake(&s, false);
+    request(&mut c, cmd::FLUSH, 1, 0, 0);
+    assert_eq!(simple_reply(&mut c), (0, 1));
+    let t = Instant::now();
+    assert!(closed(&mut c));
+    let e = t.elapsed();
+    assert!(
+        e >= Duration::from_millis(900) && e < Duration::from_secs(5),
+        "{e:?}"
+    );
+    good_client_works(&s, 6); // within its second
+}
+
+#[test]
+fn a_request_in_flight_longer_than_the_idle_timeout_is_not_cut() {
+    let s = idle_server(Duration::from_millis(2500));
+    let mut c = handshake(&s, false);
+    let t = Instant::now();
+    request(&mut c, cmd::READ, 1, 0, 4096);
+    assert_eq!(simple_reply(&mut c), (0, 1));
+    read_n(&mut c, 4096);
+    assert!(t.elapsed() >= Duration::from_millis(2400));
+    // Idle from the reply on: cut a second later, not at once.
+    let t = Instant::now();
+    assert!(closed(&mut c));
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn server_budget_makes_other_connections_wait_not_fail() {
+    // The server-wide budget holds one 1 MiB read (it is raised to one largest request), and the
+    // target takes 500 ms per request: a second client's read waits for the first one's reply.
+    let s = Server::tcp(
+        delayed_mem(Duration::from_millis(500)),
+        ExportConfig {
+            name: "d".into(),
+            threads: 2,
+            max_payload: 1 << 20,
+            max_total_in_flight_bytes: 1,
+            ..Default::default()
+        },
+    );
+    let (mut a, mut b) = (handshake(&s, false), handshake(&s, false));
+    request(&mut a, cmd::READ, 1, 0, 1 << 20);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    request(&mut b, cmd::READ, 2, 0, 1 << 20);
+    assert_eq!(simple_reply(&mut a), (0, 1));
+    read_n(&mut a, 1 << 20);
+    assert_eq!(simple_reply(&mut b), (0, 2));
+    read_n(&mut b, 1 << 20);
+    // 400 ms until the first read is done, then 500 ms of its own; alone it would take 500 ms.
+    assert!(
+        t.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Per connection 8 MiB, all connections 4 MiB, and clients that stall are cut after a second.
+fn stall_server() -> Server {
+    Server::tcp(
+        MemTarget::new(SIZE, 512).unwrap(),
+        ExportConfig {
+            name: "d".into(),
+            threads: 2,
+            max_payload: 1 << 20,
+            max_in_flight_bytes: 8 << 20,
+            max_total_in_flight_bytes: 4 << 20,
+            stall_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn a_client_that_stops_reading_replies_is_cut_and_its_budget_comes_back() {
+    let s = stall_server();
+    let mut a = handshake(&s, false);
+    a.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // 64 MiB of replies, more than the socket buffers hold: the rest sits in the server and
+    // holds the whole server budget.
+    for i in 0..64 {
+        let r = encode(cmd::READ, 0, i, 0, 1 << 20);
+        if a.write_all(&r).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let mut b = handshake(&s, false);
+    request(&mut b, cmd::READ, 1, 0, 4096);
+    assert_eq!(simple_reply(&mut b), (0, 1)); // once the stalled client is cut
+    read_n(&mut b, 4096);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(closed(&mut a));
+}
+
+#[test]
+fn a_client_that_stops_mid_write_payload_is_cut() {
+    let s = stall_server();
+    let mut c = handshake(&s, false);
+    request(&mut c, cmd::WRITE, 1, 0, 1 << 20);
+    c.write_all(&[7u8; 1000]).unwrap(); // and nothing more
+    let t = Instant::now();
+    assert!(closed(&mut c));
+    let e = t.elapsed();
+    assert!(
+        e >= Duration::from_millis(900) && e < Duration::from_secs(5),
+        "{e:?}"
+    );
+    good_client_works(&s, 7);
 }

@@ -80,36 +80,10 @@ pub async fn read_exact_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<(
 
 /// Write all of `buf` at `off`, continuing after short writes.
 pub async fn write_all_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io::Result<()> {
-    write_range_all_at(fd, buf, 0, buf.len(), off, rw_flags).await
-}
-
-/// Write all of `buf[start..start + len]` at `off`, continuing after short writes (one buffer
-/// of zeroes can serve writes of any length). A range outside the buffer is InvalidInput.
-pub async fn write_range_all_at(
-    fd: RawFd,
-    buf: &IoBuf,
-    start: usize,
-    len: usize,
-    off: u64,
-    rw_flags: i32,
-) -> io::Result<()> {
-    if start.checked_add(len).is_none_or(|end| end > buf.len()) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "range outside the buffer",
-        ));
-    }
+    let want = buf.len();
     let mut done = 0;
-    while done < len {
-        let m = write_part(
-            fd,
-            buf,
-            start + done,
-            len - done,
-            off + done as u64,
-            rw_flags,
-        )
-        .await?;
+    while done < want {
+        let m = write_part(fd, buf, done, want - done, off + done as u64, rw_flags).await?;
         if m == 0 {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }

@@ -7,7 +7,8 @@
 //! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
 //! lifetime invariant), [`buf`] (I/O buffers, and their lends to the kernel while ops use them), [`fs`] / [`net`] / [`time`] (typed ops),
 //! [`sync`] (single-thread channels and notifications), [`select`] (first of two futures),
-//! [`pbuf`] (provided buffers for multishot ops), [`sqe`] (SQE fields the builders lack).
+//! [`pbuf`] (provided buffers for multishot ops), [`sqe`] (SQE fields the builders lack),
+//! [`zeroes`] (a shared zero buffer for writing zeroes).
 
 pub mod buf;
 pub mod fs;
@@ -21,6 +22,7 @@ pub mod sqe;
 pub mod sync;
 pub mod task;
 pub mod time;
+pub mod zeroes;
 
 pub use buf::IoBuf;
 pub use runtime::{Builder, Runtime, Stats, spawn};

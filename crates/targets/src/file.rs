@@ -354,21 +354,14 @@ impl Target for FileTarget {
     fn open_queue(&self, _qid: u16) -> io::Result<FileQueue> {
         Ok(FileQueue {
             file: self.file.clone(),
-            zeroes: IoBuf::arena(1, ZERO_STEP)?.remove(0),
             blockdev: self.blockdev,
             inline: self.geo.caps.inline_io,
         })
     }
 }
 
-/// How much of a zeroing write goes in one op.
-const ZERO_STEP: usize = 1 << 20;
-
 pub struct FileQueue {
     file: Arc<File>,
-    /// 1 MiB that is never written: zeroes for file systems that cannot zero a range. Lazily
-    /// backed, so it costs address space only (the kernel reads the shared zero page).
-    zeroes: IoBuf,
     blockdev: bool,
     /// Serve CPU-reachable buffers with blocking calls on this thread.
     inline: bool,
@@ -379,15 +372,12 @@ impl FileQueue {
         self.file.as_raw_fd()
     }
 
-    /// Zeroes by writing, for file systems without fallocate modes: from the queue's one
-    /// buffer of zeroes, whatever the number of such requests in flight.
+    /// Zeroes by writing, for file systems without fallocate modes. The zeroes come from the
+    /// thread's shared zero buffer: a flood of such requests allocates nothing per request.
     async fn write_zero_buffers(&self, off: u64, len: u64) -> io::Result<()> {
-        let step = self.zeroes.len() as u64;
-        let mut pos = off;
-        while pos < off + len {
-            let n = step.min(off + len - pos) as usize;
-            rt::fs::write_range_all_at(self.fd(), &self.zeroes, 0, n, pos, 0).await?;
-            pos += n as u64;
+        let z = rt::zeroes::zeroes();
+        for (at, buf) in z.pieces(len) {
+            rt::fs::write_all_at(self.fd(), buf, off + at, 0).await?;
         }
         Ok(())
     }
@@ -536,7 +526,7 @@ mod tests {
     }
 
     /// tmpfs cannot zero a range in place (no FALLOC_FL_ZERO_RANGE), so write-zeroes without
-    /// unmap writes zeroes: more than one step of them, from the queue's one zero buffer.
+    /// unmap writes zeroes: more than one buffer of them, two requests at once.
     #[test]
     fn write_zeroes_by_writing_where_the_file_system_cannot() {
         if !std::path::Path::new("/dev/shm").is_dir() {
@@ -547,7 +537,7 @@ mod tests {
         std::fs::write(&p, vec![0xeeu8; 4 << 20]).unwrap();
         let t = FileTarget::open(&p, None, true, false).unwrap();
         let q = std::rc::Rc::new(t.open_queue(0).unwrap());
-        let (off, len) = (4096u64, (ZERO_STEP * 2 + 8192) as u64);
+        let (off, len) = (4096u64, (2u64 << 20) + 8192);
         Runtime::new().unwrap().block_on(async {
             // Two at once share the zero buffer.
             let tasks: Vec<_> = (0..2)
@@ -568,6 +558,27 @@ mod tests {
                 .all(|&b| b == 0)
         );
         assert!(bytes[(off + len) as usize..].iter().all(|&b| b == 0xee));
+    }
+
+    #[test]
+    fn zeroing_by_writing_covers_exactly_the_range() {
+        // The fallback for file systems without fallocate modes, called directly: pieces of
+        // the shared zero buffer, O_DIRECT-aligned, over a range that is not a power of two.
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let p = dir.path().join("disk.img");
+        std::fs::write(&p, vec![0xa5u8; 4 << 20]).unwrap();
+        let t = FileTarget::open(&p, None, false, false).unwrap();
+        let q = t.open_queue(0).unwrap();
+        let (off, len) = (8192u64, (2u64 << 20) + 12288);
+        Runtime::new()
+            .unwrap()
+            .block_on(q.write_zero_buffers(off, len))
+            .unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let (a, b) = (off as usize, (off + len) as usize);
+        assert!(bytes[..a].iter().all(|&x| x == 0xa5));
+        assert!(bytes[a..b].iter().all(|&x| x == 0));
+        assert!(bytes[b..].iter().all(|&x| x == 0xa5));
     }
 
     #[test]

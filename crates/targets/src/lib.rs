@@ -68,6 +68,10 @@ pub struct Geometry {
     pub caps: Caps,
 }
 
+/// Most extents one [`TargetQueue::block_status`] answer may hold. A frontend charges its memory
+/// budget for this many, so a target with more to say stops here and answers a prefix.
+pub const MAX_EXTENTS: usize = 1024;
+
 /// One run of blocks with the same allocation state (for NBD BLOCK_STATUS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -111,7 +115,8 @@ pub trait TargetQueue {
     async fn write_zeroes(&self, _off: u64, _len: u64, _unmap: bool) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
-    /// Allocation of `[off, off+len)`, as extents covering at least a prefix of it.
+    /// Allocation of `[off, off+len)`, as at most [`MAX_EXTENTS`] extents covering at least a
+    /// prefix of it.
     async fn block_status(&self, _off: u64, len: u64) -> io::Result<Vec<Extent>> {
         Ok(vec![Extent {
             len,

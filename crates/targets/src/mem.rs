@@ -11,11 +11,15 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::kind::{Info, Opt, TargetKind, Value};
-use crate::{Caps, Extent, Geometry, IoBuf, OpenError, Target, TargetQueue, check_size};
+use crate::{
+    Caps, Extent, Geometry, IoBuf, MAX_EXTENTS, OpenError, Target, TargetQueue, check_size,
+};
 
 const CHUNK: u64 = 64 << 10;
 const STRIPES: usize = 1024;
 const PAGE: u64 = 4096;
+/// Pages asked about per mincore call (one byte each, on the stack).
+const WINDOW_PAGES: usize = 4096;
 
 struct Ram {
     ptr: *mut u8,
@@ -218,46 +222,59 @@ impl TargetQueue for MemQueue {
     }
     async fn block_status(&self, off: u64, len: u64) -> io::Result<Vec<Extent>> {
         // mincore tells which pages are resident: absent pages were never written or were
-        // discarded, so they read as zeroes.
-        let start = off / PAGE * PAGE;
-        let end = (off + len)
-            .next_multiple_of(PAGE)
-            .min(self.ram.size.next_multiple_of(PAGE));
-        let pages = ((end - start) / PAGE) as usize;
-        let mut vec = vec![0u8; pages];
-        // SAFETY: the range is page aligned and inside our mapping; vec has one byte per page.
-        let r = unsafe {
-            libc::mincore(
-                self.ram.ptr.add(start as usize).cast(),
-                (end - start) as usize,
-                vec.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Ok(vec![Extent {
-                len,
-                hole: false,
-                zero: false,
-            }]);
-        }
+        // discarded, so they read as zeroes. One window of pages at a time into a fixed buffer,
+        // and at most MAX_EXTENTS extents (a prefix of the range): the answer's memory does not
+        // grow with the length asked about.
+        let end = off + len;
+        let map_end = self.ram.size.next_multiple_of(PAGE);
+        let mut resident = [0u8; WINDOW_PAGES];
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = off;
-        for (i, v) in vec.iter().enumerate() {
-            let page_end = (start + (i as u64 + 1) * PAGE).min(off + len);
-            if page_end <= pos {
-                continue;
+        while pos < end {
+            let start = pos / PAGE * PAGE;
+            let stop = (start + WINDOW_PAGES as u64 * PAGE)
+                .min(end.next_multiple_of(PAGE))
+                .min(map_end);
+            // SAFETY: [start, stop) is page aligned, inside our mapping, and at most
+            // WINDOW_PAGES pages long: `resident` has a byte for each.
+            let r = unsafe {
+                libc::mincore(
+                    self.ram.ptr.add(start as usize).cast(),
+                    (stop - start) as usize,
+                    resident.as_mut_ptr(),
+                )
+            };
+            if r != 0 {
+                break; // "allocated" is always a safe answer for the rest
             }
-            let hole = v & 1 == 0;
-            let n = page_end - pos;
-            match out.last_mut() {
-                Some(e) if e.hole == hole => e.len += n,
-                _ => out.push(Extent {
-                    len: n,
-                    hole,
-                    zero: hole,
-                }),
+            let pages = ((stop - start) / PAGE) as usize;
+            for (i, v) in resident[..pages].iter().enumerate() {
+                let page_end = (start + (i as u64 + 1) * PAGE).min(end);
+                if page_end <= pos {
+                    continue;
+                }
+                let hole = v & 1 == 0;
+                let n = page_end - pos;
+                if let Some(e) = out.last_mut().filter(|e| e.hole == hole) {
+                    e.len += n;
+                } else if out.len() == MAX_EXTENTS {
+                    return Ok(out);
+                } else {
+                    out.push(Extent {
+                        len: n,
+                        hole,
+                        zero: hole,
+                    });
+                }
+                pos = page_end;
             }
-            pos = page_end;
+        }
+        if pos < end && out.len() < MAX_EXTENTS {
+            out.push(Extent {
+                len: end - pos,
+                hole: false,
+                zero: false,
+            });
         }
         Ok(out)
     }
@@ -292,6 +309,35 @@ mod tests {
             assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 1 << 20);
             assert!(ext[0].hole, "first 56K never written: {ext:?}");
             assert!(ext.iter().any(|e| !e.hole));
+        });
+    }
+
+    #[test]
+    fn block_status_is_bounded_however_fragmented() {
+        // Every other page written: 4096 runs in 16 MiB, more than MAX_EXTENTS.
+        let t = MemTarget::new(32 << 20, 512).unwrap();
+        let q = t.open_queue(0).unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let w = IoBuf::with_capacity(PAGE as usize);
+            for p in (0..16 << 20).step_by(2 * PAGE as usize) {
+                q.write(p, &w, false).await.unwrap();
+            }
+            let ext = q.block_status(0, 32 << 20).await.unwrap();
+            assert_eq!(ext.len(), MAX_EXTENTS);
+            assert_eq!(
+                ext.iter().map(|e| e.len).sum::<u64>(),
+                MAX_EXTENTS as u64 * PAGE
+            );
+            assert!(!ext[0].hole && ext[1].hole);
+            // Past the written part: one hole reaching the end of the range, across windows.
+            let ext = q.block_status(16 << 20, 16 << 20).await.unwrap();
+            assert_eq!(ext.len(), 1);
+            assert_eq!((ext[0].len, ext[0].hole), (16 << 20, true));
+            // A range that starts and ends inside pages.
+            let ext = q.block_status(512, 4096).await.unwrap();
+            assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 4096);
+            assert!(!ext[0].hole && ext[0].len == 3584);
         });
     }
 }

@@ -386,6 +386,50 @@ fn nbd_target_without_multi_conn_uses_one_queue() {
     let _ = kit.wait();
 }
 
+#[test]
+fn idle_timeout_disconnects_an_idle_client_with_a_log_line() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut e = Export::start(&[
+        "-t",
+        "mem",
+        "--size",
+        "1M",
+        "--name",
+        "d",
+        "--listen",
+        &listen,
+        "--idle-timeout",
+        "1",
+    ]);
+    let t = Instant::now();
+    let mut c = common::raw::handshake_at(listen.parse().unwrap(), false);
+    assert!(common::raw::closed(&mut c));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    let log = e.log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("idle clients disconnected after 1 s")),
+        "{log:?}"
+    );
+    // The line is written just before the socket is shut down; give the reader thread a moment.
+    let t = Instant::now();
+    while !e
+        .log()
+        .iter()
+        .any(|l| l.contains("nothing in flight, disconnecting"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", e.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    e.signal(libc::SIGTERM);
+    assert!(e.wait(Duration::from_secs(10)).expect("no exit").success());
+}
+
 /// Errors are one line on stderr, exit non-zero, and nothing keeps running.
 fn one_line_error(args: &[&str], want: &str) {
     let out = run(Command::new(UBLKD).args(args), Duration::from_secs(20));
@@ -421,6 +465,10 @@ fn bad_input_is_one_line() {
     one_line_error(
         &["add", "-t", "null", "--size", "1G", "--busy-poll-us", "0"],
         "1..=1000000",
+    );
+    one_line_error(
+        &["export", "-t", "mem", "--size", "1M", "--idle-timeout", "0"],
+        "1..=604800",
     );
     one_line_error(
         &["export", "-t", "mem", "--size", "1M", "--uri", "nbd://h"],

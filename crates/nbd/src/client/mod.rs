@@ -358,8 +358,8 @@ impl TargetQueue for NbdQueue {
         let mut out: Vec<Extent> = Vec::new();
         let mut total = 0u64;
         for d in a.status {
-            if d.len == 0 || total + d.len as u64 > n {
-                break; // a server that overshoots is clipped
+            if d.len == 0 || total + d.len as u64 > n || out.len() == targets::MAX_EXTENTS {
+                break; // a server that overshoots is clipped; a long answer keeps its prefix
             }
             total += d.len as u64;
             out.push(Extent {

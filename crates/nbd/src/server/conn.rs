@@ -3,44 +3,59 @@
 //! arrived) and spawns one task per request, so requests run concurrently and replies go out in
 //! completion order. A finished request queues its reply whole; one writer task per connection
 //! sends everything queued in one gathered `sendmsg` per loop turn, so replies that finish
-//! together share a system call and each reply stays contiguous on the socket. A byte budget,
-//! taken before a request's buffers exist and released once its reply is sent, bounds the memory
-//! a connection can pin: when it runs out we stop reading, and TCP pushes back on the client.
+//! together share a system call and each reply stays contiguous on the socket.
+//!
+//! Memory: before a request's buffers exist it is charged what serving it may allocate
+//! (`cost.rs`), to this connection's budget and then to the server-wide one shared by every
+//! connection on every worker thread; both get it back once its reply is sent. When either runs
+//! out we stop reading, and TCP pushes back on the client: it waits, it is not failed.
+//!
+//! Idleness: with an idle timeout, a client that sends no request for that long while nothing of
+//! its is in flight (no request running, no reply unsent) is disconnected. The handshake has its
+//! own timeout. Stalls: a client that keeps the server waiting on it (reads none of its replies,
+//! sends nothing more of a WRITE payload) past the stall timeout is disconnected too, so it cannot
+//! hold its share of the server-wide budget for ever.
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rt::IoBuf;
 use targets::{Extent, TargetQueue};
 
+use super::cost::{self, HOLE_GRANULE, MAX_DESCRIPTORS, REQUEST_COST};
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};
+use super::stall::Stall;
 use crate::local::{Budget, Notify, Permit};
 use crate::proto::{self, chunk};
+use crate::shared_budget::{SharedBudget, SharedPermit};
 use crate::sock::{Seg, Sock};
 use rt::select::{Either, select2};
 
 /// Per-connection limits from the export configuration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnLimits {
     pub max_in_flight_bytes: u64,
+    /// Shared by every connection of the export.
+    pub server_budget: Arc<SharedBudget>,
     pub handshake_timeout: Duration,
+    /// Disconnect a client that has been idle this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Disconnect a client that keeps the server waiting on it this long (`None`: never).
+    pub stall_timeout: Option<Duration>,
     /// How long a closing connection waits for replies a client does not read.
     pub drain_timeout: Duration,
 }
 
-/// Units one request costs besides its data (bounds the number of small requests in flight).
-const REQUEST_COST: u64 = 4096;
-/// Granule for finding all-zero runs in read data (sent as holes when fragmenting is allowed).
-const HOLE_GRANULE: usize = 64 << 10;
-/// Most descriptors in one block status reply.
-const MAX_DESCRIPTORS: usize = 4096;
 /// Request stream read buffer: headers and small write payloads that arrived together are
 /// taken from here instead of one `recv` each.
 const READ_BUF: usize = 64 << 10;
+/// A large write payload is received in pieces of this size, so a stalled sender shows.
+const PAYLOAD_PIECE: usize = 1 << 20;
 
 /// Serve one accepted connection until the client leaves, misbehaves, or reading is shut down.
 pub async fn serve<Q: TargetQueue + 'static>(
@@ -125,12 +140,31 @@ struct Conn {
     closing: Cell<bool>,
     /// A send failed: the connection is cut and further replies are dropped.
     broken: Cell<bool>,
+    /// What waits on the client, and when it last moved.
+    stall: Stall,
 }
 
 /// One reply's bytes, and the budget its request holds until they are sent.
 struct Reply {
     segs: Vec<Seg>,
-    _permit: Permit,
+    _charge: Charge,
+}
+
+/// A request's share of both budgets, held until its reply is sent (or dropped).
+struct Charge {
+    _conn: Permit,
+    _server: SharedPermit,
+}
+
+/// Take `n` units from the connection's budget, then from the server's. In that order, a
+/// connection waits on the shared budget with one request at a time.
+async fn charge(conn: &Rc<Budget>, server: &Arc<SharedBudget>, n: u64) -> Charge {
+    let c = conn.acquire(n).await;
+    let s = server.acquire(n).await;
+    Charge {
+        _conn: c,
+        _server: s,
+    }
 }
 
 impl AsRef<[Seg]> for Reply {
@@ -187,14 +221,19 @@ impl Reader {
         Ok(h)
     }
 
-    /// A write payload of `len` bytes: what is buffered, then the rest straight from the socket.
-    async fn payload(&mut self, sock: &Sock, len: usize) -> io::Result<IoBuf> {
+    /// A write payload of `len` bytes: what is buffered, then the rest straight from the socket,
+    /// telling `stall` each time a piece has come in.
+    async fn payload(&mut self, sock: &Sock, len: usize, stall: &Stall) -> io::Result<IoBuf> {
         let mut b = IoBuf::with_capacity(len);
-        let k = self.available().min(len);
+        let mut k = self.available().min(len);
         b.as_mut_slice()[..k].copy_from_slice(&self.buf.as_slice()[self.start..self.start + k]);
         self.start += k;
-        if k < len {
-            rt::net::recv_range(sock.fd(), &mut b, k, len - k).await?;
+        let _waiting = stall.wait();
+        while k < len {
+            let n = (len - k).min(PAYLOAD_PIECE);
+            rt::net::recv_range(sock.fd(), &mut b, k, n).await?;
+            stall.moved();
+            k += n;
         }
         Ok(b)
     }
@@ -232,55 +271,73 @@ async fn transmit<Q: TargetQueue + 'static>(
         more: Notify::default(),
         closing: Cell::new(false),
         broken: Cell::new(false),
+        stall: Stall::new(),
     });
     let writer = rt::spawn(conn.clone().writer());
     let budget = Rc::new(Budget::new(
         lim.max_in_flight_bytes
-            .max(REQUEST_COST + export.max_block as u64),
+            .max(cost::max_charge(export.max_block)),
     ));
+    let server = &lim.server_budget;
     let mut rd = Reader::new();
-    loop {
-        let Ok(hdr) = rd.header(&sock).await else {
-            break; // EOF, error, or shutdown(Read) by the server
-        };
-        let Ok(req) = proto::parse_request(&hdr) else {
-            tracing::debug!("nbd: bad request magic, closing");
-            break;
-        };
-        match check(&req, &limits) {
-            Verdict::Disconnect => break,
-            Verdict::Hangup(why) => {
-                tracing::debug!("nbd: {why}, closing");
+    let reading = async {
+        loop {
+            let Ok(hdr) = rd.header(&sock).await else {
+                break; // EOF, error, or a shutdown by the server (stop, idle timeout)
+            };
+            let Ok(req) = proto::parse_request(&hdr) else {
+                tracing::debug!("nbd: bad request magic, closing");
                 break;
-            }
-            Verdict::Fail { err, skip } => {
-                let permit = budget.acquire(REQUEST_COST).await;
-                if rd.discard(&sock, skip as u64).await.is_err() {
+            };
+            match check(&req, &limits) {
+                Verdict::Disconnect => break,
+                Verdict::Hangup(why) => {
+                    tracing::debug!("nbd: {why}, closing");
                     break;
                 }
-                conn.reply_error(req.handle, err, "request rejected", permit);
-            }
-            Verdict::Run(cmd) => {
-                let data_len = match cmd {
-                    Cmd::Read { len, .. } | Cmd::Write { len, .. } => len as u64,
-                    _ => 0,
-                };
-                let permit = budget.acquire(REQUEST_COST + data_len).await;
-                let payload = if let Cmd::Write { len, .. } = cmd {
-                    match rd.payload(&sock, len as usize).await {
-                        Ok(b) => Some(b),
-                        Err(_) => break, // disconnect mid-request: nothing to answer
+                Verdict::Fail { err, skip } => {
+                    let c = charge(&budget, server, REQUEST_COST).await;
+                    if rd.discard(&sock, skip as u64).await.is_err() {
+                        break;
                     }
-                } else {
-                    None
-                };
-                let (c, q) = (conn.clone(), q.clone());
-                rt::spawn(async move {
-                    c.run(&*q, req.handle, cmd, payload, permit).await;
-                });
+                    conn.reply_error(req.handle, err, "request rejected", c);
+                }
+                Verdict::Run(cmd) => {
+                    let c = charge(&budget, server, cost::charge(&cmd)).await;
+                    let payload = if let Cmd::Write { len, .. } = cmd {
+                        match rd.payload(&sock, len as usize, &conn.stall).await {
+                            Ok(b) => Some(b),
+                            Err(_) => break, // disconnect mid-request: nothing to answer
+                        }
+                    } else {
+                        None
+                    };
+                    rt::spawn(request_task(
+                        conn.clone(),
+                        q.clone(),
+                        req.handle,
+                        cmd,
+                        payload,
+                        c,
+                    ));
+                }
             }
         }
-    }
+    };
+    // The watchers only cut the socket; the reading loop then ends on its own.
+    let idle = async {
+        if let Some(t) = lim.idle_timeout {
+            idle_watch(&sock, &budget, t).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let stalled = async {
+        if let Some(t) = lim.stall_timeout {
+            stall_watch(&sock, &conn.stall, t).await;
+        }
+        std::future::pending::<()>().await
+    };
+    select2(reading, select2(idle, stalled)).await;
     // Let in-flight requests answer; a client that stops reading gets cut off after a while.
     if let Either::Right(()) = select2(budget.idle(), rt::time::sleep(lim.drain_timeout)).await {
         sock.shutdown(Shutdown::Both);
@@ -292,6 +349,59 @@ async fn transmit<Q: TargetQueue + 'static>(
     sock.shutdown(Shutdown::Both);
 }
 
+/// Disconnect the client once it has had nothing in flight and sent no request for `limit`.
+/// Every request takes budget the moment it is read, so "idle since" of the connection's budget
+/// is the later of the last request and the last reply sent.
+async fn idle_watch(sock: &Sock, budget: &Budget, limit: Duration) {
+    loop {
+        budget.idle().await;
+        let Some(since) = budget.idle_since() else {
+            continue;
+        };
+        let quiet = since.elapsed();
+        if quiet >= limit {
+            tracing::info!(
+                "nbd: {}: no request for {} s and nothing in flight, disconnecting",
+                sock.peer(),
+                limit.as_secs_f64()
+            );
+            sock.shutdown(Shutdown::Both);
+            return;
+        }
+        rt::time::sleep(limit - quiet).await;
+    }
+}
+
+/// Disconnect the client once it has kept us waiting on it, without moving, for `limit`.
+async fn stall_watch(sock: &Sock, stall: &Stall, limit: Duration) {
+    loop {
+        let stalled = stall.stalled_for().unwrap_or_default();
+        if stalled >= limit {
+            tracing::info!(
+                "nbd: {}: read no reply and sent no request data for {} s, disconnecting",
+                sock.peer(),
+                limit.as_secs_f64()
+            );
+            sock.shutdown(Shutdown::Both);
+            return;
+        }
+        rt::time::sleep(limit - stalled).await;
+    }
+}
+
+/// The task serving one request (a function of its own so its size can be checked against
+/// [`REQUEST_COST`]).
+async fn request_task<Q: TargetQueue + 'static>(
+    c: Rc<Conn>,
+    q: Rc<Q>,
+    handle: u64,
+    cmd: Cmd,
+    payload: Option<IoBuf>,
+    charge: Charge,
+) {
+    c.run(&*q, handle, cmd, payload, charge).await
+}
+
 impl Conn {
     async fn run<Q: TargetQueue>(
         &self,
@@ -299,13 +409,13 @@ impl Conn {
         handle: u64,
         cmd: Cmd,
         payload: Option<IoBuf>,
-        permit: Permit,
+        charge: Charge,
     ) {
         let res = match cmd {
             Cmd::Read { off, len, df } => {
                 let mut buf = IoBuf::with_capacity(len as usize);
                 match q.read(off, &mut buf).await {
-                    Ok(()) => return self.reply_read(handle, off, &buf, df, permit),
+                    Ok(()) => return self.reply_read(handle, off, &buf, df, charge),
                     Err(e) => Err(e),
                 }
             }
@@ -336,32 +446,32 @@ impl Conn {
             Cmd::BlockStatus { off, len, one } => match q.block_status(off, len as u64).await {
                 Ok(ext) => {
                     let d = descriptors(&ext, len, one);
-                    return self.reply_block_status(handle, &d, permit);
+                    return self.reply_block_status(handle, &d, charge);
                 }
                 Err(e) => Err(e),
             },
         };
         match res {
-            Ok(()) => self.reply_ok(handle, permit),
-            Err(e) => self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string(), permit),
+            Ok(()) => self.reply_ok(handle, charge),
+            Err(e) => self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string(), charge),
         }
     }
 
-    /// Queue one whole reply for the writer (dropped, with its permit, if the connection broke).
-    fn push(&self, segs: Vec<Seg>, permit: Permit) {
+    /// Queue one whole reply for the writer (dropped, with its charge, if the connection broke).
+    fn push(&self, segs: Vec<Seg>, charge: Charge) {
         if self.broken.get() {
             return;
         }
         self.out.borrow_mut().push(Reply {
             segs,
-            _permit: permit,
+            _charge: charge,
         });
         self.more.notify_all();
     }
 
     /// Send what is queued, one gathered `sendmsg` per batch, until the connection closes. A
     /// failed send means the client is gone or broken: cut the connection so the reading loop
-    /// ends too, and drop the replies (their permits go back to the budget).
+    /// ends too, and drop the replies (their charges go back to the budgets).
     async fn writer(self: Rc<Self>) {
         loop {
             let batch = std::mem::take(&mut *self.out.borrow_mut());
@@ -372,7 +482,9 @@ impl Conn {
                 self.more.notified().await;
                 continue;
             }
-            let (r, batch) = self.sock.send_gather(batch).await;
+            let waiting = self.stall.wait();
+            let (r, batch) = self.sock.send_gather(batch, || self.stall.moved()).await;
+            drop(waiting);
             drop(batch);
             if r.is_err() {
                 self.broken.set(true);
@@ -382,16 +494,16 @@ impl Conn {
         }
     }
 
-    fn reply_ok(&self, handle: u64, permit: Permit) {
+    fn reply_ok(&self, handle: u64, charge: Charge) {
         let h = if self.structured {
             proto::encode_chunk_header(chunk::FLAG_DONE, chunk::NONE, handle, 0).to_vec()
         } else {
             proto::encode_simple_reply(0, handle).to_vec()
         };
-        self.push(vec![Seg::Own(h)], permit);
+        self.push(vec![Seg::Own(h)], charge);
     }
 
-    fn reply_error(&self, handle: u64, error: u32, msg: &str, permit: Permit) {
+    fn reply_error(&self, handle: u64, error: u32, msg: &str, charge: Charge) {
         let v = if self.structured {
             let p = proto::encode_error_payload(error, msg);
             let mut v =
@@ -402,13 +514,13 @@ impl Conn {
         } else {
             proto::encode_simple_reply(error, handle).to_vec()
         };
-        self.push(vec![Seg::Own(v)], permit);
+        self.push(vec![Seg::Own(v)], charge);
     }
 
-    fn reply_read(&self, handle: u64, off: u64, buf: &IoBuf, df: bool, permit: Permit) {
+    fn reply_read(&self, handle: u64, off: u64, buf: &IoBuf, df: bool, charge: Charge) {
         if !self.structured {
             let h = proto::encode_simple_reply(0, handle).to_vec();
-            return self.push(vec![Seg::Own(h), Seg::range(buf, 0, buf.len())], permit);
+            return self.push(vec![Seg::Own(h), Seg::range(buf, 0, buf.len())], charge);
         }
         let pieces = plan_read(buf.as_slice(), df);
         let n = pieces.len();
@@ -431,10 +543,10 @@ impl Conn {
                 segs.push(Seg::range(buf, p.start, p.len));
             }
         }
-        self.push(segs, permit);
+        self.push(segs, charge);
     }
 
-    fn reply_block_status(&self, handle: u64, d: &[proto::Descriptor], permit: Permit) {
+    fn reply_block_status(&self, handle: u64, d: &[proto::Descriptor], charge: Charge) {
         let p = proto::encode_block_status(BASE_ALLOCATION_ID, d);
         let mut v = proto::encode_chunk_header(
             chunk::FLAG_DONE,
@@ -444,7 +556,7 @@ impl Conn {
         )
         .to_vec();
         v.extend(p);
-        self.push(vec![Seg::Own(v)], permit);
+        self.push(vec![Seg::Own(v)], charge);
     }
 }
 
@@ -453,16 +565,12 @@ async fn then_flush<Q: TargetQueue>(q: &Q, fua: bool, r: io::Result<()>) -> io::
     if fua { q.flush().await } else { Ok(()) }
 }
 
-/// WRITE_ZEROES for a target without a native way: write zero buffers (bounded size).
+/// WRITE_ZEROES for a target without a native way: write zeroes from the thread's shared zero
+/// buffer, so a request allocates nothing however long its range (it is charged as a command).
 async fn write_zero_buffers<Q: TargetQueue>(q: &Q, off: u64, len: u64) -> io::Result<()> {
-    let step = len.min(1 << 20);
-    let mut z = IoBuf::with_capacity(step as usize);
-    let mut pos = 0;
-    while pos < len {
-        let n = (len - pos).min(step);
-        z.set_len(n as usize);
-        q.write(off + pos, &z, false).await?;
-        pos += n;
+    let z = rt::zeroes::zeroes();
+    for (at, buf) in z.pieces(len) {
+        q.write(off + at, buf, false).await?;
     }
     Ok(())
 }
@@ -542,6 +650,49 @@ fn descriptors(ext: &[Extent], len: u32, one: bool) -> Vec<proto::Descriptor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The boxed future of a request task, for a target queue: what `REQUEST_COST` must cover
+    /// besides the reply (a few dozen bytes) and the task's bookkeeping (about a hundred).
+    fn task_size<Q: TargetQueue + 'static>(q: Q) -> usize {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = Rc::new(Conn {
+            sock: Rc::new(Sock::unix(a.into())),
+            structured: true,
+            out: RefCell::new(Vec::new()),
+            more: Notify::default(),
+            closing: Cell::new(false),
+            broken: Cell::new(false),
+            stall: Stall::new(),
+        });
+        let c = rt::Runtime::new()
+            .unwrap()
+            .block_on(async { charge(&Rc::new(Budget::new(1)), &SharedBudget::new(1), 1).await });
+        let t = request_task(conn, Rc::new(q), 0, Cmd::Flush, None, c);
+        std::mem::size_of_val(&t)
+    }
+
+    #[test]
+    fn a_request_task_fits_in_its_charge() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d");
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        use targets::Target;
+        let file = || targets::file::FileTarget::open(&p, None, false, false).unwrap();
+        let delayed = targets::Filtered {
+            filter: targets::filter::delay::Delay::new(Duration::ZERO),
+            next: file(),
+        };
+        let null = targets::null::NullTarget::new(1 << 20, 512).unwrap();
+        let sizes = [
+            task_size(null.open_queue(0).unwrap()),
+            task_size(file().open_queue(0).unwrap()),
+            task_size(delayed.open_queue(0).unwrap()),
+        ];
+        for s in sizes {
+            assert!(s as u64 <= REQUEST_COST / 4, "{sizes:?}");
+        }
+        eprintln!("request task sizes (null, file, delay+file): {sizes:?}");
+    }
 
     #[test]
     fn read_plan_finds_holes_and_respects_df() {

@@ -14,8 +14,10 @@
 //! flushes the one shared backing store and so covers writes completed on every connection.
 
 mod conn;
+mod cost;
 pub mod negotiate;
 pub mod request;
+mod stall;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ pub use negotiate::ExportInfo;
 
 use crate::local::Notify;
 use crate::proto::tflag;
+use crate::shared_budget;
 use crate::sock::Sock;
 use rt::select::{Either, select2};
 
@@ -52,12 +55,26 @@ pub struct ExportConfig {
     pub threads: usize,
     /// Connections served at once over all threads; more are accepted and closed at once.
     pub max_connections: usize,
-    /// Bytes of request and reply data one connection may have in flight.
+    /// Bytes one connection's requests may hold at once: data buffers, replies, and a fixed
+    /// charge per request for the rest (`cost.rs`). Raised to one largest request if lower.
     pub max_in_flight_bytes: u64,
+    /// The same, for all connections together: what bounds the server's request memory
+    /// whatever the number of clients. A connection that finds it used up waits (stops reading
+    /// requests) until replies of others are sent. Raised to one largest request if lower.
+    pub max_total_in_flight_bytes: u64,
     /// Largest READ/WRITE length (the advertised maximum block size).
     pub max_payload: u32,
     /// A client must finish negotiating within this time.
     pub handshake_timeout: Duration,
+    /// Disconnect a client that sends no request for this long while nothing of its is in
+    /// flight (no request running, no reply unsent). `None` (the default): never, since NBD has
+    /// no keep-alive and kernel or qemu clients idle on a mounted disk for hours.
+    pub idle_timeout: Option<Duration>,
+    /// Disconnect a client that keeps the server waiting on it this long: reads none of its
+    /// pending replies, or sends nothing more of a WRITE payload it started. Such a client holds
+    /// its requests' share of the server-wide budget while it stalls; a well-behaved one never
+    /// stalls. `None`: never.
+    pub stall_timeout: Option<Duration>,
     /// Workers spin this long for completions before sleeping in the kernel (lower latency at
     /// queue depth 1, more CPU); `None` sleeps at once.
     pub busy_poll: Option<Duration>,
@@ -72,8 +89,11 @@ impl Default for ExportConfig {
             threads: 1,
             max_connections: 64,
             max_in_flight_bytes: 64 << 20,
+            max_total_in_flight_bytes: 256 << 20,
             max_payload: 32 << 20,
             handshake_timeout: Duration::from_secs(30),
+            idle_timeout: None,
+            stall_timeout: Some(Duration::from_secs(60)),
             busy_poll: None,
         }
     }
@@ -222,17 +242,24 @@ pub fn serve<T: Target>(
     let threads = cfg.threads.max(1);
     let lim = conn::ConnLimits {
         max_in_flight_bytes: cfg.max_in_flight_bytes,
+        server_budget: shared_budget::SharedBudget::new(
+            cfg.max_total_in_flight_bytes
+                .max(cost::max_charge(info.max_block)),
+        ),
         handshake_timeout: cfg.handshake_timeout,
+        idle_timeout: cfg.idle_timeout,
+        stall_timeout: cfg.stall_timeout,
         drain_timeout: Duration::from_secs(10),
     };
     let handles: Vec<_> = (0..threads)
         .map(|i| {
-            let (l, t, info, sd, live) = (
+            let (l, t, info, sd, live, lim) = (
                 listener.clone(),
                 target.clone(),
                 info.clone(),
                 shutdown.clone(),
                 live.clone(),
+                lim.clone(),
             );
             let (max_conns, busy_poll) = (cfg.max_connections, cfg.busy_poll);
             std::thread::Builder::new()
@@ -301,12 +328,13 @@ fn worker<T: Target>(
             let key = next_key;
             next_key += 1;
             conns.borrow_mut().insert(key, sock.clone());
-            let (q, info, conns, gone, live) = (
+            let (q, info, conns, gone, live, lim) = (
                 q.clone(),
                 info.clone(),
                 conns.clone(),
                 gone.clone(),
                 live.clone(),
+                lim.clone(),
             );
             rt::spawn(async move {
                 conn::serve(sock, q, info, lim).await;

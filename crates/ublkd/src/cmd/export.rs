@@ -3,6 +3,7 @@
 //! ```text
 //! ublkd export -t TYPE [TARGET OPTIONS] [--name NAME]
 //!              [--listen ADDR:PORT | --socket PATH] [--read-only] [--connections N] [--allow-remote]
+//!              [--busy-poll-us USEC] [--idle-timeout SECS]
 //! ```
 //!
 //! The target options are the same as `ublkd add` (`-t null|mem|file|nbd`, `--size`, `--path`,
@@ -22,6 +23,15 @@
 //! - `--busy-poll-us USEC`: each worker spins up to USEC microseconds for a completion before it
 //!   sleeps in the kernel. Trades a busy CPU per worker for lower latency at queue depth 1
 //!   (docs/bench-nbd.md has what it buys). Off by default.
+//! - `--idle-timeout SECS`: disconnect a client that sends no request for SECS seconds while it
+//!   has nothing in flight (no request running, no reply unsent). Off by default: NBD has no
+//!   keep-alive, and kernel and qemu clients hold idle connections to mounted disks for hours
+//!   and fail the disk when the server closes one.
+//!
+//! Memory: each connection's requests may hold 64 MiB at once and all connections together
+//! 256 MiB (buffers plus a fixed charge per request, `ExportConfig`); a client past either stops
+//! being read until replies have gone out. A client that keeps the server waiting on it for 60 s
+//! (reads none of its replies, stops mid-WRITE payload) is disconnected, releasing its share.
 //!
 //! Examples:
 //! ```text
@@ -77,6 +87,10 @@ pub struct ExportArgs {
     /// at queue depth 1 for a busy CPU per worker thread. Off by default.
     #[arg(long, value_name = "USEC", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub busy_poll_us: Option<u64>,
+    /// Disconnect a client that sends no request for SECS seconds while it has nothing in
+    /// flight. Off by default: kernel and qemu NBD clients keep idle connections open.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub idle_timeout: Option<u64>,
 }
 
 pub fn run(a: ExportArgs) -> ExitCode {
@@ -139,6 +153,7 @@ pub fn run(a: ExportArgs) -> ExitCode {
         read_only,
         threads,
         busy_poll: a.busy_poll_us.map(Duration::from_micros),
+        idle_timeout: a.idle_timeout.map(Duration::from_secs),
         ..Default::default()
     };
     let server = {
@@ -153,13 +168,16 @@ pub fn run(a: ExportArgs) -> ExitCode {
         Err(e) => return crate::fail(format!("cannot start the server thread: {e}")),
     };
     tracing::info!(
-        "listening on {where_}: export {:?} ({}), size {} ({} bytes){}, {threads} worker thread{}; {uri}",
+        "listening on {where_}: export {:?} ({}), size {} ({} bytes){}, {threads} worker thread{}{}; {uri}",
         a.name,
         spec.describe(),
         format_size(geo.size),
         geo.size,
         if read_only { ", read-only" } else { "" },
-        if threads == 1 { "" } else { "s" }
+        if threads == 1 { "" } else { "s" },
+        a.idle_timeout
+            .map(|t| format!(", idle clients disconnected after {t} s"))
+            .unwrap_or_default()
     );
     // Wait for a stop signal, or for the server to end on its own (a worker failed).
     let reason = loop {
