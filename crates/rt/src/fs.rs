@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, types};
 
 use crate::buf::{IoBuf, KeepAlive};
-use crate::op::{Completion, Op};
+use crate::op::{BorrowOp, Completion, Op};
 
 /// Read `buf.len()` bytes at `off` in one op. Returns the byte count (short at end of file).
 pub async fn read_at(fd: RawFd, buf: &mut IoBuf, off: u64) -> io::Result<usize> {
@@ -90,6 +90,48 @@ pub async fn write_all_at(fd: RawFd, buf: &IoBuf, off: u64, rw_flags: i32) -> io
         done += m;
     }
     Ok(())
+}
+
+/// Read into borrowed memory, the iovecs `iov`, at `off` in one op; returns the byte count
+/// (short at end of file). For storage layers handed a caller's slices (a format library's
+/// `&mut [u8]`), which cannot be owned by the op: dropping the future waits for the kernel.
+///
+/// # Safety
+/// Every iovec must describe memory that stays valid, and that the CPU neither reads nor writes,
+/// until the returned future completes or is dropped; the future must not be leaked
+/// ([`BorrowOp`](crate::op::BorrowOp)).
+pub unsafe fn readv_at(
+    fd: RawFd,
+    iov: Vec<libc::iovec>,
+    off: u64,
+) -> impl std::future::Future<Output = io::Result<usize>> {
+    let e = opcode::Readv::new(types::Fd(fd), iov.as_ptr().cast(), iov.len() as u32)
+        .offset(off)
+        .build();
+    // SAFETY: the iovec array is heap memory owned by the op; the memory it describes is the
+    // caller's, under this function's contract.
+    let op = unsafe { BorrowOp::submit(e, iov) };
+    async move { op.await.io_result().map(|n| n as usize) }
+}
+
+/// Write from borrowed memory, the iovecs `iov`, at `off` in one op; `rw_flags` may carry
+/// `RWF_DSYNC`. Returns the byte count.
+///
+/// # Safety
+/// As for [`readv_at`], except that the CPU may read the memory meanwhile (not write it).
+pub unsafe fn writev_at(
+    fd: RawFd,
+    iov: Vec<libc::iovec>,
+    off: u64,
+    rw_flags: i32,
+) -> impl std::future::Future<Output = io::Result<usize>> {
+    let e = opcode::Writev::new(types::Fd(fd), iov.as_ptr().cast(), iov.len() as u32)
+        .offset(off)
+        .rw_flags(rw_flags)
+        .build();
+    // SAFETY: as in `readv_at`.
+    let op = unsafe { BorrowOp::submit(e, iov) };
+    async move { op.await.io_result().map(|n| n as usize) }
 }
 
 /// Blocking: read into `buf` from `off` until it is full or the file ends; returns the bytes
@@ -270,6 +312,34 @@ pub async fn nop() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Dropping a borrowed-memory read waits for the kernel: a read from an empty pipe is
+    /// cancelled before the drop returns, so data written to the pipe afterwards never lands in
+    /// the memory the caller got back.
+    #[test]
+    fn a_dropped_borrowed_read_lets_go_of_the_memory_before_the_drop_returns() {
+        let (r, mut w) = std::io::pipe().unwrap();
+        let mut mem = vec![7u8; 64];
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let iov = vec![libc::iovec {
+                iov_base: mem.as_mut_ptr().cast(),
+                iov_len: mem.len(),
+            }];
+            // SAFETY: `mem` outlives the future, is untouched until it is dropped, and the
+            // future is dropped, not leaked.
+            let fut = unsafe { readv_at(r.as_raw_fd(), iov, 0) };
+            let t = crate::time::timeout(std::time::Duration::from_millis(20), fut).await;
+            assert!(t.is_err(), "nothing to read yet");
+        });
+        use std::io::Write;
+        w.write_all(&[1u8; 64]).unwrap();
+        rt.block_on(crate::time::sleep(std::time::Duration::from_millis(20)));
+        assert!(
+            mem.iter().all(|&b| b == 7),
+            "the kernel wrote after the drop"
+        );
+    }
     use crate::Runtime;
     use std::os::fd::AsRawFd;
 

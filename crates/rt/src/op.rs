@@ -148,6 +148,50 @@ impl<T: 'static> Drop for Op<T> {
     }
 }
 
+/// An op on memory it does not own (a caller's `&mut [u8]`, as a format library hands its
+/// storage layer). Owning the memory is impossible, so dropping the future instead waits, right
+/// there, for the kernel to let go of it: the op is cancelled and this thread's ring is driven
+/// until its completion arrives. The borrow therefore outlives the kernel's use of the memory
+/// however the future ends, except by being leaked (`mem::forget`), which the unsafe
+/// constructors' callers rule out.
+pub struct BorrowOp<T: 'static> {
+    op: Op<T>,
+}
+
+impl<T: 'static> BorrowOp<T> {
+    /// Queue `entry`; like [`Op::submit`], with memory the op only borrows.
+    ///
+    /// # Safety
+    /// As for [`Op::submit`], except that pointers may point into memory `data` does not own
+    /// when that memory stays valid, and untouched by the CPU where the kernel writes it, until
+    /// this `BorrowOp` completes or is dropped; and it must not be leaked.
+    pub unsafe fn submit(entry: squeue::Entry, data: T) -> BorrowOp<T> {
+        // SAFETY: forwarded from the caller; `Drop` below keeps the borrow alive.
+        BorrowOp {
+            op: unsafe { Op::submit(entry, data) },
+        }
+    }
+}
+
+impl<T: 'static + Unpin> Future for BorrowOp<T> {
+    type Output = Completion<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion<T>> {
+        Pin::new(&mut self.op).poll(cx)
+    }
+}
+
+impl<T: 'static> Drop for BorrowOp<T> {
+    fn drop(&mut self) {
+        let op = &self.op;
+        let pending = matches!(op.rt.ops.borrow().get(op.key), Some(Lifecycle::Pending(_)))
+            && op.data.is_some();
+        if pending {
+            op.rt.cancel_and_wait(op.key);
+        }
+        // `op` now finds its slot done (or gone with a leaking runtime) and frees it.
+    }
+}
+
 /// A submitted multishot op (e.g. multishot accept): yields one completion per `next()`.
 pub struct MultiOp<T: 'static> {
     rt: Rc<Inner>,

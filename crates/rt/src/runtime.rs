@@ -527,6 +527,29 @@ impl Inner {
         }
     }
 
+    /// Cancel the op in slot `key` and drive the ring until its completion has arrived (for a
+    /// `BorrowOp` being dropped: the memory it borrows must outlive the kernel's use). Other
+    /// completions reaped meanwhile go to their ops as usual.
+    pub(crate) fn cancel_and_wait(&self, key: usize) {
+        let e = opcode::AsyncCancel::new(key as u64)
+            .build()
+            .user_data(IGNORED_USER_DATA);
+        // SAFETY: a cancel request carries no pointers.
+        unsafe { self.push(&e) };
+        while matches!(self.ops.borrow().get(key), Some(Lifecycle::Pending(_))) {
+            match self.ring.borrow().submit_and_wait(1) {
+                Ok(n) => self.count(|s| {
+                    s.enters += 1;
+                    s.submitted += n as u64
+                }),
+                // Interrupted, or CQ overflow (reaping makes room): go round again.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => panic!("io_uring_enter failed while waiting for a borrowed buffer: {e}"),
+            }
+            self.reap();
+        }
+    }
+
     /// Cancel all in-flight ops and reap until none is left or `limit` passes.
     fn drain(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;

@@ -19,6 +19,7 @@ pub mod filter;
 pub mod kind;
 pub mod mem;
 pub mod null;
+pub mod qcow2;
 pub mod size;
 
 /// Why a target could not be opened; the message is one line for the user.

@@ -35,6 +35,8 @@ struct Cli {
 enum Command {
     /// Create a device served by a new background daemon; prints its path once it is live.
     Add(cmd::add::AddArgs),
+    /// Make a new disk image to serve (qcow2), like `qemu-img create -f qcow2`.
+    Create(cmd::create::CreateArgs),
     /// Show devices: id, state, queues, depth, size, target, daemon pid.
     List(cmd::list::ListArgs),
     /// Stop a device's daemon and remove the device (also cleans up devices whose daemon died).
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.cmd {
         Command::Add(a) => cmd::add::run(a),
+        Command::Create(a) => cmd::create::run(a),
         Command::List(a) => cmd::list::run(a),
         Command::Del(a) => cmd::del::run(a),
         Command::Export(a) => cmd::export::run(a),

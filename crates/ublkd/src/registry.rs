@@ -245,6 +245,7 @@ registry! {
         Mem => targets::mem::MemTarget,
         File => targets::file::FileTarget,
         Nbd => nbd::client::NbdTarget,
+        Qcow2 => targets::qcow2::Qcow2Target,
     }
     filters {
         Delay => targets::filter::delay::Delay,

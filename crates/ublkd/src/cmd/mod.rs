@@ -1,6 +1,7 @@
 //! One file per subcommand.
 
 pub mod add;
+pub mod create;
 pub mod del;
 pub mod export;
 pub mod features;

@@ -1,0 +1,310 @@
+//! imago's `Storage` on our io_uring runtime: the image file (and its backing files) read and
+//! written by the ring of whichever queue thread asks, never by a blocking call or another
+//! runtime.
+//!
+//! imago hands its storage layer borrowed slices (`IoVectorMut<'_>`) through `async unsafe fn`s.
+//! Those reads and writes are `rt::fs::readv_at`/`writev_at`, whose futures, when dropped (imago
+//! drops sibling requests when one fails), wait for the kernel to let go of the memory before the
+//! borrow can end. imago never leaks a future, so the borrowed memory is never written after its
+//! owner got it back. A write whose future was dropped has thus settled too, which is why
+//! `settle_writes` can keep imago's default (nothing to wait for).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imago::io_buffers::{IoVector, IoVectorMut};
+use imago::storage::PreallocateMode;
+use imago::storage::drivers::CommonStorageHelper;
+use imago::{Storage, StorageCreateOptions, StorageOpenOptions};
+
+/// A file or block device driven by the calling thread's io_uring runtime.
+#[derive(Debug)]
+pub struct UringFile {
+    file: File,
+    path: PathBuf,
+    /// O_DIRECT alignment (1 when buffered).
+    align: usize,
+    blockdev: bool,
+    /// Grows with writes past the end; nothing else changes the file meanwhile.
+    size: AtomicU64,
+    helper: CommonStorageHelper,
+}
+
+impl fmt::Display for UringFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())
+    }
+}
+
+/// The O_DIRECT alignment the file system wants (statx DIOALIGN), else a page.
+fn dio_alignment(file: &File) -> usize {
+    // SAFETY: statx fills the struct through a valid pointer; empty path + AT_EMPTY_PATH = fd.
+    let stx = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        );
+        (r == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0).then_some(stx)
+    };
+    match stx {
+        Some(s) if s.stx_dio_offset_align != 0 => {
+            (s.stx_dio_offset_align.max(s.stx_dio_mem_align) as usize).max(512)
+        }
+        _ => 4096,
+    }
+}
+
+/// BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+fn file_size(file: &File, blockdev: bool) -> io::Result<u64> {
+    if !blockdev {
+        return Ok(file.metadata()?.len());
+    }
+    let mut size = 0u64;
+    // SAFETY: the ioctl writes one u64 through a valid pointer.
+    if unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+impl UringFile {
+    fn open_with(opts: &StorageOpenOptions, create: bool) -> io::Result<UringFile> {
+        let path = opts
+            .get_filename()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
+            .to_path_buf();
+        let mut o = OpenOptions::new();
+        o.read(true).write(opts.get_writable() || create);
+        if create {
+            o.create_new(true);
+        }
+        let direct = opts.get_direct();
+        if direct {
+            o.custom_flags(libc::O_DIRECT);
+        }
+        let file = o
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let blockdev = file.metadata()?.file_type().is_block_device();
+        let size = file_size(&file, blockdev)?;
+        Ok(UringFile {
+            align: if direct { dio_alignment(&file) } else { 1 },
+            file,
+            path,
+            blockdev,
+            size: AtomicU64::new(size),
+            helper: CommonStorageHelper::default(),
+        })
+    }
+
+    fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// fallocate(2) over `[offset, offset + length)` with `mode`.
+    async fn fallocate(&self, mode: i32, offset: u64, length: u64) -> io::Result<()> {
+        rt::fs::fallocate(self.fd(), mode, offset, length).await
+    }
+}
+
+/// The iovecs of an imago buffer vector.
+fn iovecs(slices: &[libc::iovec]) -> Vec<libc::iovec> {
+    slices.to_vec()
+}
+
+/// Skip `n` bytes of `iov` (after a short transfer).
+fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
+    while n > 0 && !iov.is_empty() {
+        let first = &mut iov[0];
+        if n >= first.iov_len {
+            n -= first.iov_len;
+            iov.remove(0);
+        } else {
+            first.iov_base = first.iov_base.cast::<u8>().wrapping_add(n).cast();
+            first.iov_len -= n;
+            n = 0;
+        }
+    }
+}
+
+impl Storage for UringFile {
+    async fn open(opts: StorageOpenOptions) -> io::Result<Self> {
+        UringFile::open_with(&opts, false)
+    }
+
+    async fn create_open(opts: StorageCreateOptions) -> io::Result<Self> {
+        let size = opts.get_size();
+        let f = UringFile::open_with(&opts.get_open_options(), true)?;
+        if size > 0 {
+            f.resize(size, PreallocateMode::None).await?;
+        }
+        Ok(f)
+    }
+
+    fn mem_align(&self) -> usize {
+        self.align
+    }
+
+    fn req_align(&self) -> usize {
+        self.align
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.size.load(Ordering::Relaxed))
+    }
+
+    /// Relative names are relative to this file's directory, as QEMU resolves backing files.
+    fn resolve_relative_path<P: AsRef<Path>>(&self, relative: P) -> io::Result<PathBuf> {
+        let r = relative.as_ref();
+        if r.is_absolute() {
+            return Ok(r.to_path_buf());
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        Ok(dir.join(r))
+    }
+
+    fn get_filename(&self) -> Option<PathBuf> {
+        Some(self.path.clone())
+    }
+
+    async unsafe fn pure_readv(&self, bufv: IoVectorMut<'_>, offset: u64) -> io::Result<()> {
+        let want = bufv.len();
+        // SAFETY: the iovecs describe `bufv`'s slices, which imago lends us for this call.
+        let mut iov = iovecs(unsafe { bufv.as_iovec() });
+        let mut done = 0u64;
+        while done < want {
+            // SAFETY: `bufv` is borrowed for this whole function and so outlives the op (whose
+            // drop waits for the kernel); imago does not touch it until we return.
+            let n = unsafe { rt::fs::readv_at(self.fd(), iov.clone(), offset + done) }.await?;
+            if n == 0 {
+                // Past the end of the file: zeroes, as the trait wants.
+                for v in &iov {
+                    // SAFETY: the kernel is done with these bytes; they are `bufv`'s.
+                    unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+                }
+                return Ok(());
+            }
+            done += n as u64;
+            advance(&mut iov, n);
+        }
+        Ok(())
+    }
+
+    async unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
+        let want = bufv.len();
+        // SAFETY: as in `pure_readv`.
+        let mut iov = iovecs(unsafe { bufv.as_iovec() });
+        let mut done = 0u64;
+        while done < want {
+            // SAFETY: as in `pure_readv`; the kernel only reads these bytes.
+            let n = unsafe { rt::fs::writev_at(self.fd(), iov.clone(), offset + done, 0) }.await?;
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            done += n as u64;
+            advance(&mut iov, n);
+        }
+        self.size.fetch_max(offset + want, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
+        let mode = if self.blockdev {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE
+        };
+        match self.fallocate(mode, offset, length).await {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                // No way to zero in place: write zeroes, from the thread's shared buffer.
+                let z = rt::zeroes::zeroes();
+                for (at, buf) in z.pieces(length) {
+                    rt::fs::write_all_at(self.fd(), buf, offset + at, 0).await?;
+                }
+            }
+            r => r?,
+        }
+        self.size.fetch_max(offset + length, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async unsafe fn pure_discard(&self, offset: u64, length: u64) -> io::Result<()> {
+        // Advisory: a file system that cannot punch holes keeps the data, which is allowed.
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match self.fallocate(mode, offset, length).await {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Nothing is buffered in userspace.
+    async fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        rt::fs::fsync(self.fd(), true).await
+    }
+
+    async unsafe fn invalidate_cache(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn get_storage_helper(&self) -> &CommonStorageHelper {
+        &self.helper
+    }
+
+    async fn resize(&self, new_size: u64, prealloc_mode: PreallocateMode) -> io::Result<()> {
+        if self.blockdev {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "cannot resize a block device",
+            ));
+        }
+        let old = self.size.load(Ordering::Relaxed);
+        self.file.set_len(new_size)?;
+        if new_size > old && prealloc_mode != PreallocateMode::None {
+            self.fallocate(0, old, new_size - old).await?;
+        }
+        self.size.store(new_size, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_skips_whole_and_partial_iovecs() {
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 10];
+        let mut iov = vec![
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 10,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 10,
+            },
+        ];
+        advance(&mut iov, 13);
+        assert_eq!(iov.len(), 1);
+        assert_eq!(iov[0].iov_len, 7);
+        assert_eq!(iov[0].iov_base as usize, b.as_ptr() as usize + 3);
+        advance(&mut iov, 7);
+        assert!(iov.is_empty());
+    }
+}
