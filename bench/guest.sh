@@ -61,6 +61,22 @@ else
     note "backing: 1 GiB file on the guest tmpfs; loop dio=$dio"
 fi
 
+# qcow2 groups: a 512 MiB raw file of data, the same data as a fully allocated qcow2 image
+# (qemu-img convert), and the kernel's nbd client for qemu-nbd beside ublkd.
+Q2RAW=$SCRATCH/q2.raw
+Q2IMG=$SCRATCH/q2.qcow2
+Q2EMPTY=$SCRATCH/q2-empty.qcow2
+Q2_MIB=512
+if [[ " $GROUPS_ " == *" qcow2"* ]]; then
+    head -c $((1 << 20)) /dev/urandom >"$SCRATCH/q2.chunk"
+    for _ in $(seq "$Q2_MIB"); do cat "$SCRATCH/q2.chunk"; done >"$Q2RAW"
+    qemu-img convert -O qcow2 "$Q2RAW" "$Q2IMG"
+    modprobe nbd nbds_max=2
+    # io_uring where this qemu-nbd has it, else Linux AIO; O_DIRECT either way, as ours.
+    QNBD_AIO=io_uring
+    qemu-nbd --help 2>&1 | grep -q io_uring || QNBD_AIO=native
+fi
+
 set_none() { # scheduler none for a fair comparison (single-queue devices default to mq-deadline)
     local s=/sys/block/${1#/dev/}/queue/scheduler
     [[ -w $s ]] && echo none >"$s" 2>/dev/null || true
@@ -79,7 +95,20 @@ set_none "$LOOP"
     echo "ublkd add extra args: '${UBLKD_ADD_ARGS}', cells: '$CELLS', groups: '$GROUPS_'"
     echo "null_blk: queue_mode=2 submit_queues=2 nr_devices=1 gb=4 irqmode=0"
     echo "loop: $LOOP over $FILE, dio=$dio, nr_requests=$(nr_requests "$LOOP")"
+    [[ -n "${QNBD_AIO:-}" ]] && echo "qcow2: ${Q2_MIB} MiB images on the guest tmpfs; $(qemu-nbd --version | head -1), --cache=none --aio=$QNBD_AIO through /dev/nbd0"
 } >>"$OUT/notes.txt"
+
+# qemu-nbd serving IMAGE through the kernel's nbd client at /dev/nbd0; sets UPID.
+qnbd_connect() { # IMAGE
+    qemu-nbd -f qcow2 --cache=none --aio="$QNBD_AIO" --discard=unmap -c /dev/nbd0 "$1"
+    for _ in $(seq 100); do [[ "$(cat /sys/block/nbd0/size)" != 0 ]] && break; sleep 0.1; done
+    UPID=$(pgrep -f "qemu-nbd.*$1" | head -1)
+    set_none /dev/nbd0
+}
+qnbd_disconnect() {
+    qemu-nbd -d /dev/nbd0 >/dev/null
+    for _ in $(seq 100); do kill -0 "$UPID" 2>/dev/null || break; sleep 0.1; done
+}
 
 # ---- one ublkd device per run ------------------------------------------------------------------
 UDEV="" UID_="" UPID="" CREATE_MS="" RSS_IDLE=""
@@ -166,10 +195,24 @@ measure() {
         ;;
     ublk-null-delay5ms) ublk_add -t null --size 4G -q 1 -d 4096 --max-io 64K \
         --filter delay:ms=5 && dev=$UDEV ;;
+    ublk-qcow2) ublk_add -t qcow2 --path "$Q2IMG" -q 2 -d 64 && dev=$UDEV ;;
+    ublk-file-raw) ublk_add -t file --path "$Q2RAW" -q 2 -d 64 && dev=$UDEV ;;
+    ublk-qcow2-empty)
+        rm -f "$Q2EMPTY"
+        qemu-img create -q -f qcow2 "$Q2EMPTY" "${Q2_MIB}M"
+        ublk_add -t qcow2 --path "$Q2EMPTY" -q 2 -d 64 && dev=$UDEV
+        ;;
+    qemu-nbd-qcow2) qnbd_connect "$Q2IMG" && dev=/dev/nbd0 ;;
+    qemu-nbd-qcow2-empty)
+        rm -f "$Q2EMPTY"
+        qemu-img create -q -f qcow2 "$Q2EMPTY" "${Q2_MIB}M"
+        qnbd_connect "$Q2EMPTY" && dev=/dev/nbd0
+        ;;
     *) echo "unknown device $device" >&2; return 1 ;;
     esac
     nrr=$(nr_requests "$dev")
-    if [[ $device == ublk-* ]]; then
+    [[ $group == qcow2* ]] && local FIO_SIZE=${Q2_MIB}M
+    if [[ $device == ublk-* || $device == qemu-nbd-* ]]; then
         local c0 c1 n0 n1 cpu_stat
         rss_peak_reset "$UPID"
         c0=$(cpu_ticks "$UPID")
@@ -182,9 +225,13 @@ measure() {
         cpu_stat=$(awk -v d=$((c1 - c0)) -v t="$CLK_TCK" -v n="$ios" \
             'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / t / n : 0) }')
         cpu=$(awk -v d=$((n1 - n0)) -v n="$ios" 'BEGIN { printf "%.2f", (n > 0 ? d / 1e3 / n : 0) }')
-        create=$CREATE_MS
-        rss_i=$RSS_IDLE
-        read -r reqs batch rpe < <(ublk_del)
+        if [[ $device == qemu-nbd-* ]]; then
+            qnbd_disconnect
+        else
+            create=$CREATE_MS
+            rss_i=$RSS_IDLE
+            read -r reqs batch rpe < <(ublk_del)
+        fi
     else
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
         read -r iops lat ios <<<"$res"
@@ -206,6 +253,16 @@ for rep in $(seq 1 "$RUNS"); do
                 if [[ " $GROUPS_ " == *" file "* ]]; then
                     measure file loop "$rw" "$qd" "$jobs" "$rep"
                     measure file ublk-file "$rw" "$qd" "$jobs" "$rep"
+                fi
+                if [[ " $GROUPS_ " == *" qcow2 "* ]]; then
+                    measure qcow2 qemu-nbd-qcow2 "$rw" "$qd" "$jobs" "$rep"
+                    measure qcow2 ublk-qcow2 "$rw" "$qd" "$jobs" "$rep"
+                    measure qcow2 ublk-file-raw "$rw" "$qd" "$jobs" "$rep"
+                fi
+                # First writes into an empty image (a fresh image per run).
+                if [[ " $GROUPS_ " == *" qcow2-empty "* && $rw == randwrite ]]; then
+                    measure qcow2-empty qemu-nbd-qcow2-empty "$rw" "$qd" "$jobs" "$rep"
+                    measure qcow2-empty ublk-qcow2-empty "$rw" "$qd" "$jobs" "$rep"
                 fi
                 if [[ " $GROUPS_ " == *" mem "* ]]; then
                     [[ " $GROUPS_ " == *" null "* ]] || measure null null_blk "$rw" "$qd" "$jobs" "$rep"

@@ -11,9 +11,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-BASELINE = {"null": "null_blk", "file": "loop", "mem": "null_blk"}
-BASE_GROUP = {"null": "null", "file": "file", "mem": "null"}
-UBLK = {"null": "ublk-null", "file": "ublk-file", "mem": "ublk-mem"}
+BASELINE = {"null": "null_blk", "file": "loop", "mem": "null_blk",
+            "qcow2": "qemu-nbd-qcow2", "qcow2-empty": "qemu-nbd-qcow2-empty"}
+BASE_GROUP = {"null": "null", "file": "file", "mem": "null", "qcow2": "qcow2",
+              "qcow2-empty": "qcow2-empty"}
+UBLK = {"null": "ublk-null", "file": "ublk-file", "mem": "ublk-mem", "qcow2": "ublk-qcow2",
+        "qcow2-empty": "ublk-qcow2-empty"}
 DELAY_S = 0.005
 # --no-schedstat: leave out the schedstat CPU column (runs before bench/guest.sh summed it with
 # "%.0f" have it clamped at 2^31 ns by mawk's %d).
@@ -26,6 +29,8 @@ def target_for(group, qd, jobs):
         return 0.45 if jobs == 1 else 0.65
     if group == "file":
         return 0.55 if (qd == 64 and jobs == 1) else 0.40
+    if group.startswith("qcow2") and qd == 64:
+        return 2.0  # issue 13: >= 2x qemu-nbd through the kernel's nbd client
     return None
 
 
@@ -89,7 +94,7 @@ def main(d):
           "| group | rw | qd | jobs | kernel dev | kernel IOPS | spread | ublkd IOPS | spread "
           "| ratio | target | batch | req/enter | CPU µs/IO | ublkd lat µs |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for group in ("null", "file", "mem"):
+    for group in ("null", "file", "mem", "qcow2", "qcow2-empty"):
         for rw in ("randread", "randwrite"):
             for qd in (1, 64):
                 for jobs in (1, 2):
@@ -125,6 +130,26 @@ def main(d):
                         "ideal_iops": "",
                         "ideal_eff_iops": "",
                     })
+
+    # The qcow2 format's own cost: the qcow2 device against the file target on a raw copy of the
+    # same data, same boot (issue 13: >= 0.8x on allocated randread).
+    if any(k[1] == "ublk-file-raw" for k in cells):
+        md += ["", "| qcow2 cost | rw | qd | jobs | file (raw) IOPS | qcow2 IOPS | ratio | target "
+               "| qemu-nbd CPU µs/IO | ublkd qcow2 CPU µs/IO |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for rw in ("randread", "randwrite"):
+            for qd in (1, 64):
+                for jobs in (1, 2):
+                    raw = stat(("qcow2", "ublk-file-raw", rw, qd, jobs))
+                    q = stat(("qcow2", "ublk-qcow2", rw, qd, jobs))
+                    qn = stat(("qcow2", "qemu-nbd-qcow2", rw, qd, jobs))
+                    if not raw or not q:
+                        continue
+                    r = q["iops"] / raw["iops"] if raw["iops"] else None
+                    tgt = "≥0.8 " + ("ok" if r and r >= 0.8 else "**MISS**") if rw == "randread" else ""
+                    md.append(f"| qcow2/raw | {rw} | {qd} | {jobs} | {fmt(raw['iops'])} | "
+                              f"{fmt(q['iops'])} | {fmt(r, 3)} | {tgt} | "
+                              f"{fmt(qn and qn['cpu_stat'], 1)} | {fmt(q['cpu_stat'], 1)} |")
 
     # Device lifecycle: creation time and RSS, per ublkd target over all its runs.
     md += ["", "| ublkd device | runs | creation ms (median / max) | idle RSS MiB (median) "

@@ -2,7 +2,7 @@
 # NBD server benchmark: `ublkd export` vs qemu-nbd vs nbdkit, driven by fio's nbd engine.
 #
 #   scripts/bench-nbd.sh [--quick] [--runtime S] [--reps N] [--out DIR] [--ublkd PATH]
-#                        [--backends "file mem"] [--servers "ublkd qemu-nbd nbdkit"]
+#                        [--backends "file mem qcow2"] [--servers "ublkd qemu-nbd nbdkit qsd"]
 #                        [--file-cache buffered|direct] [--ublkd-args "..."] [--port-base P]
 #                        [--pin split|none] [--workloads REGEX] [--no-load-wait] [--keep]
 #
@@ -23,6 +23,11 @@
 #   mem   ublkd -t mem --size 1G; nbdkit memory 1G; qemu-nbd has no memory backend, so it serves
 #         a 1 GiB file on /dev/shm (tmpfs) with --cache=writeback. Each memory disk is first
 #         filled by a sequential 1 MiB write through NBD so reads hit allocated memory.
+#   qcow2 (not by default) the random data as a fully allocated qcow2 image (qemu-img convert), a
+#         copy per server (two servers must never write one image): ublkd -t qcow2, qemu-nbd
+#         -f qcow2, and qemu-storage-daemon's NBD export (server `qsd`: file node with io_uring,
+#         qcow2 node on it), with the --file-cache mode of the file backend. nbdkit has no
+#         writable qcow2 and is left out of this backend.
 #
 # CPU placement: with --pin split (default) the servers run on the upper half of the CPUs and
 # fio on the lower half (on 2 CPUs: server on CPU 1, fio on CPU 0), the same for every server, so
@@ -96,6 +101,7 @@ for s in $SERVERS; do
     case "$s" in
         ublkd) [ -x "$UBLKD" ] || { echo "bench-nbd: $UBLKD not built (CARGO_TARGET_DIR=/tmp/tgt-bench cargo build --release -p ublkd)" >&2; exit 1; } ;;
         qemu-nbd|nbdkit) need "$s" ;;
+        qsd) need qemu-storage-daemon ;;
         *) echo "bench-nbd: unknown server $s" >&2; exit 2 ;;
     esac
 done
@@ -111,7 +117,7 @@ cleanup() {
         kill -9 "$p" 2>/dev/null || true
     done
     PIDS=()
-    rm -f "$SHMFILE"
+    rm -f "$SHMFILE" "$WORKDIR"/disk-*.qcow2
     [ "$KEEP" = 1 ] || rm -f "$WORKDIR/disk.img"
 }
 trap cleanup EXIT
@@ -129,6 +135,7 @@ loadavg() { cut -d' ' -f1 /proc/loadavg; }
     echo "fio: $(fio --version)"
     echo "qemu-nbd: $(qemu-nbd --version 2>/dev/null | head -1)"
     echo "nbdkit: $(nbdkit --version 2>/dev/null | head -1)"
+    echo "qemu-storage-daemon: $(qemu-storage-daemon --version 2>/dev/null | head -1)"
     echo "ublkd: $UBLKD ($(cd "$HERE" && git rev-parse --short HEAD 2>/dev/null)$(cd "$HERE" && git diff --quiet -- crates 2>/dev/null || echo '+dirty'))"
     echo "file: $WORKDIR/disk.img on $(findmnt -no FSTYPE,SOURCE -T "$WORKDIR" | tr -s ' '), cache mode $FILE_CACHE"
     echo "cpu placement: ${PIN} (servers on CPUs ${SRV_CPUS:-any}, fio on CPUs ${FIO_CPUS:-any})"
@@ -153,7 +160,7 @@ echo "load average at start: $LOAD_START" >> "$OUT/machine.txt"
 log "load average at start: $LOAD_START; results in $OUT"
 
 # --- data --------------------------------------------------------------------------------------
-if [[ " $BACKENDS " == *" file "* ]]; then
+if [[ " $BACKENDS " == *" file "* || " $BACKENDS " == *" qcow2 "* ]]; then
     if [ ! -f "$WORKDIR/disk.img" ] || [ "$(stat -c %s "$WORKDIR/disk.img")" != $((SIZE_MIB << 20)) ]; then
         log "writing ${SIZE_MIB} MiB of random data to $WORKDIR/disk.img"
         head -c "$((SIZE_MIB << 20))" /dev/urandom > "$WORKDIR/disk.img.tmp"
@@ -166,7 +173,7 @@ fi
 NAME=bench
 declare -A PORT PID
 port_of() { # server -> port
-    case "$1" in ublkd) echo $PORT_BASE ;; qemu-nbd) echo $((PORT_BASE + 1)) ;; nbdkit) echo $((PORT_BASE + 2)) ;; esac
+    case "$1" in ublkd) echo $PORT_BASE ;; qemu-nbd) echo $((PORT_BASE + 1)) ;; nbdkit) echo $((PORT_BASE + 2)) ;; qsd) echo $((PORT_BASE + 3)) ;; esac
 }
 
 wait_port() { # pid port
@@ -204,10 +211,40 @@ start_server() { # server backend
             "${SRV[@]}" nbdkit -f -i 127.0.0.1 -p $port -e $NAME file "$WORKDIR/disk.img" cache=$c 2>"$errlog" & ;;
         nbdkit/mem)
             "${SRV[@]}" nbdkit -f -i 127.0.0.1 -p $port -e $NAME memory ${SIZE_MIB}M 2>"$errlog" & ;;
+        nbdkit/qcow2) return 0 ;;
+        ublkd/qcow2)
+            local buf=""; [ "$FILE_CACHE" = buffered ] && buf=--buffered
+            qcow2_copy "$s"
+            # shellcheck disable=SC2086
+            "${SRV[@]}" "$UBLKD" export -t qcow2 --path "$WORKDIR/disk-$s.qcow2" $buf --name $NAME \
+                --listen 127.0.0.1:$port $UBLKD_ARGS 2>"$errlog" & ;;
+        qemu-nbd/qcow2)
+            local c=writeback; [ "$FILE_CACHE" = direct ] && c=none
+            qcow2_copy "$s"
+            "${SRV[@]}" qemu-nbd -f qcow2 -x $NAME -b 127.0.0.1 -p $port -t -e 16 --cache=$c --aio=io_uring \
+                "$WORKDIR/disk-$s.qcow2" 2>"$errlog" & ;;
+        qsd/*)
+            local f=$WORKDIR/disk.img fmt=raw direct=off
+            [ "$FILE_CACHE" = direct ] && direct=on
+            case $b in
+                mem) rm -f "$SHMFILE"; truncate -s ${SIZE_MIB}M "$SHMFILE"; f=$SHMFILE; direct=off ;;
+                qcow2) qcow2_copy "$s"; f=$WORKDIR/disk-$s.qcow2; fmt=qcow2 ;;
+            esac
+            "${SRV[@]}" qemu-storage-daemon \
+                --blockdev "driver=file,node-name=file0,filename=$f,cache.direct=$direct,aio=io_uring" \
+                --blockdev "driver=$fmt,node-name=disk0,file=file0" \
+                --nbd-server "addr.type=inet,addr.host=127.0.0.1,addr.port=$port" \
+                --export "type=nbd,id=exp0,node-name=disk0,name=$NAME,writable=on" 2>"$errlog" & ;;
     esac
     local pid=$!
     PIDS+=("$pid"); PID[$s]=$pid; PORT[$s]=$port
     wait_port "$pid" "$port" || { log "$s ($b) did not start:"; cat "$errlog" >&2; exit 1; }
+}
+
+# A fully allocated qcow2 image of the random data, one per server.
+qcow2_copy() { # server
+    [ -f "$WORKDIR/disk-base.qcow2" ] || qemu-img convert -O qcow2 "$WORKDIR/disk.img" "$WORKDIR/disk-base.qcow2"
+    cp "$WORKDIR/disk-base.qcow2" "$WORKDIR/disk-$1.qcow2"
 }
 
 stop_servers() {
@@ -258,13 +295,15 @@ prefill() { # server
 }
 
 for b in $BACKENDS; do
-    for s in $SERVERS; do start_server "$s" "$b"; done
+    SERVERS_B=$SERVERS
+    [ "$b" = qcow2 ] && SERVERS_B=$(echo "$SERVERS" | tr ' ' '\n' | grep -vx nbdkit | tr '\n' ' ')
+    for s in $SERVERS_B; do start_server "$s" "$b"; done
     if [ "$b" = mem ]; then
         for s in $SERVERS; do log "prefilling $s memory disk"; prefill "$s"; done
     fi
     for r in $(seq "$REPS"); do
         for w in "${WORKLOADS[@]}"; do
-            for s in $SERVERS; do run_fio "$s" "$b" "$w" "$r"; done
+            for s in $SERVERS_B; do run_fio "$s" "$b" "$w" "$r"; done
         done
     done
     stop_servers
@@ -302,12 +341,14 @@ print("|" + "---|" * len(hdr))
 summary = []
 for b, w in keys:
     iops = {s: med(b, w, s, "iops") for s in servers}
+    present = [s for s in servers if iops[s] is not None]
     line = [b, w]
     for s in servers:
         line.append(f"{iops[s]:,.0f}" if iops[s] is not None else "-")
-    rec = {"backend": b, "workload": w, **{f"{s}_iops": f"{iops[s]:.0f}" for s in servers}}
+    rec = {"backend": b, "workload": w,
+           **{f"{s}_iops": (f"{iops[s]:.0f}" if iops[s] is not None else "") for s in servers}}
     if has_u and peers:
-        best = max(iops[p] for p in peers)
+        best = max(iops[p] for p in peers if iops[p] is not None)
         rb = iops["ublkd"] / best
         line.append(f"{rb:.2f}")
         rec["ublkd_over_best_peer"] = f"{rb:.3f}"
@@ -319,14 +360,16 @@ for b, w in keys:
         ok = True
         if "qemu-nbd" in servers and iops["ublkd"] < 1.2 * iops["qemu-nbd"]:
             ok = False
-        if "nbdkit" in servers and iops["ublkd"] < iops["nbdkit"]:
+        if "nbdkit" in present and iops["ublkd"] < iops["nbdkit"]:
+            ok = False
+        if "qsd" in present and iops["ublkd"] < 1.2 * iops["qsd"]:
             ok = False
         line.append("met" if ok else "**missed**")
         rec["target_met"] = "yes" if ok else "no"
     summary.append(rec)
     print("| " + " | ".join(line) + " |")
 print()
-print("Target: ublkd >= 1.2x qemu-nbd and >= nbdkit on every row.\n")
+print("Target: ublkd >= 1.2x qemu-nbd, >= nbdkit, and >= 1.2x qemu-storage-daemon (qsd) on every row where they run.\n")
 print("Server CPU per request (µs, median; CPU time of the server process over the run / requests served):\n")
 print("| backend | workload | " + " | ".join(servers) + " |")
 print("|---|---|" + "---|" * len(servers))

@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh [--kernel 7.3|6.12] [--quick] [--smoke] [--runs N] [--runtime S]
 #                    [--out DIR] [--ublkd PATH] [--build] [--no-qd] [--no-load-wait]
-#                    [--ublkd-args "..."] [--cells REGEX] [--groups "null file mem"]
+#                    [--ublkd-args "..."] [--cells REGEX] [--groups "null file mem qcow2 qcow2-empty"]
 #
 # Boots the VM once (scripts/vm.sh, TCG, 2 vCPUs, 4 GiB) and runs bench/guest.sh in it: fio
 # (io_uring, direct=1, 4k, randread/randwrite, iodepth 1 and 64, numjobs 1 and 2, time-based,
@@ -27,7 +27,9 @@
 #   --ublkd-args  extra `ublkd add` arguments for every ublkd device (lever experiments, e.g.
 #                 "--buffers copy" or "--busy-poll-us 50")
 #   --cells REGEX only the matrix cells matching REGEX ("randread-qd64-j1", "qd64", ...)
-#   --groups G    only these device groups (default "null file mem")
+#   --groups G    only these device groups (default "null file mem"; also qcow2: a fully
+#                 allocated qcow2 image as ublkd serves it, qemu-nbd through the kernel nbd
+#                 client, and ublkd -t file on the raw copy; qcow2-empty: first writes)
 #   --ublkd PATH  binary to run in the guest (must be visible there: not under the host's /tmp);
 #                 default: this tree, built now (cargo does nothing when it is fresh) and copied
 #                 to target/bench/ublkd so rebuilding target/release mid-run changes nothing.

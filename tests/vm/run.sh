@@ -29,6 +29,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/requests.sh"
 # shellcheck source=filters.sh
 . "$HERE/filters.sh"
+# shellcheck source=qcow2.sh
+. "$HERE/qcow2.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -456,6 +458,7 @@ elif [ "$COMPAT" = 1 ]; then
     test_null_reads_zero
     test_refused_commit
     test_error_filter
+    test_qcow2
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
 else
     test_features
@@ -483,6 +486,8 @@ else
     test_nbd_target_over_nbdkit
     test_recovery
     test_recovery_more
+    test_qcow2
+    test_qcow2_recovery
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null

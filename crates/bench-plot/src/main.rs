@@ -75,6 +75,8 @@ fn group_color(g: &str) -> RGBColor {
     match g {
         "null" => RGBColor(31, 119, 180),
         "file" => RGBColor(44, 160, 44),
+        "qcow2" => RGBColor(148, 103, 189),
+        "qcow2-empty" => RGBColor(140, 86, 75),
         _ => RGBColor(255, 127, 14),
     }
 }
