@@ -27,6 +27,14 @@ mkdir -p "$OUT/raw" "$OUT/logs"
 # (slow under TCG) would count in the creation time.
 cp "$UBLKD" "$SCRATCH/ublkd"
 UBLKD=$SCRATCH/ublkd
+# A baseline build measured beside ours (scripts/bench.sh --baseline): its devices are ours with
+# a "@base" suffix, run with the same arguments right after ours in every cell.
+UBLKD_BASE=${UBLKD_BASE:-}
+if [[ -n $UBLKD_BASE ]]; then
+    cp "$UBLKD_BASE" "$SCRATCH/ublkd-base"
+    UBLKD_BASE=$SCRATCH/ublkd-base
+    UBLKD_OURS=$UBLKD
+fi
 CSV=$OUT/runs.csv
 echo "kernel,group,device,rw,iodepth,numjobs,rep,iops,lat_us,cpu_us_per_io,batch,create_ms,rss_idle_kib,rss_load_kib,requests,nr_requests,cpu_stat_us_per_io,req_per_enter" >"$CSV"
 note() { echo "bench(guest): $*" >&2; echo "$*" >>"$OUT/notes.txt"; }
@@ -66,7 +74,7 @@ fi
 Q2RAW=$SCRATCH/q2.raw
 Q2IMG=$SCRATCH/q2.qcow2
 Q2EMPTY=$SCRATCH/q2-empty.qcow2
-Q2_MIB=512
+Q2_MIB=256  # the guest tmpfs (half of 4 GiB) also holds the 1 GiB file of the file group
 if [[ " $GROUPS_ " == *" qcow2"* ]]; then
     head -c $((1 << 20)) /dev/urandom >"$SCRATCH/q2.chunk"
     for _ in $(seq "$Q2_MIB"); do cat "$SCRATCH/q2.chunk"; done >"$Q2RAW"
@@ -174,13 +182,27 @@ fio_run() {
         "$OUT/raw/$name.json"
 }
 
-# measure GROUP DEVICE RW QD JOBS REP [fio args...]: one row of the CSV.
+# measure GROUP DEVICE RW QD JOBS REP [fio args...]: one row of the CSV; with a baseline
+# binary, a ublkd device is measured again right after with it (DEVICE@base).
 measure() {
+    measure_one "$@"
+    # (Only for targets the baseline build has: an older one may lack some.)
+    local target=${2#ublk-}
+    target=${target%%-*}
+    if [[ -n $UBLKD_BASE && $2 == ublk-* ]] && "$UBLKD_BASE" add --help 2>&1 | grep -qw -- "$target"; then
+        local dev=$2 group=$1
+        shift 2
+        UBLKD=$UBLKD_BASE measure_one "$group" "$dev@base" "$@"
+        UBLKD=$UBLKD_OURS
+    fi
+}
+
+measure_one() {
     local group=$1 device=$2 rw=$3 qd=$4 jobs=$5 rep=$6
     shift 6
     local name="$device-$rw-qd$qd-j$jobs-r$rep" dev res iops lat ios
     local cpu="" batch="" create="" rss_i="" rss_l="" reqs="" rpe="" nrr
-    case $device in
+    case ${device%@base} in
     null_blk) dev=$NULLB ;;
     loop) dev=$LOOP ;;
     ublk-null) ublk_add -t null --size 4G -q 2 -d 64 && dev=$UDEV ;;
@@ -212,6 +234,7 @@ measure() {
     esac
     nrr=$(nr_requests "$dev")
     [[ $group == qcow2* ]] && local FIO_SIZE=${Q2_MIB}M
+    # (ublk-mem set FIO_SIZE above, for the same reason.)
     if [[ $device == ublk-* || $device == qemu-nbd-* ]]; then
         local c0 c1 n0 n1 cpu_stat
         rss_peak_reset "$UPID"

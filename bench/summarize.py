@@ -34,6 +34,14 @@ def target_for(group, qd, jobs):
     return None
 
 
+def base_cols(b, kernel, ours):
+    """Extra cells for a baseline build: its IOPS, its ratio to the kernel device, ours / its."""
+    if b is None:
+        return " - | - | - |"
+    r = b["iops"] / kernel["iops"] if kernel and kernel["iops"] else None
+    return f" {fmt(b['iops'])} | {fmt(r, 3)} | {fmt(ours['iops'] / b['iops'], 3)} |"
+
+
 def fnum(s):
     try:
         return float(s)
@@ -94,6 +102,13 @@ def main(d):
           "| group | rw | qd | jobs | kernel dev | kernel IOPS | spread | ublkd IOPS | spread "
           "| ratio | target | batch | req/enter | CPU µs/IO | ublkd lat µs |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    # With a baseline build (bench.sh --baseline): its IOPS, ratio and our change against it.
+    has_base = any(k[1].endswith("@base") for k in cells)
+    if has_base:
+        md[0] += (" Baseline = the --baseline build, measured right after ours in every cell; "
+                  "change = ours / baseline.")
+        md[2] = md[2] + " baseline IOPS | baseline ratio | change |"
+        md[3] = md[3] + " --- | --- | --- |"
     for group in ("null", "file", "mem", "qcow2", "qcow2-empty"):
         for rw in ("randread", "randwrite"):
             for qd in (1, 64):
@@ -112,7 +127,9 @@ def main(d):
                         f"{fmt(ours['iops'])} | {fmt(ours['spread'], 2)} | {fmt(ratio, 3)} | {ok} | "
                         f"{fmt(ours['batch'], 1)} | {fmt(ours['rpe'], 1)} | {fmt(ours['cpu_stat'], 1)}"
                         f"{'' if NO_SCHEDSTAT else ' (' + fmt(ours['cpu'], 1) + ')'} | "
-                        f"{fmt(ours['lat'], 0)} |")
+                        f"{fmt(ours['lat'], 0)} |"
+                        + (base_cols(stat((group, UBLK[group] + "@base", rw, qd, jobs)), base, ours)
+                           if has_base else ""))
                     out_rows.append({
                         "kind": "ratio", "group": group, "device": UBLK[group], "rw": rw,
                         "iodepth": qd, "numjobs": jobs, "runs": ours["n"],

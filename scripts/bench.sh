@@ -28,8 +28,12 @@
 #                 "--buffers copy" or "--busy-poll-us 50")
 #   --cells REGEX only the matrix cells matching REGEX ("randread-qd64-j1", "qd64", ...)
 #   --groups G    only these device groups (default "null file mem"; also qcow2: a fully
-#                 allocated qcow2 image as ublkd serves it, qemu-nbd through the kernel nbd
+#                 allocated 256 MiB qcow2 image as ublkd serves it, qemu-nbd through the kernel nbd
 #                 client, and ublkd -t file on the raw copy; qcow2-empty: first writes)
+#   --baseline PATH  a second ublkd binary (an older build) measured in the same boot: every
+#                 ublkd device of the matrix is measured with it too, interleaved, and the
+#                 table adds its IOPS and our change against it (before/after claims made in
+#                 one boot, whatever else the machine is doing). Same visibility rule as --ublkd.
 #   --ublkd PATH  binary to run in the guest (must be visible there: not under the host's /tmp);
 #                 default: this tree, built now (cargo does nothing when it is fresh) and copied
 #                 to target/bench/ublkd so rebuilding target/release mid-run changes nothing.
@@ -46,6 +50,7 @@ quick=0
 smoke=0
 out=""
 ublkd=""
+baseline=""
 qd=1
 load_wait=1
 add_args=""
@@ -64,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) smoke=1; load_wait=0; shift ;;
     --out) out=$2; shift 2 ;;
     --ublkd) ublkd=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
     --build) shift ;; # the default now; accepted for old command lines
     --no-qd) qd=0; shift ;;
     --no-load-wait) load_wait=0; shift ;;
@@ -93,6 +99,11 @@ rev=$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ $ublkd == "$repo/target/bench/ublkd" ]] || rev="$ublkd (given)"
 [[ -x $ublkd ]] || die "no ublkd binary at $ublkd"
 ublkd=$(realpath "$ublkd")
+if [[ -n $baseline ]]; then
+    [[ -x $baseline ]] || die "no baseline binary at $baseline"
+    baseline=$(realpath "$baseline")
+    case $baseline in "$(realpath "$repo")"/target/*) ;; /tmp/*) die "--baseline $baseline: the guest does not see the host's /tmp" ;; esac
+fi
 # The guest sees the host's files except /tmp; vm.sh shares the repo's target/ though.
 case $ublkd in "$(realpath "$repo")"/target/*) ;; /tmp/*) die "--ublkd $ublkd: the guest does not see the host's /tmp" ;; esac
 
@@ -119,12 +130,13 @@ set +e
 "$repo/scripts/vm.sh" --kernel "$kernel" --mem 4G --cpus 2 --timeout 7200 \
     --env "UBLKD=$ublkd" --env "OUT=$gout" --env "RUNTIME=$runtime" --env "RUNS=$runs" \
     --env "QD_SWEEP=$qd" --env "LOAD1=$l1" --env "UBLKD_ADD_ARGS=$add_args" \
-    --env "CELLS=$cells" --env "GROUPS_=$groups" \
+    --env "CELLS=$cells" --env "GROUPS_=$groups" --env "UBLKD_BASE=$baseline" \
     -- bench/guest.sh
 rc=$?
 set -e
 echo "host load1 after the run: $(load1)" >>"$gout/notes.txt"
 echo "ublkd: $rev" >>"$gout/notes.txt"
+[[ -z $baseline ]] || echo "baseline ublkd: $baseline" >>"$gout/notes.txt"
 [[ $rc == 0 ]] || { echo "bench.sh: guest benchmark failed (exit $rc); partial results in $gout" >&2; exit 1; }
 
 # ---- summary, table, plots on the host ------------------------------------------------------

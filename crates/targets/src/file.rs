@@ -74,7 +74,7 @@ fn on_memory_fs(fd: RawFd) -> Option<bool> {
 
 /// Would `auto` serve this file inline? Only a file in memory (a blocking call never waits for
 /// a device) whose file system io_uring cannot drive without a worker thread.
-fn inline_by_default(fd: RawFd) -> (bool, &'static str) {
+pub(crate) fn inline_by_default(fd: RawFd) -> (bool, &'static str) {
     match on_memory_fs(fd) {
         None => return (false, "file system unknown"),
         Some(false) => return (false, "not a file system in memory"),

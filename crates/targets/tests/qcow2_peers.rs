@@ -151,6 +151,29 @@ fn writes_through_us_read_back_in_qemu_and_pass_check() {
     );
 }
 
+/// A file in memory (tmpfs) is read and written with blocking calls on the queue thread: the
+/// same bytes, the same clean image.
+#[test]
+fn an_image_in_memory_is_served_inline() {
+    if !have("qemu-img") || !Path::new("/dev/shm").is_dir() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let img = dir.path().join("m.qcow2");
+    run_ok(&["qemu-img", "create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    let t = Qcow2Target::open(&config(&img)).unwrap();
+    assert!(t.notes()[0].contains("inline"), "{:?}", t.notes());
+    let data = pattern(3 << 20, 21);
+    on_queue(&t, 0, async |q| {
+        write(q, 4096, &data).await;
+        assert!(read(q, 4096, 3 << 20).await == data);
+        q.flush().await.unwrap();
+    });
+    drop(t);
+    check_clean(&img);
+    assert!(as_raw(&img, dir.path())[4096..4096 + (3 << 20)] == data[..]);
+}
+
 #[test]
 fn images_written_by_qemu_io_read_back_through_us() {
     if !have("qemu-io") {

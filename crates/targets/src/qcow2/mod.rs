@@ -202,10 +202,18 @@ impl Qcow2Target {
                 consistent_across_queues: true,
             },
         };
+        let inline = std::fs::File::open(path)
+            .map(|f| crate::file::inline_by_default(std::os::fd::AsRawFd::as_raw_fd(&f)))
+            .unwrap_or((false, ""));
         let notes = vec![format!(
-            "{}: qcow2 image, virtual size {size}, {backing}{}",
+            "{}: qcow2 image, virtual size {size}, {backing}{}; {}",
             path.display(),
-            if writable { "" } else { ", read-only" }
+            if writable { "" } else { ", read-only" },
+            if inline.0 {
+                "reads and writes inline on the queue threads (a file in memory)"
+            } else {
+                "reads and writes through io_uring"
+            }
         )];
         Ok(Qcow2Target {
             img: Arc::new(Image {

@@ -2,6 +2,11 @@
 //! written by the ring of whichever queue thread asks, never by a blocking call or another
 //! runtime.
 //!
+//! A file in memory (tmpfs, ramfs) that io_uring could only serve through a worker thread per
+//! request is read and written with blocking `preadv`/`pwritev` on the queue thread instead,
+//! as the file target does (`file::inline_by_default`): a file in memory never waits for a
+//! device, and the hand-off to the worker and back cost three times the CPU of the request.
+//!
 //! imago hands its storage layer borrowed slices (`IoVectorMut<'_>`) through `async unsafe fn`s.
 //! Those reads and writes are `rt::fs::readv_at`/`writev_at`, whose futures, when dropped (imago
 //! drops sibling requests when one fails), wait for the kernel to let go of the memory before the
@@ -29,6 +34,8 @@ pub struct UringFile {
     path: PathBuf,
     /// O_DIRECT alignment (1 when buffered).
     align: usize,
+    /// Blocking calls on the calling thread instead of io_uring (a file in memory).
+    inline: bool,
     blockdev: bool,
     /// Grows with writes past the end; nothing else changes the file meanwhile.
     size: AtomicU64,
@@ -98,7 +105,9 @@ impl UringFile {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let blockdev = file.metadata()?.file_type().is_block_device();
         let size = file_size(&file, blockdev)?;
+        let inline = !blockdev && crate::file::inline_by_default(file.as_raw_fd()).0;
         Ok(UringFile {
+            inline,
             align: if direct { dio_alignment(&file) } else { 1 },
             file,
             path,
@@ -116,6 +125,37 @@ impl UringFile {
     async fn fallocate(&self, mode: i32, offset: u64, length: u64) -> io::Result<()> {
         rt::fs::fallocate(self.fd(), mode, offset, length).await
     }
+}
+
+/// Blocking preadv/pwritev over all of `iov` at `off`; returns the bytes moved (short only at
+/// end of file for a read). For a file in memory, where the call never waits for a device.
+fn blocking_rw(fd: RawFd, mut iov: Vec<libc::iovec>, off: u64, write: bool) -> io::Result<u64> {
+    let mut done = 0u64;
+    while !iov.is_empty() {
+        let n = iov.len().min(1024) as i32; // IOV_MAX
+        let at = (off + done) as libc::off_t;
+        // SAFETY: the iovecs describe memory imago lends us for the call (see the module docs);
+        // the call returns before we do.
+        let r = unsafe {
+            if write {
+                libc::pwritev(fd, iov.as_ptr(), n, at)
+            } else {
+                libc::preadv(fd, iov.as_ptr(), n, at)
+            }
+        };
+        match r {
+            0 => break,
+            r if r > 0 => {
+                done += r as u64;
+                advance(&mut iov, r as usize);
+            }
+            _ => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => {}
+                e => return Err(e),
+            },
+        }
+    }
+    Ok(done)
 }
 
 /// The iovecs of an imago buffer vector.
@@ -183,6 +223,10 @@ impl Storage for UringFile {
         // SAFETY: the iovecs describe `bufv`'s slices, which imago lends us for this call.
         let mut iov = iovecs(unsafe { bufv.as_iovec() });
         let mut done = 0u64;
+        if self.inline {
+            done = blocking_rw(self.fd(), iov.clone(), offset, false)?;
+            advance(&mut iov, done as usize);
+        }
         while done < want {
             // SAFETY: `bufv` is borrowed for this whole function and so outlives the op (whose
             // drop waits for the kernel); imago does not touch it until we return.
@@ -206,6 +250,10 @@ impl Storage for UringFile {
         // SAFETY: as in `pure_readv`.
         let mut iov = iovecs(unsafe { bufv.as_iovec() });
         let mut done = 0u64;
+        if self.inline {
+            done = blocking_rw(self.fd(), iov.clone(), offset, true)?;
+            advance(&mut iov, done as usize);
+        }
         while done < want {
             // SAFETY: as in `pure_readv`; the kernel only reads these bytes.
             let n = unsafe { rt::fs::writev_at(self.fd(), iov.clone(), offset + done, 0) }.await?;
