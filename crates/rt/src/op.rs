@@ -164,7 +164,8 @@ impl<T: 'static> BorrowOp<T> {
     /// # Safety
     /// As for [`Op::submit`], except that pointers may point into memory `data` does not own
     /// when that memory stays valid, and untouched by the CPU where the kernel writes it, until
-    /// this `BorrowOp` completes or is dropped; and it must not be leaked.
+    /// this `BorrowOp` completes or is dropped; and it must not be leaked. (Dropped after its
+    /// runtime gave up on its ops, it aborts the process: the memory cannot be waited for.)
     pub unsafe fn submit(entry: squeue::Entry, data: T) -> BorrowOp<T> {
         // SAFETY: forwarded from the caller; `Drop` below keeps the borrow alive.
         BorrowOp {
@@ -183,12 +184,22 @@ impl<T: 'static + Unpin> Future for BorrowOp<T> {
 impl<T: 'static> Drop for BorrowOp<T> {
     fn drop(&mut self) {
         let op = &self.op;
-        let pending = matches!(op.rt.ops.borrow().get(op.key), Some(Lifecycle::Pending(_)))
-            && op.data.is_some();
-        if pending {
-            op.rt.cancel_and_wait(op.key);
+        if op.data.is_none() {
+            return; // completed and taken
         }
-        // `op` now finds its slot done (or gone with a leaking runtime) and frees it.
+        match op.rt.ops.borrow().get(op.key) {
+            Some(Lifecycle::Pending(_)) => {}
+            Some(_) => return, // done: `op` frees the slot
+            None => {
+                // The runtime gave up on its ops and leaked them, so this op outlived it: the
+                // kernel may still write memory whose owner is about to get it back, and there
+                // is no ring left to wait on. Nothing sound remains to do.
+                eprintln!("rt: a BorrowOp outlived its runtime; aborting");
+                std::process::abort();
+            }
+        }
+        op.rt.cancel_and_wait(op.key);
+        // `op` now finds its slot done and frees it.
     }
 }
 

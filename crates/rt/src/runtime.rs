@@ -474,7 +474,9 @@ impl Inner {
 
     /// Move completions out of the CQ and hand each to its op.
     pub(crate) fn reap(&self) {
-        let mut scratch = self.cqe_scratch.borrow_mut();
+        // Taken out while completions are dispatched: dispatching may drop an op's resources,
+        // and a `BorrowOp` among them reaps again from its `Drop`.
+        let mut scratch = std::mem::take(&mut *self.cqe_scratch.borrow_mut());
         {
             let mut ring = self.ring.borrow_mut();
             for cqe in ring.completion() {
@@ -492,6 +494,7 @@ impl Inner {
                 key => self.complete(key as usize, res, flags),
             }
         }
+        *self.cqe_scratch.borrow_mut() = scratch;
     }
 
     fn complete(&self, key: usize, res: i32, flags: u32) {

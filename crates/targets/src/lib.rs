@@ -44,8 +44,8 @@ pub struct Caps {
     pub rotational: bool,
     /// The target reads or writes the bytes with the CPU (rules out zero-copy buffers).
     pub needs_cpu_access: bool,
-    /// The target never looks at request data (null): in user-copy mode nobody needs to move
-    /// it at all, which is the cheapest data path there is.
+    /// The target drops written data and reads zeroes (null): in user-copy mode nobody needs
+    /// to move a write's data at all (a read's zeroes still go to the request).
     #[serde(default)]
     pub ignores_data: bool,
     /// Handed a buffer the CPU can reach, the target does the I/O inline (blocking calls on the

@@ -3,8 +3,8 @@
 //!
 //! Reads must still fill the caller's buffer: a reader of the device must never see memory it
 //! did not write (a page-cache page, another request's data). A CPU buffer is zeroed in place; a
-//! zero-copy kernel buffer is filled from `/dev/zero` by a fixed-buffer read. Frontends that skip
-//! moving data for this target ([`Caps::ignores_data`]) answer reads with zeroes themselves.
+//! zero-copy kernel buffer is filled from `/dev/zero` by a fixed-buffer read. Frontends may skip
+//! moving a write's data to this target ([`Caps::ignores_data`]), never a read's.
 
 use std::fs::File;
 use std::io;

@@ -503,6 +503,23 @@ fn unsupported_images_are_refused_in_one_line() {
         "1M",
     ]);
     refuse(&ext, "external data file");
+    // A header naming a device as its backing (the daemon runs as root).
+    let devb = d.join("devback.qcow2");
+    run_ok(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        "/dev/null",
+        "-F",
+        "raw",
+        s(&devb),
+        "1M",
+    ]);
+    refuse(&devb, "not a regular file");
     // Not qcow2 at all.
     let raw = d.join("plain.raw");
     std::fs::write(&raw, vec![0u8; 65536]).unwrap();

@@ -307,23 +307,24 @@ pub(crate) async fn committer(b: Rc<Batch>, keep: TagBufs) {
             } else {
                 format!("took {done} of {n}")
             };
+            let tag = tag_at(done);
             tracing::error!(
                 q = b.q_id,
-                "commit of {n} results refused at tag {}: {why}",
-                tag_at(done)
+                "commit of {n} results refused at tag {tag}: {why}"
             );
-            for i in done..n {
-                let tag = tag_at(i);
-                if b.retried[tag as usize].replace(true) {
-                    b.inflight.fail(format!(
-                        "queue {}: the driver refused the commit of tag {tag} twice",
-                        b.q_id
-                    ));
-                    break;
-                }
+            if b.retried[tag as usize].replace(true) {
+                b.inflight.fail(format!(
+                    "queue {}: the driver refused the commit of tag {tag} twice",
+                    b.q_id
+                ));
+            } else {
+                // The refused request fails with EIO; the driver stopped there, so the elements
+                // after it were never looked at: they go again as they were.
                 b.retrying.set(b.retrying.get() + 1);
-                b.inflight.handed(1);
-                b.finish(tag, -libc::EIO);
+                b.inflight.handed(n - done);
+                let mut p = b.pending.borrow_mut();
+                b.push_elem(&mut p, tag, -libc::EIO, false);
+                p.extend_from_slice(&a[(done + 1) * stride..n * stride]);
             }
         }
         let (mut arr, _) = c.data;

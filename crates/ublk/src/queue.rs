@@ -326,6 +326,11 @@ async fn tag_loop<Q: TargetQueue>(q: Rc<QueueCtx<Q>>, tag: u16, mut buf: IoBuf) 
                 (result, retried) = (-libc::EIO, true);
                 continue;
             }
+            e if q.inflight.stopping() => {
+                // The device is going away: nothing is left to serve, so no failure to report.
+                tracing::debug!(q = q.cfg.q_id, tag, "command refused while stopping: {e}");
+                return;
+            }
             e => {
                 let what = if op == UBLK_U_IO_FETCH_REQ {
                     "fetch"

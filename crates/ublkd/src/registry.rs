@@ -214,7 +214,7 @@ macro_rules! registry {
 }
 
 /// An unknown kind, naming the known ones (one line).
-fn unknown(what: &str, kind: &str, known: &[Info]) -> OpenError {
+pub(crate) fn unknown(what: &str, kind: &str, known: &[Info]) -> OpenError {
     let names: Vec<&str> = known.iter().map(|i| i.name).collect();
     OpenError::Invalid(format!(
         "unknown {what} '{kind}' (known: {})",

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 pub use targets::OpenError;
 use targets::kind::Opt;
 
-use crate::registry::{AnyFilter, AnyTarget, filter_info};
+use crate::registry::{AnyFilter, AnyTarget, filter_info, unknown};
 
 /// A target and the filters in front of it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -109,13 +109,8 @@ impl FilterSpec {
     /// Parse `NAME` or `NAME:KEY=VALUE,KEY=VALUE` (`delay:ms=5`). Errors are one line.
     pub fn parse(s: &str) -> Result<FilterSpec, String> {
         let (name, params) = s.split_once(':').unwrap_or((s, ""));
-        let Some(info) = filter_info(name) else {
-            let known: Vec<&str> = crate::registry::FILTERS.iter().map(|i| i.name).collect();
-            return Err(format!(
-                "unknown filter '{name}' (known: {})",
-                known.join(", ")
-            ));
-        };
+        let info = filter_info(name)
+            .ok_or_else(|| unknown("filter", name, crate::registry::FILTERS).to_string())?;
         let mut config = Map::new();
         for p in params.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));

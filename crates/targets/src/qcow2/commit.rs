@@ -10,8 +10,8 @@
 //! A write-out (imago's `flush`, which writes cached metadata in dependency order) covers every
 //! ticket below the oldest one still running when it starts. A request returns once a write-out
 //! covers its ticket; a write into an allocated cluster returns at once when everything begun so
-//! far is covered (the steady state: two atomic loads), else it waits like the others. One
-//! write-out serves every request waiting for it, on every queue.
+//! far is covered (the steady state: two atomic loads after the mapping lookup), else it waits
+//! like the others. One write-out serves every request waiting for it, on every queue.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -36,26 +36,38 @@ pub(super) struct MetaCommit {
     returned: tokio::sync::Notify,
 }
 
-/// A metadata-changing request in progress.
-pub(super) struct Ticket(u64);
+/// A metadata-changing request in progress: handed back when done, or dropped (a request
+/// abandoned halfway must not hold every later write-out back).
+pub(super) struct Ticket<'a> {
+    commit: &'a MetaCommit,
+    t: u64,
+}
+
+impl Ticket<'_> {
+    /// The request is done (whether it succeeded or not); returns until when it must wait.
+    pub(super) fn hand_back(self) -> u64 {
+        self.t // (the drop below hands it back)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let c = self.commit;
+        c.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.t);
+        c.returned.notify_waiters();
+    }
+}
 
 impl MetaCommit {
     /// Before a request that may change metadata.
-    pub(super) fn take(&self) -> Ticket {
+    pub(super) fn take(&self) -> Ticket<'_> {
         let mut r = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let t = self.taken.fetch_add(1, Ordering::SeqCst) + 1;
         r.insert(t);
-        Ticket(t)
-    }
-
-    /// The request is done (whether it succeeded or not); returns until when it must wait.
-    pub(super) fn hand_back(&self, t: Ticket) -> u64 {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&t.0);
-        self.returned.notify_waiters();
-        t.0
+        Ticket { commit: self, t }
     }
 
     /// What a write-out starting now covers: everything below the oldest running ticket.
@@ -112,10 +124,9 @@ mod tests {
         let b = c.take();
         assert_eq!(c.pending(), Some(2));
         assert_eq!(c.coverable(), 0);
-        let b = c.hand_back(b);
-        assert_eq!(b, 2);
+        assert_eq!(b.hand_back(), 2);
         assert_eq!(c.coverable(), 0, "ticket 1 still runs");
-        c.hand_back(a);
+        drop(a); // abandoned: handed back all the same
         assert_eq!(c.coverable(), 2);
     }
 }

@@ -62,10 +62,19 @@ pub fn create(o: &CreateOptions) -> Result<(), OpenError> {
     let path = o.path.clone();
     let cluster = o.cluster_size as usize;
     let backing = backing.map(|(name, _, fmt)| (name, fmt));
-    let r = std::thread::spawn(move || -> io::Result<()> {
-        rt::Runtime::new()?.block_on(async {
+    // (created: whether the file is ours to remove on failure; `create_open` refuses a file
+    // that appeared since the check above, and that one is not ours.)
+    let r = std::thread::spawn(move || -> (bool, io::Result<()>) {
+        let rt = match rt::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => return (false, Err(e)),
+        };
+        rt.block_on(async {
             let storage =
-                UringFile::create_open(StorageCreateOptions::new().filename(&path)).await?;
+                match UringFile::create_open(StorageCreateOptions::new().filename(&path)).await {
+                    Ok(s) => s,
+                    Err(e) => return (false, Err(e)),
+                };
             let mut b = Qcow2::<UringFile>::create_builder(storage)
                 .size(size)
                 .cluster_size(cluster);
@@ -76,16 +85,20 @@ pub fn create(o: &CreateOptions) -> Result<(), OpenError> {
                 };
                 b = b.backing(name.to_string_lossy().into_owned(), fmt.into());
             }
-            b.create().await
+            (true, b.create().await)
         })
     })
     .join()
     .map_err(|_| OpenError::Io("the qcow2 create thread panicked".into()))?;
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&o.path);
-        return Err(OpenError::Io(format!("creating {}: {e}", o.path.display())));
+    match r {
+        (_, Ok(())) => Ok(()),
+        (created, Err(e)) => {
+            if created {
+                let _ = std::fs::remove_file(&o.path);
+            }
+            Err(OpenError::Io(format!("creating {}: {e}", o.path.display())))
+        }
     }
-    Ok(())
 }
 
 /// The virtual size of a backing image: a qcow2 image's, or a raw file's length.

@@ -6,17 +6,18 @@
 //! Shared state, by design: one imago image (`FormatAccess`) serves every queue, so its L2 and
 //! refcount caches are shared and allocation is serialized inside imago (two queues writing into
 //! the same unallocated cluster cannot both allocate it). Reads of allocated clusters and
-//! overwrites take no lock of ours beyond a shared read guard; discards take it exclusively,
-//! because freeing clusters breaks the mappings concurrent requests hold (imago's contract for
-//! `discard_to_zero_unsafe`).
+//! overwrites take no lock of ours beyond a shared read guard; discards and write-zeroes take it
+//! exclusively, because freeing or zeroing clusters breaks the mappings concurrent requests hold
+//! (imago's contract for `discard_to_zero_unsafe`) and changes what "writable in place" means.
 //!
 //! Durability: imago caches metadata (L2 tables, refcount blocks). A write that changed metadata
 //! (it allocated, or copied a cluster from the backing) is acknowledged only once that metadata
 //! is out of imago's cache and in the image file ([`commit::MetaCommit`], batched across
 //! queues), so a daemon killed with -9 loses nothing it acknowledged, as with every target.
-//! FLUSH writes the metadata out, then fdatasyncs. A power cut can lose what was written since
-//! the last FLUSH (the device says it has a volatile cache); imago orders refcounts before the L2
-//! entries that use them, so the image stays consistent, with leaked clusters at worst.
+//! FLUSH writes the metadata out, then fdatasyncs. A power cut is another matter (see
+//! docs/design.md): what was written since the last FLUSH may be lost, and imago writes a
+//! write-out's refcount blocks and L2 tables without a barrier between them, so a cut during
+//! one can leave the image needing `qemu-img check -r all`.
 
 mod commit;
 pub mod create;
@@ -55,7 +56,8 @@ pub struct Qcow2Config {
 /// The image every queue serves.
 struct Image {
     access: FormatAccess<UringFile>,
-    /// Shared by every request; held exclusively by discards (see the module docs).
+    /// Shared by every request; held exclusively by discards and write-zeroes (see the module
+    /// docs).
     discard_lock: tokio::sync::RwLock<()>,
     commit: MetaCommit,
 }
@@ -70,20 +72,28 @@ pub struct Qcow2Target {
 const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 
 /// Refuse what imago would serve wrongly: encrypted images (it does not decrypt; the header's
-/// `crypt_method`, a big-endian u32 at offset 32, is not 0).
-fn check_header(path: &Path) -> Result<(), OpenError> {
-    use std::io::Read;
+/// `crypt_method`, a big-endian u32 at offset 32, is not 0). Returns the backing file name the
+/// header holds (`backing_file_offset`, u64 at 8; `backing_file_size`, u32 at 16), if any.
+fn check_header(path: &Path) -> Result<Option<String>, OpenError> {
+    use std::os::unix::fs::FileExt;
+    let err = |e| open_error(path, e);
+    let f = std::fs::File::open(path).map_err(err)?;
     let mut h = [0u8; 36];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut h))
-        .map_err(|e| open_error(path, e))?;
+    f.read_exact_at(&mut h, 0).map_err(err)?;
     if u32::from_be_bytes([h[32], h[33], h[34], h[35]]) != 0 {
         return Err(OpenError::Invalid(format!(
             "{} is encrypted, which ublkd does not serve (decrypt it with qemu-img convert)",
             path.display()
         )));
     }
-    Ok(())
+    let off = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(h[16..20].try_into().expect("4 bytes")) as usize;
+    if off == 0 || len == 0 || len > 1023 {
+        return Ok(None); // (qemu limits the name to 1023 bytes; imago judges a bad header)
+    }
+    let mut name = vec![0u8; len];
+    f.read_exact_at(&mut name, off).map_err(err)?;
+    Ok(Some(String::from_utf8_lossy(&name).into_owned()))
 }
 
 /// qcow2 or raw, by the magic number (for `--backing`, where no header names the format).
@@ -132,7 +142,23 @@ impl Qcow2Target {
                 path.display()
             )));
         }
-        check_header(path)?;
+        let header_backing = check_header(path)?;
+        // The backing the header names: a regular file (an image's header must not make us
+        // serve a host block device), and if qcow2, not encrypted (its own backings are not
+        // looked at: QEMU does not make chains with encrypted images below the top).
+        if let (false, None, Some(name)) = (c.no_backing, &c.backing, &header_backing) {
+            let back = path.parent().unwrap_or(Path::new("/")).join(name);
+            if std::fs::metadata(&back).is_ok_and(|m| !m.is_file()) {
+                return Err(OpenError::Invalid(format!(
+                    "{}: its backing file {} is not a regular file (name one with --backing)",
+                    path.display(),
+                    back.display()
+                )));
+            }
+            if probe_format(&back).ok() == Some(Format::Qcow2) {
+                check_header(&back)?;
+            }
+        }
         let mut b = Qcow2::<UringFile>::builder_path(path)
             .storage_open_options(StorageOpenOptions::new().direct(!c.buffered))
             .write(!c.read_only);
@@ -151,14 +177,6 @@ impl Qcow2Target {
             .open(PermissiveImplicitOpenGate::default())
             .await
             .map_err(err)?;
-        // The backing the header names, if it is a qcow2 image (its own backings are not
-        // looked at: QEMU does not make chains with encrypted images below the top).
-        if let (false, None, Some(name)) = (c.no_backing, &c.backing, q.implicit_backing_file()) {
-            let back = path.parent().unwrap_or(Path::new("/")).join(name);
-            if probe_format(&back).ok() == Some(Format::Qcow2) {
-                check_header(&back)?;
-            }
-        }
         if q.requires_external_data_file() {
             return Err(OpenError::Invalid(format!(
                 "{} keeps its data in an external data file, which ublkd does not serve",
@@ -334,17 +352,28 @@ impl Qcow2Queue {
         Ok(true)
     }
 
-    /// Zero `[off, off+len)`, deallocating what can be (exclusively: see the module docs).
-    async fn discard_to_zero(&self, off: u64, len: u64) -> io::Result<()> {
-        let g = self.img.discard_lock.write().await;
+    /// Run `op`, which may change metadata, holding `guard` and a ticket; then, without the
+    /// guard, wait until its metadata is written out.
+    async fn changing<G>(
+        &self,
+        guard: G,
+        op: impl Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
         let t = self.img.commit.take();
-        // SAFETY: the exclusive guard means no other request of ours holds a mapping, and
-        // nothing else uses this image.
-        let r = unsafe { self.img.access.discard_to_zero_unsafe(off, len) }.await;
-        let t = self.img.commit.hand_back(t);
-        drop(g);
+        let r = op.await;
+        let t = t.hand_back();
+        drop(guard);
         r?;
         self.img.commit.wait(t, &self.img.access).await
+    }
+
+    /// Zero `[off, off+len)`, deallocating what can be.
+    async fn discard_to_zero(&self, off: u64, len: u64) -> io::Result<()> {
+        let g = self.img.discard_lock.write().await;
+        // SAFETY: the exclusive guard means no other request holds a data mapping; write-outs
+        // and flushes, which run without the guard, hold none either.
+        let op = unsafe { self.img.access.discard_to_zero_unsafe(off, len) };
+        self.changing(g, op).await
     }
 }
 
@@ -354,27 +383,23 @@ impl TargetQueue for Qcow2Queue {
         self.img.access.read(buf.as_mut_slice(), off).await
     }
 
-    async fn write(&self, off: u64, buf: &IoBuf, fua: bool) -> io::Result<()> {
+    async fn write(&self, off: u64, buf: &IoBuf, _fua: bool) -> io::Result<()> {
+        // (No FUA: the device does not advertise it; the kernel sends a flush instead.)
         let g = self.img.discard_lock.read().await;
-        let upto = if self.writes_in_place(off, buf.len() as u64).await? {
-            self.img.access.write(buf.as_slice(), off).await?;
-            // Reachable only through metadata an earlier request may not have written out yet.
-            self.img.commit.pending()
-        } else {
-            let t = self.img.commit.take();
-            let r = self.img.access.write(buf.as_slice(), off).await;
-            let t = self.img.commit.hand_back(t);
-            r?;
-            Some(t)
-        };
+        if !self.writes_in_place(off, buf.len() as u64).await? {
+            return self
+                .changing(g, self.img.access.write(buf.as_slice(), off))
+                .await;
+        }
+        // Allocated and writable in place, and stays so under the guard: zeroing and
+        // discarding, which change that, hold the guard exclusively.
+        self.img.access.write(buf.as_slice(), off).await?;
         drop(g);
-        if let Some(upto) = upto {
-            self.img.commit.wait(upto, &self.img.access).await?;
+        // Reachable only through metadata an earlier request may not have written out yet.
+        match self.img.commit.pending() {
+            Some(upto) => self.img.commit.wait(upto, &self.img.access).await,
+            None => Ok(()),
         }
-        if fua {
-            self.img.access.sync().await?;
-        }
-        Ok(())
     }
 
     async fn flush(&self) -> io::Result<()> {
@@ -391,13 +416,11 @@ impl TargetQueue for Qcow2Queue {
         if unmap {
             return self.discard_to_zero(off, len).await;
         }
-        let g = self.img.discard_lock.read().await;
-        let t = self.img.commit.take();
-        let r = self.img.access.write_zeroes(off, len).await;
-        let t = self.img.commit.hand_back(t);
-        drop(g);
-        r?;
-        self.img.commit.wait(t, &self.img.access).await
+        // Exclusive too: zeroing turns allocated clusters into zero clusters, which a write
+        // that found them writable in place must not race.
+        let g = self.img.discard_lock.write().await;
+        self.changing(g, self.img.access.write_zeroes(off, len))
+            .await
     }
 
     /// Allocation through the whole chain: data in any layer is data; what no layer has (or

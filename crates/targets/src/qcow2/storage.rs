@@ -127,12 +127,15 @@ impl UringFile {
     }
 }
 
+/// The most iovecs one readv/writev takes.
+const IOV_MAX: usize = 1024;
+
 /// Blocking preadv/pwritev over all of `iov` at `off`; returns the bytes moved (short only at
 /// end of file for a read). For a file in memory, where the call never waits for a device.
 fn blocking_rw(fd: RawFd, mut iov: Vec<libc::iovec>, off: u64, write: bool) -> io::Result<u64> {
     let mut done = 0u64;
     while !iov.is_empty() {
-        let n = iov.len().min(1024) as i32; // IOV_MAX
+        let n = iov.len().min(IOV_MAX) as i32;
         let at = (off + done) as libc::off_t;
         // SAFETY: the iovecs describe memory imago lends us for the call (see the module docs);
         // the call returns before we do.
@@ -156,11 +159,6 @@ fn blocking_rw(fd: RawFd, mut iov: Vec<libc::iovec>, off: u64, write: bool) -> i
         }
     }
     Ok(done)
-}
-
-/// The iovecs of an imago buffer vector.
-fn iovecs(slices: &[libc::iovec]) -> Vec<libc::iovec> {
-    slices.to_vec()
 }
 
 /// Skip `n` bytes of `iov` (after a short transfer).
@@ -221,7 +219,7 @@ impl Storage for UringFile {
     async unsafe fn pure_readv(&self, bufv: IoVectorMut<'_>, offset: u64) -> io::Result<()> {
         let want = bufv.len();
         // SAFETY: the iovecs describe `bufv`'s slices, which imago lends us for this call.
-        let mut iov = iovecs(unsafe { bufv.as_iovec() });
+        let mut iov = unsafe { bufv.as_iovec() }.to_vec();
         let mut done = 0u64;
         if self.inline {
             done = blocking_rw(self.fd(), iov.clone(), offset, false)?;
@@ -230,7 +228,8 @@ impl Storage for UringFile {
         while done < want {
             // SAFETY: `bufv` is borrowed for this whole function and so outlives the op (whose
             // drop waits for the kernel); imago does not touch it until we return.
-            let n = unsafe { rt::fs::readv_at(self.fd(), iov.clone(), offset + done) }.await?;
+            let part = iov[..iov.len().min(IOV_MAX)].to_vec();
+            let n = unsafe { rt::fs::readv_at(self.fd(), part, offset + done) }.await?;
             if n == 0 {
                 // Past the end of the file: zeroes, as the trait wants.
                 for v in &iov {
@@ -248,7 +247,7 @@ impl Storage for UringFile {
     async unsafe fn pure_writev(&self, bufv: IoVector<'_>, offset: u64) -> io::Result<()> {
         let want = bufv.len();
         // SAFETY: as in `pure_readv`.
-        let mut iov = iovecs(unsafe { bufv.as_iovec() });
+        let mut iov = unsafe { bufv.as_iovec() }.to_vec();
         let mut done = 0u64;
         if self.inline {
             done = blocking_rw(self.fd(), iov.clone(), offset, true)?;
@@ -256,7 +255,8 @@ impl Storage for UringFile {
         }
         while done < want {
             // SAFETY: as in `pure_readv`; the kernel only reads these bytes.
-            let n = unsafe { rt::fs::writev_at(self.fd(), iov.clone(), offset + done, 0) }.await?;
+            let part = iov[..iov.len().min(IOV_MAX)].to_vec();
+            let n = unsafe { rt::fs::writev_at(self.fd(), part, offset + done, 0) }.await?;
             if n == 0 {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }

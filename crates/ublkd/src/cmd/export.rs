@@ -6,8 +6,8 @@
 //!              [--busy-poll-us USEC] [--idle-timeout SECS]
 //! ```
 //!
-//! The target options are the same as `ublkd add` (`-t null|mem|file|nbd`, `--size`, `--path`,
-//! `--buffered`, `--logical-block`, `--uri`, `--timeout`, `--read-only`): one parser for both.
+//! The target options are the same as `ublkd add` (every `-t` target with its options,
+//! `--read-only`, `--filter`; `ublkd export --help` lists them): one parser for both.
 //! Like `qemu-nbd` or `nbdkit -f`, it runs until SIGTERM/SIGINT/SIGHUP and logs to stderr
 //! (`UBLKD_LOG=debug` for more). On a stop signal it stops accepting, lets every connected client
 //! finish its in-flight requests, closes, removes its Unix socket and exits 0.
