@@ -1,0 +1,4 @@
+pub mod config;
+pub mod inflight;
+pub mod memory;
+pub mod request;
