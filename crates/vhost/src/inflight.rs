@@ -110,7 +110,7 @@ impl InflightRegion {
             return Err(bad("inflight region for no queue"));
         }
         let need = queue_region_size(queue_size) * num_queues as usize;
-        if size < need as u64 || size > 1 << 30 || offset % 4096 != 0 {
+        if size < need as u64 || size > 1 << 30 || !offset.is_multiple_of(4096) {
             return Err(bad("inflight region of the wrong size"));
         }
         let flen = file.metadata()?.len();

@@ -231,7 +231,7 @@ pub fn parse(
             if len > config::MAX_IO_BYTES {
                 return Err(fail(S_IOERR, "request larger than seg_max * size_max"));
             }
-            if offset % lbs != 0 || len % lbs != 0 {
+            if !offset.is_multiple_of(lbs) || !len.is_multiple_of(lbs) {
                 return Err(fail(
                     S_IOERR,
                     "request not aligned to the logical block size",
@@ -280,7 +280,7 @@ pub fn parse(
                     .ok_or_else(|| fail(S_IOERR, "sector out of range"))?;
                 let len = num as u64 * 512;
                 check_range(dev, offset, len).map_err(|why| fail(S_IOERR, why))?;
-                if offset % lbs != 0 || len % lbs != 0 {
+                if offset % lbs != 0 || !len.is_multiple_of(lbs) {
                     return Err(fail(S_IOERR, "range not aligned to the logical block size"));
                 }
                 req.ranges.push(Range {
@@ -355,6 +355,7 @@ pub mod build {
     }
 
     /// A three-descriptor request (header, data, status) at descriptors `first..first+3`.
+    #[allow(clippy::too_many_arguments)]
     pub fn simple(
         mem: &Memory,
         table: u64,
