@@ -50,11 +50,11 @@ fio_verify() { # dev qd size
         --bsrange=4k-512k --iodepth="$2" --numjobs=2 --size="$3" --offset_increment="$3" \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --group_reporting --norandommap
 }
-check "file0: fio verify 4k-512k qd1 x2 jobs" fio_verify "$FILE" 1 24M
-check "file0: fio verify 4k-512k qd128 x2 jobs" fio_verify "$FILE" 128 64M
-check "mem0 (delay filter): fio verify 4k-512k qd128 x2 jobs" fio_verify "$MEM" 128 32M
+check "file0: fio verify 4k-512k qd1 x2 jobs" fio_verify "$FILE" 1 8M
+check "file0: fio verify 4k-512k qd128 x2 jobs" fio_verify "$FILE" 128 32M
+check "mem0 (delay filter): fio verify 4k-512k qd128 x2 jobs" fio_verify "$MEM" 128 16M
 check "file0: fio verify 4k buffered (page cache, multi-segment)" \
-    fio --name=pc --filename="$FILE" --rw=randwrite --bs=64k --size=32M --offset=200M \
+    fio --name=pc --filename="$FILE" --rw=randwrite --bs=64k --size=16M --offset=200M \
     --verify=crc32c --do_verify=1 --verify_fatal=1 --ioengine=psync --end_fsync=1
 
 # --- ext4 round trip with fsck and checksums
@@ -103,7 +103,7 @@ restart_under_load() { # dev name
     local dev=$1 name=$2 b inflight=0
     rm -f "$VHOST_CTL/restarted-$name"
     fio --name=restart --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k-64k \
-        --iodepth=32 --numjobs=2 --size=64M --offset_increment=64M --verify=crc32c \
+        --iodepth=32 --numjobs=2 --size=32M --offset_increment=32M --verify=crc32c \
         --do_verify=1 --verify_fatal=1 --group_reporting --norandommap \
         --output="$LOG_DIR/restart-fio.txt" &
     local fio=$!
