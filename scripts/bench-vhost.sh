@@ -5,7 +5,7 @@
 #   qsd      qemu-storage-daemon --export type=vhost-user-blk (2 queues)
 #   builtin  QEMU's own virtio-blk-pci with an iothread and aio=io_uring (2 queues)
 # fio 4k randread/randwrite, qd 1 and 64, 1 and 2 jobs, interleaved (bench/vhost-guest.sh).
-# Prints a table: IOPS per disk (mean over rounds), ratios, and the backends' CPU per I/O
+# Prints a table: IOPS per disk (median over rounds), ratios, and the backends' CPU per I/O
 # (host CPU time of the ublkd and qemu-storage-daemon processes, and of QEMU's iothread,
 # during each run, divided by the I/Os fio completed).
 #
@@ -34,9 +34,9 @@ command -v qemu-storage-daemon >/dev/null || { echo "bench-vhost.sh: qemu-storag
 mkdir -p /tmp/ublkd-vm
 ctl=$(mktemp -d /tmp/ublkd-vm/bench-vhost.XXXXXX)
 out=${out:-$ctl}
-mkdir -p "$out"
-# The disk: a real file on the host's disk (not tmpfs), fully allocated.
-img=/var/tmp/ublkd-bench-vhost.img
+mkdir -p "$out" /var/cache/ublkd
+# The disk: a real file on the host's disk (ext4; /tmp and /var/tmp may be tmpfs), fully allocated.
+img=/var/cache/ublkd/bench-vhost.img
 if [[ ! -f $img || $(stat -c %s "$img") -ne $((1 << 30)) ]]; then
     dd if=/dev/urandom of="$img" bs=1M count=1024 status=none
 fi
@@ -66,7 +66,11 @@ qopts+=" -device virtio-blk-pci,drive=bi,iothread=iot0,num-queues=2,serial=qemu-
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 iothread_ticks() {
     local qemu t
-    qemu=$(pgrep -f "ublkd-bench,debug-threads" | head -1)
+    # The QEMU process itself (vm.sh's shell has the same words in its arguments).
+    for qemu in $(pgrep -f "ublkd-bench,debug-threads"); do
+        [[ "$(cat "/proc/$qemu/comm" 2>/dev/null)" == qemu-system* ]] && break
+        qemu=""
+    done
     [[ -n "$qemu" ]] || { echo 0; return; }
     for t in /proc/"$qemu"/task/*; do
         [[ "$(cat "$t/comm" 2>/dev/null)" == "IO iot0" ]] && { awk '{print $14 + $15}' "$t/stat"; return; }
@@ -123,7 +127,12 @@ for f in glob.glob(os.path.join(ctl, "fio-*.json")):
         rt = jb.get("job_runtime", 0) / 1000.0 or 1
         ios_all = ios * (rt + 1.0) / rt
         cpuio[(cell, disk)].append(d * 1e6 / ios_all)
-mean = lambda v: sum(v) / len(v) if v else float("nan")
+def mean(v):  # the median: one slow round (another VM's burst) must not move it
+    v = sorted(v)
+    if not v:
+        return float("nan")
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 cells = sorted({c for c, _ in iops}, key=lambda c: (c.split("-")[0], int(c.split("-")[1][2:]), c))
 lines = ["| cell | ublkd IOPS | qsd IOPS | built-in IOPS | ublkd/qsd | ublkd/built-in | CPU µs/IO ublkd | qsd | built-in iothread |",
          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
