@@ -297,7 +297,7 @@ fn a_frontend_drives_two_queues_through_good_and_hostile_requests() {
     // Queue 0 still works; many requests in flight while the memory table is replaced.
     for i in 0..5u16 {
         request(
-            &m,
+            m,
             &rings[0],
             i * 3,
             T_IN,
