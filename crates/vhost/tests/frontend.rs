@@ -165,8 +165,12 @@ impl Harness {
             VhostUserProtocolFeatures::INFLIGHT_SHMFD
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         ));
-        fe.set_protocol_features(VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG)
-            .unwrap();
+        fe.set_protocol_features(
+            VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
+        )
+        .unwrap();
         assert_eq!(fe.get_queue_num().unwrap(), queues as u64);
         let region = VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
@@ -377,4 +381,55 @@ fn nbd_target_behind_an_error_filter() {
     );
     nstop.trigger();
     nserver.join().unwrap().unwrap();
+}
+
+/// Memory hotplug: a region added while the ring runs is usable at once (the reply comes after
+/// the queue threads switched tables); once removed, a request pointing into it is refused.
+#[test]
+fn memory_regions_added_and_removed_while_running() {
+    use targets::kind::TargetKind;
+    let mem = targets::mem::MemTarget::open(&targets::mem::MemConfig {
+        size: 16 << 20,
+        logical_block: 512,
+    })
+    .unwrap();
+    let mut h = Harness::new(mem, 1);
+    assert!(h.fe.get_max_mem_slots().unwrap() >= 8);
+    // A second region at 64 MiB, user address likewise offset.
+    let gpa = 64 << 20;
+    let file = memfd(MEM);
+    let info = RegionInfo {
+        guest_phys_addr: gpa,
+        size: MEM,
+        user_addr: UVA + gpa,
+        mmap_offset: 0,
+    };
+    let extra = Memory::new(vec![(info, file.try_clone().unwrap())]).unwrap();
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: gpa,
+        memory_size: MEM,
+        userspace_addr: UVA + gpa,
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    };
+    h.fe.add_mem_region(&region).unwrap();
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i % 249) as u8).collect();
+    extra.mmap.write_slice(&pattern, GuestAddress(gpa)).unwrap();
+    assert_eq!(h.one(0, T_OUT, 16, gpa, 8192), (1, S_OK));
+    assert_eq!(h.one(0, T_IN, 16, gpa + 0x10000, 8192), (8193, S_OK));
+    let mut back = vec![0u8; 8192];
+    extra
+        .mmap
+        .read_slice(&mut back, GuestAddress(gpa + 0x10000))
+        .unwrap();
+    assert_eq!(back, pattern);
+    h.fe.remove_mem_region(&region).unwrap();
+    assert_eq!(h.one(0, T_IN, 16, gpa, 4096).0, 0, "the region is gone");
+    assert_eq!(
+        h.one(0, T_IN, 16, 0x100000, 4096),
+        (4097, S_OK),
+        "the first one is not"
+    );
+    let stats = h.finish();
+    assert!(stats.contains("refused 1"), "{stats}");
 }
