@@ -76,7 +76,11 @@ pub struct Device {
 impl Device {
     pub fn new(geo: Geometry, mut opts: DeviceOptions) -> Device {
         opts.read_only |= geo.caps.read_only;
-        opts.serial.truncate(ID_BYTES);
+        let mut cut = opts.serial.len().min(ID_BYTES);
+        while !opts.serial.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        opts.serial.truncate(cut);
         Device {
             geo,
             opts,

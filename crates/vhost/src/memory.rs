@@ -95,6 +95,13 @@ impl Memory {
         if self.regions.len() >= MAX_REGIONS {
             return Err(MemoryError::TooMany);
         }
+        if info.size == 0
+            || info.guest_phys_addr.checked_add(info.size).is_none()
+            || info.user_addr.checked_add(info.size).is_none()
+        {
+            return Err(MemoryError::Bad(info.guest_phys_addr, info.size));
+        }
+        // No overflow: both ends were checked when each region was added.
         let overlaps = |a: u64, b: u64, len: u64| a < b + len && b < a + info.size;
         if self.regions.iter().any(|(r, _)| {
             overlaps(info.guest_phys_addr, r.guest_phys_addr, r.size)

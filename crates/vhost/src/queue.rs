@@ -69,14 +69,24 @@ impl RunningQueue {
     }
 }
 
-/// Start the thread of a queue.
+/// Start the thread of a queue. Returns once it has its runtime and target queue, so a
+/// target that cannot open a queue fails the message that started the ring.
 pub fn start<T: Target>(s: QueueSetup<T>) -> io::Result<RunningQueue> {
     let stop = Signal::new();
     let stop2 = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("vq-{}", s.index))
-        .spawn(move || run(s, stop2))?;
-    Ok(RunningQueue { stop, thread })
+        .spawn(move || run(s, stop2, ready_tx))?;
+    match ready_rx.recv() {
+        Ok(()) => Ok(RunningQueue { stop, thread }),
+        // The thread ended before it was ready: its error.
+        Err(_) => Err(thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("queue thread panicked")))
+            .err()
+            .unwrap_or_else(|| io::Error::other("queue thread ended at start"))),
+    }
 }
 
 enum Event {
@@ -85,13 +95,18 @@ enum Event {
     Stop,
 }
 
-fn run<T: Target>(s: QueueSetup<T>, stop: Signal) -> io::Result<u16> {
+fn run<T: Target>(
+    s: QueueSetup<T>,
+    stop: Signal,
+    ready: std::sync::mpsc::Sender<()>,
+) -> io::Result<u16> {
     let index = s.index;
     let r = (|| {
         let rt = rt::Runtime::builder()
             .entries((s.queue.size() as u32).clamp(64, 4096))
             .build()?;
         let tq = Rc::new(s.target.open_queue(index)?);
+        let _ = ready.send(());
         rt.block_on(serve(s, tq, stop))
     })();
     if let Err(e) = &r {

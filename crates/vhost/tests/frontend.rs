@@ -8,7 +8,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vhost_blk::memory::{Memory, RegionInfo};
@@ -165,12 +167,16 @@ impl Harness {
             VhostUserProtocolFeatures::INFLIGHT_SHMFD
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         ));
+        // REPLY_ACK: every message waits for the backend's answer (as QEMU's do), so a
+        // request submitted after a memory table change sees the new table.
         fe.set_protocol_features(
             VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS,
         )
         .unwrap();
+        fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         assert_eq!(fe.get_queue_num().unwrap(), queues as u64);
         let region = VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
