@@ -11,7 +11,7 @@
 # ~2 min): it must complete and print its table; its numbers are not judged.
 #
 # Then the vhost-user-blk suite (tests/vhost/run.sh): backends on this host, one QEMU guest on
-# the first kernel with five vhost-user-blk disks (~5 min).
+# the first kernel with five vhost-user-blk disks (3.5-4.5 min here with other VMs running).
 #
 # Options: --host-only (skip the VM suites), --vm-only, --kernel 7.3|6.12 (just that one),
 # --no-bench (skip the benchmark smoke run), --no-vhost (skip the vhost-user-blk suite).
