@@ -27,10 +27,11 @@ fi
 # kmod: modprobe/depmod, used on the host (depmod) and inside the guest.
 # udev: gives the guest udevd so /dev/disk/* links and uevents behave normally.
 # fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads.
+# qemu-system-common: qemu-storage-daemon (scripts/bench-vhost.sh compares against it).
 # jq: bench/guest.sh reads fio's JSON. fonts-dejavu-core: the TTF crates/bench-plot renders
 # text with (plotters' ab_glyph; no fontconfig/freetype needed).
 apt-get install -y -q --allow-downgrades --no-install-recommends \
-    "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" \
+    "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" "qemu-system-common=$qemu_ver" \
     busybox-static kmod udev \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux \
     xz-utils jq fonts-dejavu-core
@@ -38,6 +39,8 @@ apt-get install -y -q --allow-downgrades --no-install-recommends \
 # The downgrade must leave a working qemu-img behind.
 qemu-img --version >/dev/null
 qemu-system-x86_64 --version >/dev/null
+# The vhost-user-blk benchmark's reference backend (qemu-system-common).
+qemu-storage-daemon --version >/dev/null
 
 # virtme-ng (vng) boots a kernel with the host's root fs as the guest's root.
 if ! python3 -c 'import virtme_ng' 2>/dev/null; then

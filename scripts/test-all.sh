@@ -10,18 +10,22 @@
 # After the suites, the benchmark's CI smoke run (scripts/bench.sh --quick --smoke on one cell,
 # ~2 min): it must complete and print its table; its numbers are not judged.
 #
-# Options: --host-only (skip the VM suite), --vm-only, --kernel 7.3|6.12 (just that one),
-# --no-bench (skip the benchmark smoke run).
+# Then the vhost-user-blk suite (tests/vhost/run.sh): backends on this host, one QEMU guest on
+# the first kernel with five vhost-user-blk disks (3.5-4.5 min here with other VMs running).
+#
+# Options: --host-only (skip the VM suites), --vm-only, --kernel 7.3|6.12 (just that one),
+# --no-bench (skip the benchmark smoke run), --no-vhost (skip the vhost-user-blk suite).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-host=1 vm=1 bench=1 kernels=(7.3 6.12)
+host=1 vm=1 bench=1 vhost=1 kernels=(7.3 6.12)
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --host-only) vm=0 ;;
     --vm-only) host=0 ;;
     --kernel) kernels=("$2"); shift ;;
     --no-bench) bench=0 ;;
+    --no-vhost) vhost=0 ;;
     *) echo "test-all.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -87,6 +91,13 @@ if [[ $vm -eq 1 ]]; then
                 failed=$((failed + 1))
             fi
         fi
+    fi
+    if [[ $vhost -eq 1 && -x target/release/ublkd ]] && { command -v vng >/dev/null 2>&1 || [[ "${CI:-}" == true ]]; }; then
+        echo "=== vhost-user-blk suite (QEMU guest on Linux ${kernels[0]}, backends on this host)"
+        start_vhost=$(date +%s)
+        tests/vhost/run.sh --kernel "${kernels[0]}" 2>&1 | tee "$out/vhost.log"
+        count_plain "$out/vhost.log"
+        echo "vhost-user-blk suite: $(($(date +%s) - start_vhost)) s"
     fi
 fi
 

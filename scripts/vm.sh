@@ -6,6 +6,7 @@
 # Usage:
 #   scripts/vm.sh [--kernel 7.3|6.12|KVER|PATH] [--mem 2G] [--cpus 2]
 #                 [--timeout SECS] [--env NAME=VALUE]... [--keep] [--verbose]
+#                 [--shared-mem] [--qemu-opts 'QEMU ARGS']...
 #                 -- COMMAND [ARGS...]
 #   scripts/vm.sh --kernel-path 7.3      # print the vmlinuz path and exit
 #
@@ -22,6 +23,10 @@
 #   PATH = host PATH + system dirs (cargo, pyenv... resolve as on the host)
 #   Host-writable from the guest: /tmp/ublkd-vm and <repo>/target only.
 #   Host variables UBLKD_*, RUST_*, CI and --env NAME=VALUE are passed in.
+#
+# --shared-mem backs guest RAM with a shared memfd (memory-backend-memfd,share=on, through
+# vng's --numa), as vhost-user devices need; --qemu-opts adds QEMU arguments (e.g. a
+# vhost-user-blk-pci device on a backend's socket).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +41,8 @@ keep=0
 verbose=0
 print_path=0
 extra_env=()
+shared_mem=0
+qemu_extra=()
 
 die() {
     echo "vm.sh: $*" >&2
@@ -51,6 +58,8 @@ while [[ $# -gt 0 ]]; do
     --timeout) timeout_s="$2"; shift 2 ;;
     --env) extra_env+=("$2"); shift 2 ;;
     --keep) keep=1; shift ;;
+    --shared-mem) shared_mem=1; shift ;;
+    --qemu-opts) qemu_extra+=("--qemu-opts=$2"); shift 2 ;;
     --verbose | -v) verbose=1; shift ;;
     --) shift; break ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -177,6 +186,9 @@ vng_args=(
     --append "oops=panic"
 )
 [[ $verbose -eq 1 ]] && vng_args+=(--verbose)
+# One NUMA node holding all guest RAM: vng backs it with memory-backend-memfd,share=on.
+[[ $shared_mem -eq 1 ]] && vng_args+=(--numa "$mem")
+vng_args+=("${qemu_extra[@]+"${qemu_extra[@]}"}")
 
 start=$(date +%s)
 # Under TCG the guest kernel very rarely dies while booting, before any of our

@@ -41,6 +41,11 @@ enum Backing {
     Mapped(usize),
     /// No memory of ours: a kernel buffer registered in the ring's fixed table.
     Kernel,
+    /// Memory another party owns and may change at any moment (a VM's RAM, shared with the
+    /// running guest): io_uring ops may use it, the CPU may not (a Rust reference to bytes a
+    /// guest writes concurrently would be undefined behaviour; see [`IoBuf::foreign`]). The box
+    /// keeps the mapping alive until the last view and the last op on it are gone.
+    Foreign(#[allow(dead_code)] Box<dyn std::any::Any>),
 }
 
 pub(crate) struct Mem {
@@ -58,7 +63,7 @@ impl Drop for Mem {
             Backing::Mapped(len) => unsafe {
                 libc::munmap(self.ptr.cast(), len);
             },
-            Backing::Kernel => {}
+            Backing::Kernel | Backing::Foreign(_) => {}
         }
     }
 }
@@ -173,6 +178,31 @@ impl IoBuf {
         }
     }
 
+    /// A view of `len` bytes at `ptr` in memory that is not ours: guest RAM mapped from a
+    /// VM's memory file, which the guest may read and write at any time. Like a
+    /// [`IoBuf::kernel_fixed`] buffer it is *not* CPU-accessible (`as_slice` panics): only
+    /// io_uring ops reach its bytes, by address, so no Rust reference to memory that changes
+    /// under it is ever made. A target that must touch bytes (`Caps::needs_cpu_access`) is
+    /// handed a bounce buffer instead, copied with volatile accesses by the caller. Lends
+    /// work as for any buffer, so the kernel and the frontend's own code never overlap.
+    ///
+    /// # Safety
+    /// `ptr..ptr + len` must be mapped readable and writable for as long as `keep` lives, and
+    /// `keep` must be what keeps it mapped (an `Arc` of the mapping): ops on this view and its
+    /// tails hold `keep` until their completions, even after the view is dropped.
+    pub unsafe fn foreign(ptr: *mut u8, len: usize, keep: Box<dyn std::any::Any>) -> IoBuf {
+        IoBuf {
+            slot: Slot::new(Rc::new(Mem {
+                ptr,
+                backing: Backing::Foreign(keep),
+            })),
+            off: 0,
+            cap: len,
+            len,
+            fixed: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -191,9 +221,10 @@ impl IoBuf {
         );
         self.len = len;
     }
-    /// Whether the CPU can read and write the bytes (false for zero-copy kernel buffers).
+    /// Whether the CPU can read and write the bytes (false for zero-copy kernel buffers and
+    /// for foreign memory such as guest RAM).
     pub fn is_cpu_accessible(&self) -> bool {
-        !matches!(self.slot.mem.backing, Backing::Kernel)
+        !matches!(self.slot.mem.backing, Backing::Kernel | Backing::Foreign(_))
     }
     /// The fixed-buffer table index, if the memory is registered in the ring.
     pub fn fixed_index(&self) -> Option<u16> {
@@ -283,11 +314,11 @@ impl IoBuf {
 
     /// Address of the first byte, for SQEs (for a kernel buffer: 0, the offset into it).
     pub fn addr(&self) -> *mut u8 {
-        if self.is_cpu_accessible() {
-            // SAFETY: in bounds of the allocation.
-            unsafe { self.slot.mem.ptr.add(self.off) }
-        } else {
+        if matches!(self.slot.mem.backing, Backing::Kernel) {
             std::ptr::null_mut::<u8>().wrapping_add(self.off)
+        } else {
+            // SAFETY: in bounds of the allocation (or of the foreign mapping).
+            unsafe { self.slot.mem.ptr.add(self.off) }
         }
     }
 
@@ -480,6 +511,23 @@ mod tests {
         drop(w);
         v[0].release();
         assert!(v[1].as_slice().iter().all(|&x| x == 3));
+    }
+
+    #[test]
+    fn foreign_memory_is_reached_by_address_only_and_kept_alive() {
+        let backing = std::rc::Rc::new(vec![7u8; 8192]);
+        let ptr = backing.as_ptr() as *mut u8;
+        // SAFETY: the Vec lives as long as the Rc we hand over as keep-alive; nothing writes it.
+        let b = unsafe { IoBuf::foreign(ptr.wrapping_add(4096), 4096, Box::new(backing.clone())) };
+        assert!(!b.is_cpu_accessible());
+        assert_eq!(b.addr(), ptr.wrapping_add(4096));
+        assert_eq!(b.tail(96).addr(), ptr.wrapping_add(4192));
+        assert!(panics(|| {
+            b.as_slice();
+        }));
+        assert_eq!(std::rc::Rc::strong_count(&backing), 2);
+        drop(b);
+        assert_eq!(std::rc::Rc::strong_count(&backing), 1);
     }
 
     #[test]

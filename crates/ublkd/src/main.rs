@@ -2,7 +2,8 @@
 //!
 //! `add` starts a daemon (this same binary, `ublkd serve`) that creates the device and serves it
 //! until `del` or SIGTERM; `list`, `del`, `features` talk to the driver and the state files.
-//! `export` serves a target over NBD in the foreground (no ublk driver needed).
+//! `export` serves a target over NBD in the foreground (no ublk driver needed); `vhost` serves
+//! one to a virtual machine as a vhost-user-blk backend.
 
 mod args;
 mod cmd;
@@ -44,6 +45,9 @@ enum Command {
     /// Serve a target as an NBD export in the foreground (same -t options as add); stops on
     /// SIGTERM/SIGINT.
     Export(cmd::export::ExportArgs),
+    /// Serve a target to a VM as a vhost-user-blk backend in the foreground (same -t options
+    /// as add); stops on SIGTERM/SIGINT.
+    Vhost(cmd::vhost::VhostArgs),
     /// Print the ublk features of the running kernel.
     Features(cmd::features::FeaturesArgs),
     /// Start a new daemon for a device whose daemon died (user recovery).
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::run(a),
         Command::Del(a) => cmd::del::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Vhost(a) => cmd::vhost::run(a),
         Command::Features(a) => cmd::features::run(a),
         Command::Recover(a) => cmd::recover::run(a),
         Command::Upgrade(a) => cmd::upgrade::run(a),

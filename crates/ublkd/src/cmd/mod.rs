@@ -8,3 +8,4 @@ pub mod features;
 pub mod list;
 pub mod recover;
 pub mod upgrade;
+pub mod vhost;
