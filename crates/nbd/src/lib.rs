@@ -9,7 +9,6 @@
 pub mod client;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod local;
 pub mod proto;
 pub mod server;
 pub mod shared_budget;

@@ -1,5 +1,5 @@
 //! A byte budget shared across threads: the server-wide cap on what the requests of every
-//! connection, on every worker thread, may hold at once. [`crate::local::Budget`] is the
+//! connection, on every worker thread, may hold at once. [`rt::local::Budget`] is the
 //! per-connection one and needs no lock; this one counts under a mutex that also holds the
 //! waiters, in arrival order. A permit dropped on one thread wakes the waiter at the head on
 //! whichever thread it runs (`rt` wakers are `Send`, and wake a loop sleeping in the kernel).

@@ -6,12 +6,14 @@
 //!
 //! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
 //! lifetime invariant), [`buf`] (I/O buffers, and their lends to the kernel while ops use them), [`fs`] / [`net`] / [`time`] (typed ops),
-//! [`sync`] (single-thread channels and notifications), [`select`] (first of two futures),
+//! [`sync`] (channels and notifications, also across threads), [`local`] (a FIFO lock, a byte
+//! budget and a notification for the tasks of one runtime), [`select`] (first of two futures),
 //! [`pbuf`] (provided buffers for multishot ops), [`sqe`] (SQE fields the builders lack),
 //! [`zeroes`] (a shared zero buffer for writing zeroes).
 
 pub mod buf;
 pub mod fs;
+pub mod local;
 pub mod net;
 pub mod op;
 pub mod pbuf;

@@ -15,6 +15,7 @@
 //!   to guest memory is ever made). Multi-segment requests and CPU targets (mem, nbd) take
 //!   this path; [`Stats`] counts how often and why.
 
+use rt::local::Budget;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -131,11 +132,12 @@ pub async fn serve<Q: TargetQueue>(
     q: Rc<Q>,
     dev: Arc<Device>,
     stats: Arc<Stats>,
+    bounce: Rc<Budget>,
 ) -> u32 {
     Stats::add(&stats.requests);
     let r = match req.op {
-        Op::Read => read(&req, &mem, &*q, &dev, &stats).await,
-        Op::Write => write(&req, &mem, &*q, &dev, &stats).await,
+        Op::Read => read(&req, &mem, &*q, &dev, &stats, &bounce).await,
+        Op::Write => write(&req, &mem, &*q, &dev, &stats, &bounce).await,
         Op::Flush => q.flush().await,
         Op::GetId => {
             let mut id = [0u8; crate::config::ID_BYTES];
@@ -177,6 +179,11 @@ pub async fn serve<Q: TargetQueue>(
     }
 }
 
+/// Bytes of bounce buffers one queue may hold at once: a guest keeping a deep queue of large
+/// requests that must bounce waits for buffers instead of making the backend allocate
+/// queue-size x 4 MiB. Generous for real use (16 requests of the largest size at once).
+pub const BOUNCE_BUDGET: u64 = 64 << 20;
+
 /// Where a bounced request's data goes.
 fn bounce_reason(stats: &Stats, cpu: bool, refused: bool) {
     Stats::add(if refused {
@@ -198,6 +205,7 @@ async fn read<Q: TargetQueue>(
     q: &Q,
     dev: &Device,
     stats: &Stats,
+    bounce: &Rc<Budget>,
 ) -> io::Result<()> {
     if req.len == 0 {
         return Ok(());
@@ -213,6 +221,7 @@ async fn read<Q: TargetQueue>(
         refused = true;
     }
     bounce_reason(stats, cpu, refused);
+    let _held = bounce.acquire(req.len).await;
     let mut b = IoBuf::with_capacity(req.len as usize);
     q.read(req.offset, &mut b).await?;
     if !copy_out(mem, &req.data, b.as_slice()) {
@@ -227,6 +236,7 @@ async fn write<Q: TargetQueue>(
     q: &Q,
     dev: &Device,
     stats: &Stats,
+    bounce: &Rc<Budget>,
 ) -> io::Result<()> {
     if req.len == 0 {
         return Ok(());
@@ -243,6 +253,7 @@ async fn write<Q: TargetQueue>(
         refused = true;
     }
     bounce_reason(stats, cpu, refused);
+    let _held = bounce.acquire(req.len).await;
     let mut b = IoBuf::with_capacity(req.len as usize);
     if !copy_in(mem, &req.data, &mut b) {
         return Err(io::Error::from_raw_os_error(libc::EFAULT));

@@ -36,6 +36,7 @@ use crate::data::{self, Stats};
 use crate::inflight::QueueInflight;
 use crate::memory::{Memory, PassToken, SharedMemory};
 use crate::request::{self, Refused};
+use rt::local::Budget;
 
 /// Everything a queue thread needs, checked by the control thread before it starts.
 pub struct QueueSetup<T: Target> {
@@ -124,6 +125,8 @@ struct Ring<Q> {
     tq: Rc<Q>,
     dev: Arc<Device>,
     stats: Arc<Stats>,
+    /// Bytes of bounce buffers this queue may hold at once (see `data::BOUNCE_BUDGET`).
+    bounce: Rc<Budget>,
     tx: Sender<Event>,
     in_flight: usize,
     stopping: bool,
@@ -144,6 +147,7 @@ async fn serve<T: Target>(s: QueueSetup<T>, tq: Rc<T::Queue>, stop: Signal) -> i
         tq,
         dev: s.dev,
         stats: s.stats,
+        bounce: Rc::new(Budget::new(data::BOUNCE_BUDGET)),
         tx: tx.clone(),
         in_flight: 0,
         stopping: false,
@@ -297,15 +301,16 @@ impl<Q: targets::TargetQueue + 'static> Ring<Q> {
         match request::parse(mem, &self.dev, table, self.queue.size(), head) {
             Ok(req) => {
                 self.in_flight += 1;
-                let (mem, q, dev, stats, tx) = (
+                let (mem, q, dev, stats, bounce, tx) = (
                     mem.clone(),
                     self.tq.clone(),
                     self.dev.clone(),
                     self.stats.clone(),
+                    self.bounce.clone(),
                     self.tx.clone(),
                 );
                 rt::spawn(async move {
-                    let len = data::serve(req, mem, q, dev, stats).await;
+                    let len = data::serve(req, mem, q, dev, stats, bounce).await;
                     let _ = tx.send(Event::Done(head, len));
                 });
             }

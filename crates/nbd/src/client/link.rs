@@ -21,9 +21,9 @@ use rt::sync::{OneshotSender, oneshot};
 
 use super::handshake::{self, ExportParams};
 use super::uri::Uri;
-use crate::local::{Lock, Notify};
 use crate::proto::{self, ReplyHeader, chunk};
 use crate::sock::Sock;
+use rt::local::{Lock, Notify};
 
 /// The answer to one request.
 #[derive(Debug, Default)]

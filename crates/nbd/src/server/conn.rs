@@ -30,10 +30,10 @@ use super::cost::{self, HOLE_GRANULE, MAX_DESCRIPTORS, REQUEST_COST};
 use super::negotiate::{BASE_ALLOCATION_ID, ExportInfo, Next, SERVER_FLAGS, Session};
 use super::request::{Cmd, Limits, Verdict, check};
 use super::stall::Stall;
-use crate::local::{Budget, Notify, Permit};
 use crate::proto::{self, chunk};
 use crate::shared_budget::{SharedBudget, SharedPermit};
 use crate::sock::{Seg, Sock};
+use rt::local::{Budget, Notify, Permit};
 use rt::select::{Either, select2};
 
 /// Per-connection limits from the export configuration.

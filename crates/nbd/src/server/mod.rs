@@ -36,10 +36,10 @@ use targets::Target;
 
 pub use negotiate::ExportInfo;
 
-use crate::local::Notify;
 use crate::proto::tflag;
 use crate::shared_budget;
 use crate::sock::Sock;
+use rt::local::Notify;
 use rt::select::{Either, select2};
 
 /// What to export and how much a client may use.

@@ -209,7 +209,7 @@ impl Notify {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rt::{Runtime, spawn};
+    use crate::{Runtime, spawn};
 
     #[test]
     fn lock_is_fifo_and_budget_blocks() {
@@ -224,10 +224,10 @@ mod tests {
                 hs.push(spawn(async move {
                     let _g = l.lock().await;
                     o.borrow_mut().push(i);
-                    rt::fs::nop().await.unwrap();
+                    crate::fs::nop().await.unwrap();
                 }));
             }
-            rt::fs::nop().await.unwrap();
+            crate::fs::nop().await.unwrap();
             assert!(order.borrow().is_empty());
             drop(g);
             for h in hs {
@@ -241,7 +241,7 @@ mod tests {
             let h = spawn(async move {
                 let _p = b2.acquire(5).await;
             });
-            rt::fs::nop().await.unwrap();
+            crate::fs::nop().await.unwrap();
             assert!(!h.is_finished());
             drop(p);
             h.await;
