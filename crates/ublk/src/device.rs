@@ -196,6 +196,7 @@ impl Device {
             if flags & UBLK_F_USER_RECOVERY != 0 && have & UBLK_F_QUIESCE != 0 {
                 flags |= UBLK_F_QUIESCE;
             }
+            flags |= have & UBLK_F_SAFE_STOP_DEV; // lets `del` refuse a busy device race-free (7.0+)
         }
         let want_id = opts.dev_id.unwrap_or(u32::MAX);
         let mut info = ublksrv_ctrl_dev_info {
