@@ -68,8 +68,9 @@ fn delete(ctrl: &mut Control, id: u32) -> Result<(), String> {
         }
     }
     if !gone(ctrl, id) {
-        match ublk::device::remove_orphan(ctrl, id) {
-            Ok(()) => {}
+        let _ = ctrl.stop_dev(id);
+        match ctrl.del_dev(id, ublk::device::DEL_DEV_LIMIT) {
+            Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
             Err(e) => return Err(format!("deleting device {id}: {e}")),
         }
