@@ -8,6 +8,7 @@ mod any;
 mod args;
 mod cmd;
 mod out;
+mod process;
 mod report;
 mod serve;
 mod spec;

@@ -244,10 +244,13 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
             state::state_dir().display()
         ));
     };
-    if old.pid != std::process::id() as i32 && state::pid_alive(old.pid) {
+    if let Some(d) = crate::process::find_daemon(a.id, 0, Some(&old))
+        && d.pid() != std::process::id() as i32
+    {
         return crate::fail(format!(
             "device {} is still served by pid {}",
-            a.id, old.pid
+            a.id,
+            d.pid()
         ));
     }
     let target = match old.target.open() {
@@ -270,6 +273,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     st.busy_poll_us = old.busy_poll_us;
     st.pin_queues = old.pin_queues;
     st.supervisor_pid = old.supervisor_pid;
+    st.supervisor_identity = old.supervisor_identity.clone();
     st.recoveries = old.recoveries + 1;
     tracing::info!("recovered device {} (recovery #{})", a.id, st.recoveries);
     serve_device(dev, st, &sigs, a.daemon, notes)

@@ -139,6 +139,7 @@ pub fn run(a: SuperviseArgs) -> ExitCode {
 fn record_supervisor(id: u32) {
     if let Some(mut st) = state::load(id) {
         st.supervisor_pid = Some(std::process::id() as i32);
+        st.supervisor_identity = crate::process::Identity::current();
         let _ = state::save(&st);
     }
 }
@@ -146,6 +147,7 @@ fn record_supervisor(id: u32) {
 fn clear_supervisor(id: u32) {
     if let Some(mut st) = state::load(id) {
         st.supervisor_pid = None;
+        st.supervisor_identity = None;
         let _ = state::save(&st);
     }
 }

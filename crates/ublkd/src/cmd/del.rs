@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use ublk::Control;
 
-use crate::state::{self, pid_alive};
+use crate::process;
+use crate::state;
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -34,37 +35,30 @@ fn delete(ctrl: &mut Control, id: u32) -> Result<(), String> {
         }
         Err(e) => return Err(format!("device {id}: {e}")),
     };
-    let pid = if info.ublksrv_pid > 0 {
-        info.ublksrv_pid
-    } else {
-        state::load(id).map(|s| s.pid).unwrap_or(0)
-    };
+    // Only a process shown to be the daemon (or the supervisor) is ever signalled: a pid from
+    // the driver or the state file may name another process by now.
+    let st = state::load(id);
+    let daemon = process::find_daemon(id, info.ublksrv_pid, st.as_ref());
     // A --restart supervisor would bring the daemon back: stop it first (it passes SIGTERM on
     // to the daemon and exits once the device is gone).
-    if let Some(sup) = state::load(id)
-        .and_then(|s| s.supervisor_pid)
-        .filter(|p| pid_alive(*p))
-    {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(sup, libc::SIGTERM) };
-    } else if pid_alive(pid) {
-        // SAFETY: plain kill(2).
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+    if let Some(sup) = process::find_supervisor(st.as_ref(), daemon.as_ref()) {
+        let _ = sup.signal(libc::SIGTERM);
+    } else if let Some(d) = &daemon {
+        let _ = d.signal(libc::SIGTERM);
     }
-    if pid_alive(pid) {
+    if let Some(d) = &daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         // Stop waiting early if the daemon dies without finishing (killed mid-way).
-        while Instant::now() < deadline && !gone(ctrl, id) && pid_alive(pid) {
+        while Instant::now() < deadline && !gone(ctrl, id) && !d.exited() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !gone(ctrl, id) && pid_alive(pid) {
-            tracing::warn!("daemon {pid} of device {id} did not stop in 30 s; killing it");
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while pid_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if !gone(ctrl, id) && !d.exited() {
+            tracing::warn!(
+                "daemon {} of device {id} did not stop in 30 s; killing it",
+                d.pid()
+            );
+            let _ = d.signal(libc::SIGKILL);
+            d.wait_exit(Duration::from_secs(5));
         }
     }
     if !gone(ctrl, id) {
