@@ -446,6 +446,11 @@ impl Device {
         self.deleted = true;
     }
 
+    /// True once any queue thread has ended.
+    pub fn queue_ended(&self) -> bool {
+        self.queues.iter().any(|h| h.is_finished())
+    }
+
     /// True once every queue thread has ended (e.g. the device was stopped from outside).
     pub fn queues_finished(&self) -> bool {
         self.queues.iter().all(|h| h.is_finished())

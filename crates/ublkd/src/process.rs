@@ -70,6 +70,13 @@ pub fn exe(pid: i32) -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsStr::from_bytes(b)))
 }
 
+/// The command name of `pid` (/proc/PID/comm).
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// The arguments `pid` was started with.
 pub fn cmdline(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -224,6 +231,7 @@ mod tests {
             "another process, other start time or binary"
         );
         assert!(Identity::of(pid).unwrap().matches(pid));
+        assert_eq!(comm(pid), "sleep");
         assert!(!holds_char_dev(pid, 0));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -337,6 +337,15 @@ fn serve_device(
             Some(s) => break format!("signal {s}"),
             None => {}
         }
+        // A queue thread that does not end (stuck in the target) must not keep us from seeing
+        // a stop from outside: one ended queue and a dead device are enough; teardown waits for
+        // the others only so long.
+        if !dev.queues_finished()
+            && dev.queue_ended()
+            && dev.driver_state() == Some(ublk::uapi::UBLK_S_DEV_DEAD)
+        {
+            break "device stopped from outside".to_string();
+        }
         if dev.queues_finished() {
             // Every fetch was aborted. STOP_DEV from outside leaves the device DEAD; a quiesce
             // (upgrade) leaves it LIVE until we close the char device, after which the driver
@@ -354,6 +363,9 @@ fn serve_device(
         }
     };
     tracing::info!("stopping device {id} ({reason})");
+    if reason.starts_with("signal") {
+        sync_users(id);
+    }
     let r = dev.shutdown();
     state::remove(id);
     match r {
@@ -379,6 +391,24 @@ fn serve_device(
             ExitCode::SUCCESS
         }
         Err(e) => crate::fail(e),
+    }
+}
+
+/// Before a stop by signal (systemd, Ctrl-C), which goes ahead whoever uses the disk: sync the
+/// file systems on it while we still serve. During STOP_DEV the driver fails the writes that
+/// file systems still make to a recoverable device.
+fn sync_users(id: u32) {
+    let (nodes, uses) = crate::holders::scan(id);
+    if uses.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "device {id} is {}: syncing before the stop; later writes fail",
+        crate::holders::what(id, &uses)
+    );
+    let r = crate::holders::flush(&nodes, &uses, Duration::from_secs(30));
+    if r != crate::holders::Flushed::Done {
+        tracing::warn!("device {id}: sync before the stop: {r:?}");
     }
 }
 
