@@ -25,6 +25,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/nbd.sh"
 # shellcheck source=recovery.sh
 . "$HERE/recovery.sh"
+# shellcheck source=del.sh
+. "$HERE/del.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -449,6 +451,7 @@ elif [ "$COMPAT" = 1 ]; then
     test_null_io
     test_ext4
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
+    test_del_safety
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -469,6 +472,7 @@ else
     test_nbd_target_over_nbdkit
     test_recovery
     test_recovery_more
+    test_del_safety
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null

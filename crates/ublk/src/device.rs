@@ -334,6 +334,13 @@ impl Device {
                     if let Err(e) = &r {
                         tracing::error!("queue {q}: {e}");
                     }
+                    // Fault injection for the test suite: queue 0's thread never ends, as one
+                    // stuck in the target or the kernel would not; teardown must not wait for it.
+                    if q == 0 && std::env::var_os("UBLKD_FAULT_QUEUE_STUCK").is_some() {
+                        loop {
+                            std::thread::park();
+                        }
+                    }
                     r
                 })
                 .map_err(ioerr("spawning queue thread"))?;
