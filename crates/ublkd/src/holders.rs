@@ -133,7 +133,7 @@ fn openers(nodes: &[Node]) -> Vec<Use> {
         if has {
             v.push(Use::Open {
                 pid,
-                comm: crate::process::comm(pid),
+                comm: crate::identity::comm(pid),
             });
         }
     }

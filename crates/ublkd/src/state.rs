@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use ublk::BufMode;
 
-use crate::process::Identity;
+use crate::identity::Identity;
 use crate::serve::Recovery;
 use crate::spec::TargetSpec;
 
@@ -181,7 +181,7 @@ mod tests {
             recovery: Recovery::Reissue,
             busy_poll_us: None,
             pin_queues: false,
-            identity: crate::process::Identity::current(),
+            identity: crate::identity::Identity::current(),
             supervisor_pid: None,
             supervisor_identity: None,
             recoveries: 0,

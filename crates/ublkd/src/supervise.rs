@@ -155,7 +155,7 @@ pub fn run(a: SuperviseArgs) -> ExitCode {
 fn record_supervisor(id: u32) {
     if let Some(mut st) = state::load(id) {
         st.supervisor_pid = Some(std::process::id() as i32);
-        st.supervisor_identity = crate::process::Identity::current();
+        st.supervisor_identity = crate::identity::Identity::current();
         let _ = state::save(&st);
     }
 }

@@ -2,7 +2,7 @@
 //! Every wait is bounded, so `del` always finishes. The sequence (docs/design.md, "Deleting a
 //! device"):
 //!
-//! 1. Find the daemon and the `--restart` supervisor, each verified (`process`): nothing else is
+//! 1. Find the daemon and the `--restart` supervisor, each verified (`identity`): nothing else is
 //!    ever signalled.
 //! 2. Who uses the disk (`holders::scan`: mounts, openers, kernel holders). In use and no
 //!    `--force`: refuse, naming the user; nothing has changed.
@@ -29,7 +29,7 @@ use ublk::device::DEL_DEV_LIMIT;
 use ublk::uapi::{UBLK_F_SAFE_STOP_DEV, UBLK_S_DEV_DEAD, UBLK_S_DEV_LIVE};
 
 use crate::holders::{self, Flushed};
-use crate::process::{self, Pidfd};
+use crate::identity::{self, Pidfd};
 use crate::state;
 
 /// Syncing the file systems of a device in use, before `--force` stops it.
@@ -126,8 +126,8 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
     }
     // 1. Only processes shown to be the daemon or the supervisor are ever signalled.
     let st = state::load(id);
-    let daemon = process::find_daemon(id, info.ublksrv_pid, st.as_ref());
-    let mut supervisor = process::find_supervisor(st.as_ref(), daemon.as_ref());
+    let daemon = identity::find_daemon(id, info.ublksrv_pid, st.as_ref());
+    let mut supervisor = identity::find_supervisor(st.as_ref(), daemon.as_ref());
     let has_disk = info.state != UBLK_S_DEV_DEAD;
     // 2. Who uses it.
     let (nodes, uses) = scan_settled(id);
