@@ -26,7 +26,7 @@ use clap::Args;
 use ublk::Control;
 use ublk::ctrl::char_dev_exists;
 use ublk::device::DEL_DEV_LIMIT;
-use ublk::uapi::{UBLK_F_SAFE_STOP_DEV, UBLK_S_DEV_DEAD, UBLK_S_DEV_LIVE};
+use ublk::uapi::{UBLK_F_SAFE_STOP_DEV, UBLK_S_DEV_DEAD, UBLK_S_DEV_LIVE, UBLK_S_DEV_QUIESCED};
 
 use crate::holders::{self, Flushed};
 use crate::identity::{self, Pidfd};
@@ -133,7 +133,7 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
     let (nodes, uses) = scan_settled(id);
     if !uses.is_empty() && !force {
         let mut m = holders::describe(id, &uses);
-        if daemon.is_none() && has_disk {
+        if daemon.is_none() && info.state == UBLK_S_DEV_QUIESCED {
             m += &format!(" (it has no daemon: 'ublkd recover -n {id}' lets held I/O finish)");
         }
         return Err(m);
