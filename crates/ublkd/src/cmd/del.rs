@@ -91,17 +91,22 @@ fn stand_down(sup: &mut Option<Pidfd>) {
     }
 }
 
-/// The users of device `id`, given up to 2 s to lose udev, which opens a disk for a moment to
-/// probe it (after it appears, and after a writer closes it).
-fn scan_settled(id: u32) -> (Vec<holders::Node>, Vec<holders::Use>) {
+fn is_udev(u: &holders::Use) -> bool {
+    matches!(u, holders::Use::Open { comm, .. } if comm.contains("udev"))
+}
+
+/// The users of device `id`, not counting udev, and whether udev has it open. udev opens a disk
+/// to probe it (after it appears, after a writer closes it) and lets go at once, unless the
+/// device holds its reads (no daemon): it gets 2 s, and is no reason to refuse a delete.
+fn scan_settled(id: u32) -> (Vec<holders::Node>, Vec<holders::Use>, bool) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let (nodes, uses) = holders::scan(id);
-        let transient = uses
-            .iter()
-            .all(|u| matches!(u, holders::Use::Open { comm, .. } if comm.contains("udev")));
-        if uses.is_empty() || !transient || Instant::now() >= deadline {
-            return (nodes, uses);
+        let (nodes, mut uses) = holders::scan(id);
+        let only_udev = uses.iter().all(is_udev);
+        if uses.is_empty() || !only_udev || Instant::now() >= deadline {
+            let udev = uses.iter().any(is_udev);
+            uses.retain(|u| !is_udev(u));
+            return (nodes, uses, udev);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -130,7 +135,7 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
     let mut supervisor = identity::find_supervisor(st.as_ref(), daemon.as_ref());
     let has_disk = info.state != UBLK_S_DEV_DEAD;
     // 2. Who uses it.
-    let (nodes, uses) = scan_settled(id);
+    let (nodes, uses, udev) = scan_settled(id);
     if !uses.is_empty() && !force {
         let mut m = holders::describe(id, &uses);
         if daemon.is_none() && info.state == UBLK_S_DEV_QUIESCED {
@@ -161,7 +166,8 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
     // 4. Stop it: the driver removes the disk, the daemon's fetches end. (A device without a
     // disk is stopped only for a daemon still starting it: that makes it give up.)
     if has_disk || daemon.is_some() {
-        let safe = !force && has_disk && info.flags & UBLK_F_SAFE_STOP_DEV != 0;
+        // (udev still probing it would make TRY_STOP_DEV refuse; it gets the 6.12 treatment.)
+        let mut safe = !force && has_disk && !udev && info.flags & UBLK_F_SAFE_STOP_DEV != 0;
         let t0 = Instant::now();
         let killed = Cell::new(false);
         let tick = || {
@@ -181,18 +187,21 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
                 Err(e) if safe && e.raw_os_error() == Some(libc::EBUSY) => {
                     // Opened since the scan: name the user if it is still there, else try
                     // again for a moment (a probe by udev comes and goes).
-                    let (_, uses) = scan_settled(id);
-                    if uses.is_empty() && Instant::now() < busy_until {
+                    let (_, uses, udev) = scan_settled(id);
+                    if !uses.is_empty() {
+                        return Err(holders::describe(id, &uses));
+                    }
+                    if Instant::now() < busy_until {
                         std::thread::sleep(Duration::from_millis(100));
                         continue;
                     }
-                    return Err(if uses.is_empty() {
-                        format!(
-                            "device {id} is open (by something ublkd cannot name): ublkd del --force stops it anyway"
-                        )
-                    } else {
-                        holders::describe(id, &uses)
-                    });
+                    if udev {
+                        safe = false;
+                        continue;
+                    }
+                    return Err(format!(
+                        "device {id} is open (by something ublkd cannot name): ublkd del --force stops it anyway"
+                    ));
                 }
                 // No disk any more: stopped meanwhile.
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => break,
