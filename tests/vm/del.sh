@@ -105,12 +105,15 @@ del_all_busy_and_idle() {
     sleep 0.5
     del_run --all
     kill "$rpid"; wait "$rpid" 2>/dev/null
-    [ "$DEL_RC" = 1 ] || return 1
-    [[ "$DEL_ERR" == *"device ${busy#/dev/ublkb} is open by pid $rpid (sleep)"* ]] || return 1
-    [ "$(printf '%s\n' "$DEL_ERR" | wc -l)" = 1 ] || return 1
-    [ ! -e "$idle" ] && [ -e "$busy" ] || return 1
-    "$UBLKD" list -n "${busy#/dev/ublkb}" --json | grep -q '"state": "live"' || return 1
-    del_done "${busy#/dev/ublkb}"
+    local ok=0
+    [ "$DEL_RC" = 1 ] \
+        && [[ "$DEL_ERR" == *"device ${busy#/dev/ublkb} is open by pid $rpid (sleep)"* ]] \
+        && [ "$(printf '%s\n' "$DEL_ERR" | wc -l)" = 1 ] \
+        && [ ! -e "$idle" ] && [ -e "$busy" ] \
+        && "$UBLKD" list -n "${busy#/dev/ublkb}" --json | grep -q '"state": "live"' \
+        || ok=1
+    del_done "${busy#/dev/ublkb}" || ok=1
+    return $ok
 }
 
 # A supervised device: refused while mounted (the supervisor untouched), then --force: no
