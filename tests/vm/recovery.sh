@@ -78,13 +78,19 @@ test_recovery() {
 
 # Longest gap between successful 4k direct reads while $1 (a command) runs; prints ms.
 probe_start() { # DEV OUT
+    rm -f "$2.stop" "$2.done"
     ( while [ ! -e "$2.stop" ]; do
           timeout 60 dd if="$1" of=/dev/null bs=4k count=1 iflag=direct status=none && now_ms
-      done >"$2" 2>/dev/null ) &
+      done >"$2" 2>/dev/null; touch "$2.done" ) &
     PROBE_PID=$!
 }
 probe_stop() { # OUT -> prints the longest gap in ms
-    touch "$1.stop"; wait "$PROBE_PID" 2>/dev/null; rm -f "$1.stop"
+    # Called in $(...): `wait` cannot wait for a sibling there, so watch for the loop's end
+    # (otherwise the loop went on reading the device after the test, holding it open).
+    local i
+    touch "$1.stop"
+    for i in $(seq 1 1400); do [ -e "$1.done" ] && break; sleep 0.05; done
+    rm -f "$1.stop" "$1.done"
     awk '/^[0-9]+$/ { if (prev && $1 - prev > max) max = $1 - prev; prev = $1 } END { printf "%d\n", max }' "$1"
 }
 

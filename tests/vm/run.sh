@@ -31,6 +31,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/filters.sh"
 # shellcheck source=qcow2.sh
 . "$HERE/qcow2.sh"
+# shellcheck source=del.sh
+. "$HERE/del.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -460,6 +462,7 @@ elif [ "$COMPAT" = 1 ]; then
     test_error_filter
     test_qcow2
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
+    test_del_safety
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -488,6 +491,7 @@ else
     test_recovery_more
     test_qcow2
     test_qcow2_recovery
+    test_del_safety
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null

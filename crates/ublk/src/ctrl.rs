@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
@@ -24,6 +25,16 @@ pub enum ControlError {
     NotRoot,
     #[error("cannot open {CONTROL_PATH}: {0}")]
     Other(io::Error),
+}
+
+/// Whether device `id`'s char device is registered (DEL_DEV unregisters it before it waits).
+pub fn char_dev_exists(id: u32) -> bool {
+    let class = std::path::Path::new("/sys/class/ublk-char");
+    if class.is_dir() {
+        class.join(format!("ublkc{id}")).exists()
+    } else {
+        std::path::Path::new(&format!("/dev/ublkc{id}")).exists()
+    }
 }
 
 pub struct Control {
@@ -211,9 +222,53 @@ impl Control {
             .map(drop)
     }
 
-    /// Delete the device. Waits until its char device is closed by everyone.
-    pub fn del_dev(&mut self, dev_id: u32) -> io::Result<()> {
-        self.cmd(UBLK_U_CMD_DEL_DEV, Self::header(dev_id)).map(drop)
+    /// STOP_DEV, or with `only_if_unused` TRY_STOP_DEV (UBLK_F_SAFE_STOP_DEV, Linux 7.0+), which
+    /// fails with EBUSY while anything has the disk open and, once it has checked, turns new
+    /// openers away until the disk is gone. `tick` runs every 20 ms while the driver works (it
+    /// runs the file system's last writes through del_gendisk, and waits for requests in flight
+    /// to complete): a caller can end a daemon that does not serve them. An uninterruptible
+    /// wait, so the command itself is never cancelled.
+    pub fn stop_dev_with(
+        &mut self,
+        dev_id: u32,
+        only_if_unused: bool,
+        tick: &dyn Fn(),
+    ) -> io::Result<()> {
+        let op = if only_if_unused {
+            UBLK_U_CMD_TRY_STOP_DEV
+        } else {
+            UBLK_U_CMD_STOP_DEV
+        };
+        self.cmd_abortable(op, Self::header(dev_id), &|| {
+            tick();
+            false
+        })
+        .map(drop)
+    }
+
+    /// Delete the device, waiting at most `limit` for DEL_DEV, which returns only once the
+    /// device's last reference is gone: its char device closed, and its disk released by every
+    /// opener (a file system still mounted on a stopped disk holds it until unmounted). Ok(true):
+    /// deleted and its id free; Ok(false): deleted (the char device is gone), but something
+    /// still holds the old disk, so the id stays taken until that lets go.
+    pub fn del_dev(&mut self, dev_id: u32, limit: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + limit;
+        let r = self.cmd_abortable(UBLK_U_CMD_DEL_DEV, Self::header(dev_id), &|| {
+            Instant::now() >= deadline
+        });
+        match r {
+            Ok(_) => Ok(true),
+            // Interrupted in its wait for the last reference (the removal itself came first),
+            // or cancelled before it ran: the char device tells which.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ECANCELED)) => {
+                if char_dev_exists(dev_id) {
+                    Err(e)
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Device info. Tries GET_DEV_INFO2 (which carries the char device path) and falls back to

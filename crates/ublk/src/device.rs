@@ -1,6 +1,7 @@
 //! A device's lifecycle on the driver: negotiate features, ADD_DEV, SET_PARAMS, start one thread
-//! per queue, START_DEV; and the way down: STOP_DEV, join the queues, close, DEL_DEV. Every
-//! failure on the way up undoes what was done, so a failed `add` leaves nothing behind.
+//! per queue, START_DEV; and the way down: STOP_DEV, join the queues, close, DEL_DEV, the last two
+//! waits bounded. Every failure on the way up undoes what was done, so a failed `add` leaves
+//! nothing behind.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -16,6 +17,13 @@ use crate::features;
 pub use crate::options::{DeviceError, DeviceOptions};
 use crate::queue::{QueueConfig, QueueStats, QueueTuning, run_queue};
 use crate::uapi::*;
+
+/// How long queue threads get to end once told to (after STOP_DEV, which returns only when no
+/// request is in flight any more, they just have to see their fetches aborted).
+const QUEUE_END_LIMIT: Duration = Duration::from_secs(10);
+/// How long DEL_DEV may wait for the last user of the device's disk (a file system still
+/// mounted on a stopped disk holds it until unmounted: the device is deleted either way).
+pub const DEL_DEV_LIMIT: Duration = Duration::from_secs(3);
 
 fn ioerr(what: impl Into<String>) -> impl FnOnce(io::Error) -> DeviceError {
     let what = what.into();
@@ -245,6 +253,13 @@ impl Device {
                         let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
                         f.get_or_insert_with(|| format!("queue {q}: {e}"));
                     }
+                    // Fault injection for the test suite: queue 0's thread never ends, as one
+                    // stuck in the target or the kernel would not; teardown must not wait for it.
+                    if q == 0 && std::env::var_os("UBLKD_FAULT_QUEUE_STUCK").is_some() {
+                        loop {
+                            std::thread::park();
+                        }
+                    }
                     r
                 })
                 .map_err(ioerr("spawning queue thread"))?;
@@ -345,8 +360,13 @@ impl Device {
         for s in &self.stops {
             s.raise();
         }
-        for h in self.queues.drain(..) {
-            let _ = h.join();
+        let (_, stuck) = self.end_queues();
+        if !stuck.is_empty() {
+            tracing::error!(
+                "device {}: queue {stuck:?} still busy {}s after being told to stop (stuck in the target or the kernel); leaving it: the char device closes when this process exits",
+                self.info.dev_id,
+                QUEUE_END_LIMIT.as_secs()
+            );
         }
         self.cdev = None;
         self.deleted = true;
@@ -361,13 +381,20 @@ impl Device {
             .clone()
     }
 
+    /// True once any queue thread has ended.
+    pub fn queue_ended(&self) -> bool {
+        self.queues.iter().any(|h| h.is_finished())
+    }
+
     /// True once every queue thread has ended (e.g. the device was stopped from outside).
     pub fn queues_finished(&self) -> bool {
         self.queues.iter().all(|h| h.is_finished())
     }
 
     /// Stop serving: STOP_DEV (the disk goes away, queues see ABORT), join the queues, close
-    /// the char device, DEL_DEV. Returns the queues' counters.
+    /// the char device, DEL_DEV. Returns the queues' counters. Never waits forever: queues still
+    /// running 10 s after STOP_DEV are left (DeviceError::Stuck, and no DEL_DEV, which would wait
+    /// for them), and DEL_DEV gives up waiting for the disk's last user after 3 s.
     pub fn shutdown(mut self) -> Result<Vec<QueueStats>, DeviceError> {
         let stats = self.teardown();
         self.deleted = true;
@@ -388,28 +415,22 @@ impl Device {
                 s.raise();
             }
         }
-        let mut stats = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for h in self.queues.drain(..) {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if !h.is_finished() {
-                // A queue stuck in the kernel: raise its stop flag and give it a last chance.
-                for s in &self.stops {
-                    s.raise();
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            match h.join() {
-                Ok(Ok(s)) => stats.push(s),
-                Ok(Err(e)) => tracing::warn!("queue ended with error: {e}"),
-                Err(_) => tracing::error!("queue thread panicked"),
-            }
-        }
+        let (stats, stuck) = self.end_queues();
+        // Our reference; a stuck queue thread keeps its own, so the char device stays open.
         self.cdev = None;
-        match self.ctrl.del_dev(id) {
-            Ok(()) => {}
+        if !stuck.is_empty() {
+            // DEL_DEV would wait for the char device to close, that is for those threads.
+            return Err(DeviceError::Stuck {
+                id,
+                queues: format!("{stuck:?}"),
+                secs: QUEUE_END_LIMIT.as_secs(),
+            });
+        }
+        match self.ctrl.del_dev(id, DEL_DEV_LIMIT) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "device {id} deleted, but its disk is still held (a file system mounted on it, or an open file): the id stays taken until that lets go"
+            ),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
             Err(e) => {
                 return Err(DeviceError::Io {
@@ -419,6 +440,37 @@ impl Device {
             }
         }
         Ok(stats)
+    }
+
+    /// Wait up to QUEUE_END_LIMIT for every queue thread to end (raising their stop flags for a
+    /// last 100 ms if the time runs out) and join those that ended. Returns their counters and
+    /// the queues still running: those threads are left detached, since joining a thread stuck
+    /// in the kernel or in the target could wait forever.
+    fn end_queues(&mut self) -> (Vec<QueueStats>, Vec<usize>) {
+        let deadline = Instant::now() + QUEUE_END_LIMIT;
+        while !self.queues_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if !self.queues_finished() {
+            for s in &self.stops {
+                s.raise();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut stats = Vec::new();
+        let mut stuck = Vec::new();
+        for (q, h) in self.queues.drain(..).enumerate() {
+            if !h.is_finished() {
+                stuck.push(q); // dropping the handle detaches the thread
+                continue;
+            }
+            match h.join() {
+                Ok(Ok(s)) => stats.push(s),
+                Ok(Err(e)) => tracing::warn!("queue {q} ended with error: {e}"),
+                Err(_) => tracing::error!("queue {q} thread panicked"),
+            }
+        }
+        (stats, stuck)
     }
 }
 
@@ -471,16 +523,6 @@ fn wait_for_node(path: &str, limit: Duration) -> Result<(), DeviceError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
-}
-
-/// Stop and delete a device that no live daemon serves (its daemon died or never started).
-pub fn remove_orphan(ctrl: &mut Control, id: u32) -> io::Result<()> {
-    match ctrl.stop_dev(id) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Err(e),
-        Err(e) => tracing::debug!("STOP_DEV {id}: {e}"),
-    }
-    ctrl.del_dev(id)
 }
 
 #[cfg(test)]

@@ -38,4 +38,8 @@ pub enum DeviceError {
     Io { what: String, err: io::Error },
     #[error("invalid option: {0}")]
     Invalid(String),
+    #[error(
+        "device {id}: queue {queues} still busy {secs}s after STOP_DEV (stuck in the target or the kernel); leaving it and the device: the char device closes when this process exits, then 'ublkd del -n {id}' removes the device"
+    )]
+    Stuck { id: u32, queues: String, secs: u64 },
 }

@@ -61,6 +61,8 @@ pub(crate) fn device_flags(
     if flags & UBLK_F_USER_RECOVERY != 0 && have & UBLK_F_QUIESCE != 0 {
         flags |= UBLK_F_QUIESCE;
     }
+    // Lets `del` refuse a busy device race-free (TRY_STOP_DEV, Linux 7.0+).
+    flags |= have & UBLK_F_SAFE_STOP_DEV;
     Ok((mode, flags))
 }
 
@@ -86,6 +88,7 @@ mod tests {
         | UBLK_F_AUTO_BUF_REG
         | UBLK_F_BATCH_IO
         | UBLK_F_QUIESCE
+        | UBLK_F_SAFE_STOP_DEV
         | UBLK_F_USER_RECOVERY
         | UBLK_F_USER_RECOVERY_REISSUE
         | UBLK_F_CMD_IOCTL_ENCODE;
@@ -160,5 +163,13 @@ mod tests {
         assert_eq!(f & UBLK_F_QUIESCE, 0);
         let (_, f) = device_flags(&opts(None, None, rec), null(), Some(K612)).unwrap();
         assert_eq!(f & UBLK_F_QUIESCE, 0);
+    }
+
+    #[test]
+    fn safe_stop_where_offered() {
+        let (_, f) = device_flags(&opts(None, None, 0), null(), Some(K73)).unwrap();
+        assert_ne!(f & UBLK_F_SAFE_STOP_DEV, 0);
+        let (_, f) = device_flags(&opts(None, None, 0), null(), Some(K612)).unwrap();
+        assert_eq!(f & UBLK_F_SAFE_STOP_DEV, 0);
     }
 }

@@ -21,6 +21,8 @@ pub const UBLK_CMD_GET_FEATURES: u32 = 0x13;
 pub const UBLK_CMD_DEL_DEV_ASYNC: u32 = 0x14;
 pub const UBLK_CMD_UPDATE_SIZE: u32 = 0x15;
 pub const UBLK_CMD_QUIESCE_DEV: u32 = 0x16;
+/// Stop the device only if nothing has its disk open (UBLK_F_SAFE_STOP_DEV, Linux 7.0+).
+pub const UBLK_CMD_TRY_STOP_DEV: u32 = 0x17;
 
 // I/O commands.
 pub const UBLK_IO_FETCH_REQ: u32 = 0x20;
@@ -62,6 +64,7 @@ pub const UBLK_U_CMD_GET_FEATURES: u32 = ior_ctrl(UBLK_CMD_GET_FEATURES);
 pub const UBLK_U_CMD_DEL_DEV_ASYNC: u32 = ior_ctrl(UBLK_CMD_DEL_DEV_ASYNC);
 pub const UBLK_U_CMD_UPDATE_SIZE: u32 = iowr_ctrl(UBLK_CMD_UPDATE_SIZE);
 pub const UBLK_U_CMD_QUIESCE_DEV: u32 = iowr_ctrl(UBLK_CMD_QUIESCE_DEV);
+pub const UBLK_U_CMD_TRY_STOP_DEV: u32 = iowr_ctrl(UBLK_CMD_TRY_STOP_DEV);
 
 pub const UBLK_U_IO_FETCH_REQ: u32 = iowr_io(UBLK_IO_FETCH_REQ);
 pub const UBLK_U_IO_COMMIT_AND_FETCH_REQ: u32 = iowr_io(UBLK_IO_COMMIT_AND_FETCH_REQ);

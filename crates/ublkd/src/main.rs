@@ -8,6 +8,8 @@
 mod args;
 mod cmd;
 mod device_args;
+mod holders;
+mod identity;
 mod out;
 mod process;
 mod registry;
@@ -40,7 +42,15 @@ enum Command {
     Create(cmd::create::CreateArgs),
     /// Show devices: id, state, queues, depth, size, target, daemon pid.
     List(cmd::list::ListArgs),
-    /// Stop a device's daemon and remove the device (also cleans up devices whose daemon died).
+    /// Stop and remove a device; one that is mounted or open is refused unless --force.
+    ///
+    /// Stop and remove a device and its daemon (also a device whose daemon died or is stuck).
+    /// A device that is mounted, open, or held (device mapper, swap, loop) is refused with one
+    /// line naming the user ("device 0 is mounted on /mnt/x", "device 0 is open by pid 123
+    /// (fio)"), and left as it was; on Linux 7.0+ the driver checks again as it stops the
+    /// device (TRY_STOP_DEV), so nothing can open it in between. --force deletes it anyway:
+    /// the file systems on it are synced first while its daemon still serves. del always
+    /// finishes: a daemon that does not cooperate is killed after a bounded wait.
     Del(cmd::del::DelArgs),
     /// Serve a target as an NBD export in the foreground (same -t options as add); stops on
     /// SIGTERM/SIGINT.

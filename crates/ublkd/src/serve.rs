@@ -73,10 +73,13 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
             state::state_dir().display()
         ));
     };
-    if old.pid != std::process::id() as i32 && state::pid_alive(old.pid) {
+    if let Some(d) = crate::identity::find_daemon(a.id, 0, Some(&old))
+        && d.pid() != std::process::id() as i32
+    {
         return crate::fail(format!(
             "device {} is still served by pid {}",
-            a.id, old.pid
+            a.id,
+            d.pid()
         ));
     }
     let target = match old.target.open() {
@@ -99,6 +102,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     st.busy_poll_us = old.busy_poll_us;
     st.pin_queues = old.pin_queues;
     st.supervisor_pid = old.supervisor_pid;
+    st.supervisor_identity = old.supervisor_identity.clone();
     st.recoveries = old.recoveries + 1;
     tracing::info!("recovered device {} (recovery #{})", a.id, st.recoveries);
     serve_device(dev, st, &sigs, a.daemon, notes)
@@ -172,6 +176,15 @@ fn serve_device(
             }
             break why;
         }
+        // A queue thread that does not end (stuck in the target) must not keep us from seeing
+        // a stop from outside: one ended queue and a dead device are enough; teardown waits for
+        // the others only so long.
+        if !dev.queues_finished()
+            && dev.queue_ended()
+            && dev.driver_state() == Some(ublk::uapi::UBLK_S_DEV_DEAD)
+        {
+            break "device stopped from outside".to_string();
+        }
         if dev.queues_finished() {
             // Every fetch was aborted. STOP_DEV from outside leaves the device DEAD; a quiesce
             // (upgrade) leaves it LIVE until we close the char device, after which the driver
@@ -189,6 +202,9 @@ fn serve_device(
         }
     };
     tracing::info!("stopping device {id} ({reason})");
+    if reason.starts_with("signal") {
+        sync_users(id);
+    }
     let r = dev.shutdown();
     state::remove(id);
     match r {
@@ -214,6 +230,24 @@ fn serve_device(
             ExitCode::SUCCESS
         }
         Err(e) => crate::fail(e),
+    }
+}
+
+/// Before a stop by signal (systemd, Ctrl-C), which goes ahead whoever uses the disk: sync the
+/// file systems on it while we still serve. During STOP_DEV the driver fails the writes that
+/// file systems still make to a recoverable device.
+fn sync_users(id: u32) {
+    let (nodes, uses) = crate::holders::scan(id);
+    if uses.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        "device {id} is {}: syncing before the stop; later writes fail",
+        crate::holders::what(id, &uses)
+    );
+    let r = crate::holders::flush(&nodes, &uses, Duration::from_secs(30));
+    if r != crate::holders::Flushed::Done {
+        tracing::warn!("device {id}: sync before the stop: {r:?}");
     }
 }
 

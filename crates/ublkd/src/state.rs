@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use ublk::BufMode;
 
 use crate::device_args::Recovery;
+use crate::identity::Identity;
 use crate::spec::TargetSpec;
 
 pub fn state_dir() -> PathBuf {
@@ -34,9 +35,15 @@ pub struct DeviceState {
     pub busy_poll_us: Option<u64>,
     #[serde(default)]
     pub pin_queues: bool,
+    /// What tells the daemon apart from a later process with the same pid (absent in state
+    /// files of older versions: their pid is never signalled on its word alone).
+    #[serde(default)]
+    pub identity: Option<Identity>,
     /// The `--restart` supervisor watching the daemon, if any.
     #[serde(default)]
     pub supervisor_pid: Option<i32>,
+    #[serde(default)]
+    pub supervisor_identity: Option<Identity>,
     /// How many daemons took the device over after the first.
     #[serde(default)]
     pub recoveries: u32,
@@ -74,7 +81,9 @@ impl DeviceState {
             recovery,
             busy_poll_us: None,
             pin_queues: false,
+            identity: Identity::current(),
             supervisor_pid: None,
+            supervisor_identity: None,
             recoveries: 0,
         }
     }
@@ -169,12 +178,15 @@ mod tests {
             recovery: Recovery::Reissue,
             busy_poll_us: None,
             pin_queues: false,
+            identity: crate::identity::Identity::current(),
             supervisor_pid: None,
+            supervisor_identity: None,
             recoveries: 0,
         };
         save(&s).unwrap();
         assert_eq!(all_ids(), vec![7]);
         assert_eq!(load(7).unwrap().target, s.target);
+        assert_eq!(load(7).unwrap().identity, s.identity);
         assert!(pid_alive(s.pid));
         assert!(!pid_alive(0));
         remove(7);

@@ -1,8 +1,8 @@
 //! The `--restart` supervisor: a small process that starts a device's daemon, and when the
 //! daemon dies (kill -9, OOM, a crash) while the device waits for recovery, starts a recovering
 //! daemon. It gives up after too many restarts in a short time, logging one line per event.
-//! SIGTERM (from `ublkd del`) is passed on to the daemon; the supervisor exits when the daemon
-//! exits cleanly.
+//! SIGTERM is passed on to the daemon (which then stops its device); the supervisor exits when
+//! the daemon exits cleanly. `ublkd del` sends STAND_DOWN_SIGNAL instead: exit at once.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::state;
+
+/// `ublkd del` tells a supervisor to exit without touching the daemon or the device (it stops
+/// the device itself, and must not see it recovered meanwhile).
+pub const STAND_DOWN_SIGNAL: i32 = libc::SIGUSR2;
 
 /// At most this many restarts within `WINDOW`; past that the device stays quiesced for a human.
 const MAX_RESTARTS: usize = 20;
@@ -52,7 +56,12 @@ fn kill(child: &Child, sig: i32) {
 }
 
 pub fn run(a: SuperviseArgs) -> ExitCode {
-    let sigs = crate::process::block_stop_signals();
+    let mut sigs = crate::process::block_stop_signals();
+    // SAFETY: adds a signal to a local set and blocks it in this (single-threaded) process.
+    unsafe {
+        libc::sigaddset(&mut sigs, STAND_DOWN_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &sigs, std::ptr::null_mut());
+    }
     let mut serve_args = vec!["serve".to_string(), "--daemon".to_string()];
     serve_args.extend(a.serve_args);
     let (mut child, line) = match start(&serve_args) {
@@ -78,11 +87,18 @@ pub fn run(a: SuperviseArgs) -> ExitCode {
     );
     let mut restarts: Vec<Instant> = Vec::new();
     loop {
-        if crate::process::wait_signal(&sigs, Duration::from_millis(50)).is_some() {
-            tracing::info!("supervisor: stop requested; stopping daemon {}", child.id());
-            kill(&child, libc::SIGTERM);
-            let _ = child.wait();
-            return ExitCode::SUCCESS;
+        match crate::process::wait_signal(&sigs, Duration::from_millis(50)) {
+            Some(STAND_DOWN_SIGNAL) => {
+                tracing::info!("supervisor: standing down (ublkd del is deleting device {id})");
+                return ExitCode::SUCCESS;
+            }
+            Some(_) => {
+                tracing::info!("supervisor: stop requested; stopping daemon {}", child.id());
+                kill(&child, libc::SIGTERM);
+                let _ = child.wait();
+                return ExitCode::SUCCESS;
+            }
+            None => {}
         }
         let status = match child.try_wait() {
             Ok(Some(s)) => s,
@@ -139,6 +155,7 @@ pub fn run(a: SuperviseArgs) -> ExitCode {
 fn record_supervisor(id: u32) {
     if let Some(mut st) = state::load(id) {
         st.supervisor_pid = Some(std::process::id() as i32);
+        st.supervisor_identity = crate::identity::Identity::current();
         let _ = state::save(&st);
     }
 }
@@ -146,6 +163,7 @@ fn record_supervisor(id: u32) {
 fn clear_supervisor(id: u32) {
     if let Some(mut st) = state::load(id) {
         st.supervisor_pid = None;
+        st.supervisor_identity = None;
         let _ = state::save(&st);
     }
 }

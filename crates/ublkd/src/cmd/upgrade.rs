@@ -21,7 +21,8 @@ use ublk::uapi::{
     UBLK_S_DEV_QUIESCED,
 };
 
-use crate::state::{self, pid_alive};
+use crate::identity;
+use crate::state;
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
@@ -67,26 +68,28 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
             "device {id} has no state file: cannot tell which target to reopen"
         ));
     };
-    let old_pid = st.pid;
+    // Signalled only once shown to be the daemon (its pid may name another process by now).
+    let Some(old) = identity::find_daemon(id, info.ublksrv_pid, Some(&st)) else {
+        return crate::fail(format!(
+            "cannot identify the daemon of device {id} (pid {} is gone or is another process now)",
+            st.pid
+        ));
+    };
+    let old_pid = old.pid();
     // A supervisor would race us to recover the device: it will see the old daemon exit cleanly
     // (status 0) and end; the new daemon is not supervised.
     let t0 = Instant::now();
     if batch {
-        // SAFETY: kill(2) with a pid from our state file and a signal number; no memory.
-        if unsafe { libc::kill(old_pid, crate::process::HANDOVER_SIGNAL) } != 0 {
+        if let Err(e) = old.signal(crate::process::HANDOVER_SIGNAL) {
             return crate::fail(format!(
-                "cannot signal daemon {old_pid} of device {id}: {}",
-                std::io::Error::last_os_error()
+                "cannot signal daemon {old_pid} of device {id}: {e}"
             ));
         }
     } else if let Err(e) = ctrl.quiesce_dev(id, 10_000) {
         return crate::fail(format!("QUIESCE_DEV {id}: {e}"));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while pid_alive(old_pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if pid_alive(old_pid) {
+    if !old.wait_exit(Duration::from_secs(30)) {
         return crate::fail(format!(
             "old daemon {old_pid} did not exit after the quiesce; the device stays quiesced (recover it with: ublkd recover -n {id})"
         ));
