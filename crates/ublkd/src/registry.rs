@@ -245,6 +245,7 @@ registry! {
         Mem => targets::mem::MemTarget,
         File => targets::file::FileTarget,
         Nbd => nbd::client::NbdTarget,
+        Rbd => rbd::RbdTarget,
     }
     filters {
         Delay => targets::filter::delay::Delay,
