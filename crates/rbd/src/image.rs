@@ -68,6 +68,17 @@ pub struct ConnectOptions {
     pub timeout: Duration,
 }
 
+/// Which step of [`Cluster::connect`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading ceph.conf or setting an option.
+    Config,
+    /// Reaching and authenticating with the monitors.
+    Connect,
+    /// Opening the pool.
+    Pool,
+}
+
 /// A connection to the cluster and an I/O context on one pool (one per device).
 pub struct Cluster {
     cluster: ffi::rados_t,
@@ -82,16 +93,22 @@ unsafe impl Sync for Cluster {}
 
 impl Cluster {
     /// Connect and open `pool` (and `namespace`). Blocks for up to `o.timeout`.
-    pub fn connect(o: &ConnectOptions, pool: &str, namespace: Option<&str>) -> io::Result<Cluster> {
+    pub fn connect(
+        o: &ConnectOptions,
+        pool: &str,
+        namespace: Option<&str>,
+    ) -> Result<Cluster, (Stage, io::Error)> {
+        let cfg = |e: io::Error| (Stage::Config, e);
         let name = cstr(
             "--id",
             &format!("client.{}", o.id.as_deref().unwrap_or("admin")),
-        )?;
+        )
+        .map_err(cfg)?;
         let mut cluster: ffi::rados_t = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; NUL-terminated strings that outlive the call.
         let r = unsafe { ffi::rados_create2(&mut cluster, c"ceph".as_ptr(), name.as_ptr(), 0) };
         if r < 0 {
-            return Err(errno(r));
+            return Err(cfg(errno(r)));
         }
         // From here on `c` owns the handle: its Drop shuts it down on every error path.
         let mut c = Cluster {
@@ -100,25 +117,25 @@ impl Cluster {
         };
         match &o.conf {
             Some(path) => {
-                let p = cstr("--conf", path)?;
+                let p = cstr("--conf", path).map_err(cfg)?;
                 // SAFETY: valid handle before connect; NUL-terminated path.
                 let r = unsafe { ffi::rados_conf_read_file(c.cluster, p.as_ptr()) };
                 if r < 0 {
-                    return Err(io::Error::new(
+                    return Err(cfg(io::Error::new(
                         io::ErrorKind::NotFound,
                         format!("cannot read {path}: {}", errno(r)),
-                    ));
+                    )));
                 }
             }
             None => {
                 // SAFETY: as above; NULL means librados' default search path.
                 let r = unsafe { ffi::rados_conf_read_file(c.cluster, std::ptr::null()) };
                 if r < 0 && o.mon_host.is_none() {
-                    return Err(io::Error::new(
+                    return Err(cfg(io::Error::new(
                         io::ErrorKind::NotFound,
                         "no ceph.conf found in the default places (/etc/ceph/ceph.conf, ...): \
                          give --conf FILE or --mon-host ADDR",
-                    ));
+                    )));
                 }
             }
         }
@@ -143,31 +160,31 @@ impl Cluster {
             set.push(("mon_host", m.clone()));
         }
         for (k, v) in set {
-            let (ck, cv) = (cstr(k, k)?, cstr(k, &v)?);
+            let (ck, cv) = (cstr(k, k).map_err(cfg)?, cstr(k, &v).map_err(cfg)?);
             // SAFETY: valid handle before connect; NUL-terminated strings.
             let r = unsafe { ffi::rados_conf_set(c.cluster, ck.as_ptr(), cv.as_ptr()) };
             if r < 0 {
-                return Err(io::Error::new(
+                return Err(cfg(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("cannot set {k}={v}: {}", errno(r)),
-                ));
+                )));
             }
         }
         // SAFETY: valid, configured handle; blocks for at most client_mount_timeout.
         let r = unsafe { ffi::rados_connect(c.cluster) };
         if r < 0 {
-            return Err(errno(r));
+            return Err((Stage::Connect, errno(r)));
         }
-        let p = cstr("pool", pool)?;
+        let p = cstr("pool", pool).map_err(|e| (Stage::Pool, e))?;
         let mut io: ffi::rados_ioctx_t = std::ptr::null_mut();
         // SAFETY: connected handle; out-pointer to a local; NUL-terminated pool name.
         let r = unsafe { ffi::rados_ioctx_create(c.cluster, p.as_ptr(), &mut io) };
         if r < 0 {
-            return Err(errno(r));
+            return Err((Stage::Pool, errno(r)));
         }
         c.ioctx = io;
         if let Some(ns) = namespace {
-            let n = cstr("namespace", ns)?;
+            let n = cstr("namespace", ns).map_err(|e| (Stage::Pool, e))?;
             // SAFETY: valid ioctx; librados copies the string.
             unsafe { ffi::rados_ioctx_set_namespace(c.ioctx, n.as_ptr()) };
         }

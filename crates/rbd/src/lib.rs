@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use targets::kind::{Info, Opt, TargetKind, Value};
 use targets::{Caps, Extent, Geometry, IoBuf, OpenError, Target, TargetQueue};
 
-pub use image::{Cluster, ConnectOptions, Image};
+pub use image::{Cluster, ConnectOptions, Image, Stage};
 
 /// Default `--connect-timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: u64 = 15;
@@ -160,9 +160,11 @@ fn open_error(cfg: &RbdConfig, spec: &ImageSpec, stage: &str, e: io::Error) -> O
         ("connect", Some(libc::EACCES)) | ("connect", Some(libc::EPERM)) => format!(
             "the cluster refused {who}: wrong key or no such client (check --id and --keyring)"
         ),
-        ("connect", Some(libc::ENOENT)) if cfg.keyring.is_some() => format!(
-            "cannot connect as {who}: no key for it (is --keyring {} right?)",
-            cfg.keyring.as_deref().unwrap_or("")
+        ("connect", Some(libc::ENOENT)) => format!(
+            "cannot connect as {who}: no key for it in {} (give --keyring FILE)",
+            cfg.keyring
+                .as_deref()
+                .unwrap_or("the keyrings ceph.conf names")
         ),
         ("connect", None) => e.to_string(),
         ("pool", Some(libc::ENOENT)) => format!("pool '{}' does not exist", spec.pool),
@@ -199,17 +201,10 @@ impl RbdTarget {
             .spawn(move || {
                 let r = (|| {
                     let c = Cluster::connect(&o, &spec2.pool, spec2.namespace.as_deref()).map_err(
-                        |e| {
-                            if e.raw_os_error().is_none() {
-                                OpenError::Io(e.to_string())
-                            } else if e.raw_os_error() == Some(libc::ENOENT)
-                                && e.to_string().contains("No such file")
-                            {
-                                // rados_ioctx_create: the pool.
-                                open_error(&cfg2, &spec2, "pool", e)
-                            } else {
-                                open_error(&cfg2, &spec2, "connect", e)
-                            }
+                        |(stage, e)| match stage {
+                            image::Stage::Config => OpenError::Io(e.to_string()),
+                            image::Stage::Connect => open_error(&cfg2, &spec2, "connect", e),
+                            image::Stage::Pool => open_error(&cfg2, &spec2, "pool", e),
                         },
                     )?;
                     let c = Arc::new(c);
