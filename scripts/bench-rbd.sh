@@ -44,6 +44,17 @@ cells=(
     "read 64k 16 1" "write 64k 16 1"
 )
 
+# Whatever this run started goes when it ends, however it ends.
+pids=()
+clusters=()
+cleanup() {
+    local p c
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for c in "${clusters[@]}"; do "$repo/scripts/ceph.sh" stop "$c" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
 cpu_ticks() { # PID: user+system clock ticks so far
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
@@ -61,7 +72,8 @@ run_fio() {
     c1=$( [[ $pid -gt 0 ]] && cpu_ticks "$pid" || echo 0)
     python3 - "$json" "$((c1 - c0))" "$(getconf CLK_TCK)" "$runtime" <<'EOF'
 import json, sys
-j = json.load(open(sys.argv[1]))["jobs"][0]
+text = open(sys.argv[1]).read()  # the nbd engine prints a line before the JSON
+j = json.loads(text[text.index("{"):])["jobs"][0]
 ticks, hz, rt = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 iops = j["read"]["iops"] + j["write"]["iops"]
 # CPU over the whole run (ramp included) per I/O over the whole run (ramp ~ 2 s more I/O).
@@ -74,7 +86,8 @@ EOF
 host_bench() {
     local cluster=$out/cluster conf bconf port=10950 qport=10951 pqport=10952 spid qpid
     "$repo/scripts/ceph.sh" stop "$cluster" >/dev/null 2>&1 || true
-    "$repo/scripts/ceph.sh" start "$cluster" --osd-mem 4G
+    clusters+=("$cluster")
+    "$repo/scripts/ceph.sh" start "$cluster" --osd-mem 6G
     conf=$cluster/ceph.conf
     bconf=$out/bench.conf
     { cat "$conf"; printf '\n[client]\nrbd cache = false\n'; } >"$bconf"
@@ -88,9 +101,11 @@ host_bench() {
     "$ublkd" export -t rbd --conf "$bconf" --image rbd/bench --connections 2 \
         --listen 127.0.0.1:$port 2>"$out/ublkd-export.log" &
     spid=$!
+    pids+=("$spid")
     qemu-nbd -f raw --cache=none -e 2 --persistent -p $qport -b 127.0.0.1 \
         "rbd:rbd/bench:conf=$bconf" 2>"$out/qemu-nbd.log" &
     qpid=$!
+    pids+=("$qpid")
     sleep 3
     local table=$out/host.md cell f u q
     {
@@ -120,9 +135,11 @@ EOF
     "$ublkd" export -t rbd --conf "$bconf" --image rbd/benchpq --connections 2 \
         --listen 127.0.0.1:$port 2>>"$out/ublkd-export.log" &
     spid=$!
+    pids+=("$spid")
     "$ublkd" export -t rbd --conf "$bconf" --image rbd/benchpq --connections 2 --handles per-queue \
         --listen 127.0.0.1:$pqport 2>>"$out/ublkd-export.log" &
     ppid=$!
+    pids+=("$ppid")
     sleep 3
     for cell in "randread 4k 64 2" "randwrite 4k 64 2" "randread 4k 1 1" "read 64k 16 1"; do
         read -r rw bs qd jobs <<<"$cell"
@@ -144,6 +161,7 @@ EOF
 guest_bench() {
     local cluster=/tmp/ublkd-scratch/ceph conf bconf dev nbd upid npid cell u n
     ip link set lo up 2>/dev/null || true
+    clusters+=("$cluster")
     "$repo/scripts/ceph.sh" start "$cluster" --osd-mem 1G
     conf=$cluster/ceph.conf
     bconf=$cluster/bench.conf

@@ -47,11 +47,11 @@ bytes() { # SIZE with K/M/G suffix -> bytes
     numfmt --from=iec "${1^^}" 2>/dev/null || die "bad size '$1'"
 }
 
-free_port() { # a TCP port on 127.0.0.1 nobody listens on
+free_port() { # a TCP port on 127.0.0.1 that no socket uses, below the ephemeral range
     local p
-    for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 12000))
+        if [[ -z $(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null) ]]; then
             echo "$p"
             return
         fi
