@@ -114,7 +114,14 @@ host_bench() {
     } >"$table"
     for cell in "${cells[@]}"; do
         read -r rw bs qd jobs <<<"$cell"
-        f=$(run_fio fio-rbd "$cell" 0 --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench)
+        # Two fio rbd jobs are two librbd clients of one exclusive-lock image: they take the
+        # lock from each other on every write (one may even get blocklisted), so fio-rbd has
+        # no two-job row.
+        if [[ $jobs -eq 1 ]]; then
+            f=$(run_fio fio-rbd "$cell" 0 --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench)
+        else
+            f="0 0"
+        fi
         u=$(run_fio ublkd "$cell" "$spid" --ioengine=nbd --uri="nbd://127.0.0.1:$port/")
         q=$(run_fio qemu-nbd "$cell" "$qpid" --ioengine=nbd --uri="nbd://127.0.0.1:$qport/")
         python3 - "$rw $bs qd$qd j$jobs" "$f" "$u" "$q" >>"$table" <<'EOF'
