@@ -32,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "bench-rbd.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
+# Under target/: the guest can write there (scripts/vm.sh).
 out=${out:-$repo/target/bench-rbd}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -173,11 +174,11 @@ guest_bench() {
     conf=$cluster/ceph.conf
     bconf=$cluster/bench.conf
     { cat "$conf"; printf '\n[client]\nrbd cache = false\n'; } >"$bconf"
-    rbd -c "$bconf" create --size 512M rbd/bench
-    rbd -c "$bconf" bench --io-type write --io-size 4M --io-total 512M rbd/bench >/dev/null
+    rbd -c "$bconf" create --size 256M rbd/bench
+    rbd -c "$bconf" bench --io-type write --io-size 4M --io-total 256M rbd/bench >/dev/null 2>&1
     dev=$("$ublkd" add -t rbd --conf "$bconf" --image rbd/bench -q 2 -d 128)
     upid=$("$ublkd" list -n "${dev#/dev/ublkb}" --json | grep -o '"pid": *[0-9]*' | grep -o '[0-9]*$')
-    nbd=$(rbd-nbd -c "$bconf" map rbd/bench)
+    nbd=$(rbd-nbd -c "$bconf" map rbd/bench 2>>"$out/rbd-nbd.log")
     npid=$(pgrep -f "rbd-nbd.*map" | head -1)
     local table=$out/guest.md
     {
@@ -186,8 +187,8 @@ guest_bench() {
     } >"$table"
     for cell in "${cells[@]}"; do
         read -r rw bs qd jobs <<<"$cell"
-        u=$(run_fio ublkd-dev "$cell" "$upid" --ioengine=io_uring --direct=1 --filename="$dev" --size=256M --offset_increment=256M)
-        n=$(run_fio rbd-nbd "$cell" "$npid" --ioengine=io_uring --direct=1 --filename="$nbd" --size=256M --offset_increment=256M)
+        u=$(run_fio ublkd-dev "$cell" "$upid" --ioengine=io_uring --direct=1 --filename="$dev" --size=128M --offset_increment=128M)
+        n=$(run_fio rbd-nbd "$cell" "$npid" --ioengine=io_uring --direct=1 --filename="$nbd" --size=128M --offset_increment=128M)
         python3 - "$rw $bs qd$qd j$jobs" "$u" "$n" >>"$table" <<'EOF'
 import sys
 cell, u, n = sys.argv[1], *[list(map(float, a.split())) for a in sys.argv[2:]]

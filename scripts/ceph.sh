@@ -19,9 +19,10 @@
 # With --auth none (no keys at all) every client is trusted. The default is cephx, so a wrong
 # key is refused as on a real cluster.
 #
-# The OSD's watch timeout is 5 s instead of 30 s: a client that dies holding an image's
-# exclusive lock (kill -9 of a daemon) is noticed sooner, so recovery tests do not wait 30 s
-# for librbd to break the dead client's lock.
+# The OSD's watch timeout is 15 s instead of 30 s: a client that dies holding an image's
+# exclusive lock (kill -9 of a daemon) is noticed sooner, so recovery tests wait less for
+# librbd to break the dead client's lock. (5 s was too short under TCG: live clients' watches
+# lapsed and were re-established over and over.)
 set -euo pipefail
 
 die() { echo "ceph.sh: $*" >&2; exit 1; }
@@ -126,7 +127,7 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
-osd client watch timeout = 5
+osd client watch timeout = 15
 
 [mon]
 mon data = $dir/mon.\$id

@@ -9,7 +9,7 @@ rbd_fio_verify() { # DEV NAME BS QD SIZE
 
 # kill -9 of the daemon under a fio writer, `ublkd recover`: nothing acknowledged is lost. The
 # new daemon's first write waits for librbd to break the dead client's exclusive lock (the
-# guest cluster's watch timeout is 5 s).
+# guest cluster's watch timeout is 15 s).
 rbd_kill_and_recover() {
     local dev id pid fpid t0 t1 args
     dev=$("$UBLKD" add -t rbd --conf "$CONF" --image rbd/recover -q 2 -d 64) || return 1
