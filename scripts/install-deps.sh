@@ -28,13 +28,18 @@ fi
 # udev: gives the guest udevd so /dev/disk/* links and uevents behave normally.
 # fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads.
 # qemu-system-common: qemu-storage-daemon (scripts/bench-vhost.sh compares against it).
+# ceph-mon/ceph-osd/ceph-common: scripts/ceph.sh's throwaway cluster for the rbd target's tests
+# (host and guest); librbd-dev/librados-dev: the rbd target links them; rbd-nbd and
+# qemu-block-extra (QEMU's rbd driver, for qemu-nbd): benchmark baselines (scripts/bench-rbd.sh).
 # jq: bench/guest.sh reads fio's JSON. fonts-dejavu-core: the TTF crates/bench-plot renders
 # text with (plotters' ab_glyph; no fontconfig/freetype needed).
 apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" "qemu-system-common=$qemu_ver" \
+    "qemu-block-extra=$qemu_ver" \
     busybox-static kmod udev \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux \
-    xz-utils jq fonts-dejavu-core
+    xz-utils jq fonts-dejavu-core \
+    ceph-mon ceph-osd ceph-common librbd-dev librados-dev rbd-nbd
 
 # The downgrade must leave a working qemu-img behind.
 qemu-img --version >/dev/null

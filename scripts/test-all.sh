@@ -3,6 +3,9 @@
 # ublk driver: the full suite on Linux 7.3 and the compatibility subset on 6.12, each in one VM
 # boot. On a host whose own kernel has /dev/ublk-control the suite runs directly instead.
 #
+# The host part also runs tests/rbd/host.sh: the rbd target against a throwaway Ceph cluster
+# (scripts/ceph.sh) through `ublkd export -t rbd`.
+#
 # Ends with one line "N passed, N failed" summing everything; exits non-zero on any failure.
 # In CI (CI=true) a VM that cannot boot or lacks ublk_drv is a failure. Only a developer's
 # local run may skip the VM part, and it says so loudly.
@@ -57,6 +60,16 @@ if [[ $host -eq 1 ]]; then
     done < <(sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$out/cargo.log")
     if [[ $rc -ne 0 ]] && ! grep -q '^test result: FAILED' "$out/cargo.log"; then
         echo "test-all.sh: cargo test failed before running tests (build error?)"
+        failed=$((failed + 1))
+    fi
+    # The rbd target against a real single-node Ceph cluster on this host's loopback, through
+    # `ublkd export -t rbd` (the in-guest part is in the VM suite).
+    echo "=== host: rbd suite (tests/rbd/host.sh)"
+    if cargo build --release --workspace --bins; then
+        tests/rbd/host.sh 2>&1 | tee "$out/rbd-host.log"
+        count_plain "$out/rbd-host.log"
+    else
+        echo "test-all.sh: release build failed"
         failed=$((failed + 1))
     fi
 fi

@@ -46,3 +46,29 @@ check_clean() {
 
 # add_dev ARGS...: create a device and print its /dev path (the test fails on error).
 add_dev() { "$UBLKD" add "$@"; }
+
+# ext4 helpers, shared by the VM suite and the rbd suites (they use $SCRATCH).
+make_tree() { # DIR: a tree of files with varied sizes
+    local d=$1 i
+    mkdir -p "$d/a/b/c" "$d/x"
+    for i in $(seq 1 40); do head -c $((i * 3797)) /dev/urandom >"$d/a/f$i"; done
+    for i in $(seq 1 10); do head -c $((i * 65536 + 17)) /dev/urandom >"$d/a/b/c/g$i"; done
+    head -c $((3 << 20)) /dev/urandom >"$d/x/big"
+    cp -r /etc/ssl "$d/x/" 2>/dev/null || true
+}
+
+ext4_round_trip() { # DEV LABEL
+    local dev=$1 label=$2 mnt=$SCRATCH/mnt-$2 src=$SCRATCH/tree-$2
+    mkdir -p "$mnt"
+    rm -rf "$src"; make_tree "$src"
+    (cd "$src" && find . -type f -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums-$label"
+    mkfs.ext4 -q -F "$dev" || return 1
+    mount "$dev" "$mnt" || return 1
+    cp -a "$src/." "$mnt/" || { umount "$mnt"; return 1; }
+    umount "$mnt" || return 1
+    fsck.ext4 -fn "$dev" || return 1
+    mount "$dev" "$mnt" || return 1
+    (cd "$mnt" && find . -type f ! -path './lost+found/*' -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-$label"
+    umount "$mnt" || return 1
+    diff "$SCRATCH/sums-$label" "$SCRATCH/sums2-$label"
+}

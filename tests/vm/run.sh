@@ -33,6 +33,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/qcow2.sh"
 # shellcheck source=del.sh
 . "$HERE/del.sh"
+# shellcheck source=rbd.sh
+. "$HERE/rbd.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -72,31 +74,6 @@ test_null_io() {
         --rw=randrw --bsrange=64k-512k --iodepth=1 --runtime=2 --time_based
     check "null size is 4G" test "$(blockdev --getsize64 "$dev")" = $((4 << 30))
     check "del null" "$UBLKD" del -n "${dev#/dev/ublkb}"
-}
-
-make_tree() { # DIR: a tree of files with varied sizes
-    local d=$1 i
-    mkdir -p "$d/a/b/c" "$d/x"
-    for i in $(seq 1 40); do head -c $((i * 3797)) /dev/urandom >"$d/a/f$i"; done
-    for i in $(seq 1 10); do head -c $((i * 65536 + 17)) /dev/urandom >"$d/a/b/c/g$i"; done
-    head -c $((3 << 20)) /dev/urandom >"$d/x/big"
-    cp -r /etc/ssl "$d/x/" 2>/dev/null || true
-}
-
-ext4_round_trip() { # DEV LABEL
-    local dev=$1 label=$2 mnt=$SCRATCH/mnt-$2 src=$SCRATCH/tree-$2
-    mkdir -p "$mnt"
-    rm -rf "$src"; make_tree "$src"
-    (cd "$src" && find . -type f -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums-$label"
-    mkfs.ext4 -q -F "$dev" || return 1
-    mount "$dev" "$mnt" || return 1
-    cp -a "$src/." "$mnt/" || { umount "$mnt"; return 1; }
-    umount "$mnt" || return 1
-    fsck.ext4 -fn "$dev" || return 1
-    mount "$dev" "$mnt" || return 1
-    (cd "$mnt" && find . -type f ! -path './lost+found/*' -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-$label"
-    umount "$mnt" || return 1
-    diff "$SCRATCH/sums-$label" "$SCRATCH/sums2-$label"
 }
 
 test_ext4() {
@@ -492,6 +469,7 @@ else
     test_qcow2
     test_qcow2_recovery
     test_del_safety
+    test_rbd
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null

@@ -31,6 +31,25 @@ fn all_opts() -> Vec<&'static Opt> {
     v
 }
 
+/// The clap id of a target option: its name behind a prefix, so a target's `--id` cannot
+/// collide with a command's own argument called `id` (the device number).
+fn arg_id(o: &Opt) -> &'static str {
+    static IDS: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
+    let ids = IDS.get_or_init(|| {
+        all_opts()
+            .into_iter()
+            .map(|o| {
+                let id: &'static str = Box::leak(format!("target-opt-{}", o.name).into_boxed_str());
+                (o.name, id)
+            })
+            .collect()
+    });
+    ids.iter()
+        .find(|(n, _)| *n == o.name)
+        .map(|(_, id)| *id)
+        .expect("every target option has an id")
+}
+
 impl TargetArgs {
     /// Check combinations and build the spec, without opening anything. Errors are one line.
     pub fn to_spec(&self) -> Result<TargetSpec, String> {
@@ -133,7 +152,7 @@ impl clap::Args for TargetArgs {
                     .help("Put a filter in front of the target (listed below); repeat to stack"),
             );
         for o in all_opts() {
-            let mut a = Arg::new(o.name).long(o.name).hide(true);
+            let mut a = Arg::new(arg_id(o)).long(o.name).hide(true);
             a = match o.value {
                 Value::Flag => a.action(ArgAction::SetTrue),
                 _ => a.value_name(o.placeholder).action(ArgAction::Set),
@@ -169,12 +188,12 @@ impl FromArgMatches for TargetArgs {
             .unwrap_or_default();
         self.given.clear();
         for o in all_opts() {
-            if m.value_source(o.name) != Some(ValueSource::CommandLine) {
+            if m.value_source(arg_id(o)) != Some(ValueSource::CommandLine) {
                 continue;
             }
             let raw = match o.value {
                 Value::Flag => String::new(),
-                _ => m.get_one::<String>(o.name).cloned().unwrap_or_default(),
+                _ => m.get_one::<String>(arg_id(o)).cloned().unwrap_or_default(),
             };
             self.given.push((o.name, raw));
         }

@@ -137,3 +137,30 @@ impl DeviceArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        d: DeviceArgs,
+    }
+
+    /// Target options sit beside the device's own: the rbd target's `--id` (a Ceph client) is
+    /// not the device number (`-n/--number`, clap id `id`).
+    #[test]
+    fn target_options_do_not_collide_with_device_options() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "ublkd", "-t", "rbd", "--image", "rbd/disk", "--id", "host-a", "-n", "3",
+        ])
+        .unwrap();
+        assert_eq!(c.d.id, Some(3));
+        let s = c.d.target.to_spec().unwrap();
+        assert_eq!(s.config["id"], "host-a");
+        assert_eq!(s.config["image"], "rbd/disk");
+    }
+}

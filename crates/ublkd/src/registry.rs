@@ -246,6 +246,7 @@ registry! {
         File => targets::file::FileTarget,
         Nbd => nbd::client::NbdTarget,
         Qcow2 => targets::qcow2::Qcow2Target,
+        Rbd => rbd::RbdTarget,
     }
     filters {
         Delay => targets::filter::delay::Delay,
