@@ -73,7 +73,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
             state::state_dir().display()
         ));
     };
-    if let Some(d) = crate::identity::find_daemon(a.id, 0, Some(&old))
+    if let Some(d) = crate::daemon::find_daemon(a.id, 0, Some(&old))
         && d.pid() != std::process::id() as i32
     {
         return crate::fail(format!(

@@ -99,22 +99,11 @@ pub fn log_path_for(id: u32) -> PathBuf {
 
 /// Write atomically (temp file + rename), so readers never see half a file.
 pub fn save(s: &DeviceState) -> io::Result<()> {
-    let dir = state_dir();
-    std::fs::create_dir_all(&dir)?;
-    let tmp = dir.join(format!(".{}.json.tmp", s.id));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(s).map_err(io::Error::other)?,
-    )?;
-    std::fs::rename(tmp, path_for(s.id))
+    save_in(&state_dir(), s)
 }
 
 pub fn load(id: u32) -> Option<DeviceState> {
     load_path(&path_for(id))
-}
-
-fn load_path(p: &Path) -> Option<DeviceState> {
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 
 pub fn remove(id: u32) {
@@ -123,7 +112,27 @@ pub fn remove(id: u32) {
 
 /// Ids with a state file.
 pub fn all_ids() -> Vec<u32> {
-    let Ok(rd) = std::fs::read_dir(state_dir()) else {
+    ids_in(&state_dir())
+}
+
+// The same, in a given directory (the functions above use `state_dir()`; tests their own).
+
+fn save_in(dir: &Path, s: &DeviceState) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.json.tmp", s.id));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(s).map_err(io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, dir.join(format!("{}.json", s.id)))
+}
+
+fn load_path(p: &Path) -> Option<DeviceState> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+fn ids_in(dir: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return vec![];
     };
     let mut v: Vec<u32> = rd
@@ -162,8 +171,6 @@ mod tests {
     #[test]
     fn save_load_remove_round_trip() {
         let d = tempfile::tempdir().unwrap();
-        // TODO: Audit that the environment access only happens in single-threaded code.
-        unsafe { std::env::set_var("UBLKD_STATE_DIR", d.path()) };
         let s = DeviceState {
             id: 7,
             pid: std::process::id() as i32,
@@ -183,13 +190,15 @@ mod tests {
             supervisor_identity: None,
             recoveries: 0,
         };
-        save(&s).unwrap();
-        assert_eq!(all_ids(), vec![7]);
-        assert_eq!(load(7).unwrap().target, s.target);
-        assert_eq!(load(7).unwrap().identity, s.identity);
+        let dir = d.path();
+        let file = dir.join("7.json");
+        save_in(dir, &s).unwrap();
+        assert_eq!(ids_in(dir), vec![7]);
+        assert_eq!(load_path(&file).unwrap().target, s.target);
+        assert_eq!(load_path(&file).unwrap().identity, s.identity);
         assert!(pid_alive(s.pid));
         assert!(!pid_alive(0));
-        remove(7);
-        assert!(all_ids().is_empty());
+        std::fs::remove_file(&file).unwrap();
+        assert!(ids_in(dir).is_empty());
     }
 }

@@ -28,8 +28,9 @@ use ublk::ctrl::char_dev_exists;
 use ublk::device::DEL_DEV_LIMIT;
 use ublk::uapi::{UBLK_F_SAFE_STOP_DEV, UBLK_S_DEV_DEAD, UBLK_S_DEV_LIVE, UBLK_S_DEV_QUIESCED};
 
+use crate::daemon;
 use crate::holders::{self, Flushed};
-use crate::identity::{self, Pidfd};
+use crate::identity::Pidfd;
 use crate::state;
 
 /// Syncing the file systems of a device in use, before `--force` stops it.
@@ -131,8 +132,8 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
     }
     // 1. Only processes shown to be the daemon or the supervisor are ever signalled.
     let st = state::load(id);
-    let daemon = identity::find_daemon(id, info.ublksrv_pid, st.as_ref());
-    let mut supervisor = identity::find_supervisor(st.as_ref(), daemon.as_ref());
+    let daemon = daemon::find_daemon(id, info.ublksrv_pid, st.as_ref());
+    let mut supervisor = daemon::find_supervisor(st.as_ref(), daemon.as_ref());
     let has_disk = info.state != UBLK_S_DEV_DEAD;
     // 2. Who uses it.
     let (nodes, uses, udev) = scan_settled(id);

@@ -21,7 +21,7 @@ use ublk::uapi::{
     UBLK_S_DEV_QUIESCED,
 };
 
-use crate::identity;
+use crate::daemon;
 use crate::state;
 
 #[derive(Debug, Args)]
@@ -69,7 +69,7 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
         ));
     };
     // Signalled only once shown to be the daemon (its pid may name another process by now).
-    let Some(old) = identity::find_daemon(id, info.ublksrv_pid, Some(&st)) else {
+    let Some(old) = daemon::find_daemon(id, info.ublksrv_pid, Some(&st)) else {
         return crate::fail(format!(
             "cannot identify the daemon of device {id} (pid {} is gone or is another process now)",
             st.pid
