@@ -56,7 +56,8 @@ test_rate_filter() {
     # Without the filter the same device is far faster (the limit is the filter's, not the VM's).
     dev=$("$UBLKD" add -t null --size 1G -q 2) || { fail "rate: add unlimited"; return; }
     iops=$(fio_iops "$dev" 3 4k)
-    check "unlimited null is above 3000 IOPS here (so the limit is what held it)" test "${iops:-0}" -gt 3000
+    echo "unlimited: ${iops:-0} IOPS"
+    check "unlimited null is above 1500 IOPS here (so the 1000 limit is what held it)" test "${iops:-0}" -gt 1500
     "$UBLKD" del -n "${dev#/dev/ublkb}"
 }
 
