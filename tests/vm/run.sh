@@ -13,9 +13,10 @@ COMPAT=0
 [ "${1:-}" = "--compat" ] && COMPAT=1
 SCRATCH=${SCRATCH:-/tmp/ublkd-suite}
 # Logs survive the VM when the host-shared directory is there (scripts/vm.sh mounts it).
-if [ -z "${LOG_DIR:-}" ] && [ -d /tmp/ublkd-vm ] && [ -w /tmp/ublkd-vm ]; then
-    LOG_DIR=/tmp/ublkd-vm/suite-logs-$(uname -r)
-    rm -rf "$LOG_DIR"
+# Each run gets its own (scripts/vm.sh's per-run directory, kept when the run fails): two suites
+# running at once in two VMs once shared one and the second's start removed the first's files.
+if [ -z "${LOG_DIR:-}" ] && [ -n "${UBLKD_VM_OUT:-}" ] && [ -w "$UBLKD_VM_OUT" ]; then
+    LOG_DIR=$UBLKD_VM_OUT/suite-logs-$(uname -r)
 fi
 LOG_DIR=${LOG_DIR:-$SCRATCH/logs}
 rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
