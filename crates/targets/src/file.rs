@@ -556,7 +556,10 @@ mod tests {
         let e = t.resize(2 << 20).unwrap_err().to_string();
         assert_eq!(e, "the file target does not shrink");
         let e = t.resize((8 << 20) + 100).unwrap_err().to_string();
-        assert!(e.contains("not a multiple of the 512-byte block size"), "{e}");
+        assert!(
+            e.contains("not a multiple of the 512-byte block size"),
+            "{e}"
+        );
         // Within a file larger than --size: the file is left as it is.
         let small = FileTarget::open(&path, Some(1 << 20), true, false).unwrap();
         small.resize(2 << 20).unwrap();
@@ -564,7 +567,10 @@ mod tests {
         // Read-only: cannot grow the file.
         let ro = FileTarget::open(&path, None, true, true).unwrap();
         let e = ro.resize(8 << 20).unwrap_err().to_string();
-        assert!(e.ends_with("fewer than 8388608 and is open read-only"), "{e}");
+        assert!(
+            e.ends_with("fewer than 8388608 and is open read-only"),
+            "{e}"
+        );
         assert_eq!(ro.geometry().size, 4 << 20);
     }
 

@@ -73,7 +73,9 @@ impl Ram {
         let reserve = (RESERVE as usize).max(len);
         let (p, reserved) = match map(reserve, libc::PROT_NONE) {
             // SAFETY: the first `len` bytes of the mapping we just made.
-            Some(p) if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } == 0 => {
+            Some(p)
+                if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } == 0 =>
+            {
                 (p, reserve)
             }
             r => {
