@@ -88,7 +88,7 @@ fn resize(
             format_size(st.size)
         ));
     }
-    if size % 512 != 0 {
+    if !size.is_multiple_of(512) {
         return Err(format!("size {size} is not a multiple of 512"));
     }
     if size == st.size {
