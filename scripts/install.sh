@@ -2,11 +2,12 @@
 # Install ublkd: the binary, shell completions, man pages, the udev rule for
 # /dev/disk/by-id/ublk-NAME and the systemd unit ublkd@.service.
 #
-# Usage: scripts/install.sh [--prefix /usr/local] [--destdir DIR] [--no-build]
+# Usage: scripts/install.sh [--prefix /usr/local] [--destdir DIR] [--no-build] [--bin PATH]
 #   --prefix   where the binary (PREFIX/bin), man pages (PREFIX/share/man) and completions
 #              (PREFIX/share/...) go; default /usr/local
 #   --destdir  stage everything under DIR (packaging; nothing runs from there)
 #   --no-build use target/release/ublkd as it is instead of running cargo build --release
+#   --bin PATH install this ublkd binary (implies --no-build)
 # udev rules go to DESTDIR/etc/udev/rules.d, units to DESTDIR/etc/systemd/system, both
 # naming the installed binary's path. Run as root for a real install; afterwards
 # `udevadm control --reload` and `systemctl daemon-reload` pick up the new files.
@@ -15,18 +16,20 @@ set -eu
 prefix=/usr/local
 destdir=
 build=1
+bin=
 while [ $# -gt 0 ]; do
     case "$1" in
     --prefix) prefix=$2; shift 2 ;;
     --destdir) destdir=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+    --bin) bin=$2; build=0; shift 2 ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-bin="$repo/target/release/ublkd"
+bin=${bin:-$repo/target/release/ublkd}
 if [ "$build" = 1 ]; then
     (cd "$repo" && cargo build --release -p ublkd)
 fi

@@ -40,7 +40,8 @@ link_is() { # LINK TARGET: /dev/disk/by-id/LINK resolves to /dev/TARGET
 
 names_and_links() {
     local dev id serial n
-    dev=$("$UBLKD" add -t mem --size 64M -q 1 --name db-1.x_y) || return 1
+    rm -f "$BACK/names.img"; truncate -s 64M "$BACK/names.img"
+    dev=$("$UBLKD" add -t file --path "$BACK/names.img" -q 1 --name db-1.x_y) || return 1
     id=${dev#/dev/ublkb}
     serial=$(json_field "$id" serial)
     [ "$(json_field "$id" name)" = db-1.x_y ] || { echo "list --json lacks the name"; return 1; }
@@ -49,6 +50,7 @@ names_and_links() {
     [ "$("$UBLKD" udev-id "ublkb${id}p2")" = "$(printf 'UBLKD_ID=%s\nUBLKD_NAME=db-1.x_y\nUBLKD_SERIAL=%s\nID_SERIAL=%s' "$id" "$serial" "$serial")" ] \
         || { echo "udev-id output wrong"; "$UBLKD" udev-id "ublkb$id"; return 1; }
     udevadm settle -t 30
+    udevadm info "$dev"
     link_is ublk-db-1.x_y "ublkb$id" || return 1
     link_is "ublk-$serial" "ublkb$id" || return 1
     # A partition table: the kernel scans it, udev links the partitions.
@@ -72,6 +74,7 @@ names_and_links() {
     for l in ublk-db-1.x_y ublk-db-1.x_y-part1 ublk-db-1.x_y-part2 "ublk-$serial"; do
         [ ! -e "/dev/disk/by-id/$l" ] && [ ! -L "/dev/disk/by-id/$l" ] || { echo "$l still there after del"; return 1; }
     done
+    rm -f "$BACK/names.img"
 }
 
 test_names() {
@@ -116,9 +119,11 @@ resize_mounted_ext4() {
     after=$(df -k --output=size "$mnt" | tail -1)
     echo "df size before $before KiB, after $after KiB"
     [ "$after" -gt $((before * 18 / 10)) ] || { echo "df did not grow"; umount "$mnt"; return 1; }
-    # Use the new space: a file bigger than the old free space.
-    head -c $((70 << 20)) /dev/urandom >"$mnt/new-space" || { umount "$mnt"; return 1; }
-    (cd "$mnt" && find . -type f ! -path './lost+found/*' ! -name new-space -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-resize"
+    # Use the new space: allocate more than the old file system held, and write a file after the
+    # resize whose contents must survive a new daemon.
+    fallocate -l 80M "$mnt/big" || { echo "cannot allocate 80M"; umount "$mnt"; return 1; }
+    head -c $((4 << 20)) /dev/urandom >"$mnt/new-space" || { umount "$mnt"; return 1; }
+    (cd "$mnt" && find . -type f ! -path './lost+found/*' ! -name new-space ! -name big -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-resize"
     local new_sum; new_sum=$(sha256sum <"$mnt/new-space")
     umount "$mnt" || return 1
     diff "$SCRATCH/sums-resize" "$SCRATCH/sums2-resize" || return 1

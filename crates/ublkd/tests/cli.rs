@@ -104,3 +104,43 @@ fn bad_names_are_refused_in_one_line_before_anything_starts() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--name 'a/b' contains '/'"), "{err}");
 }
+
+#[test]
+fn install_script_stages_binary_completions_man_pages_rule_and_unit() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/install.sh");
+    let out = Command::new("sh")
+        .args([script, "--prefix", "/usr", "--destdir"])
+        .arg(root)
+        .args(["--bin", env!("CARGO_BIN_EXE_ublkd")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "usr/bin/ublkd",
+        "usr/share/bash-completion/completions/ublkd",
+        "usr/share/zsh/site-functions/_ublkd",
+        "usr/share/fish/vendor_completions.d/ublkd.fish",
+        "usr/share/man/man1/ublkd.1",
+        "usr/share/man/man1/ublkd-resize.1",
+    ] {
+        let len = std::fs::metadata(root.join(f))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 0, "{f} missing or empty");
+    }
+    // The rule and the unit run the installed binary, not the default path.
+    let rule = std::fs::read_to_string(root.join("etc/udev/rules.d/60-ublkd.rules")).unwrap();
+    assert!(
+        rule.contains(r#"IMPORT{program}="/usr/bin/ublkd udev-id %k""#),
+        "{rule}"
+    );
+    let unit = std::fs::read_to_string(root.join("etc/systemd/system/ublkd@.service")).unwrap();
+    assert!(unit.contains("exec /usr/bin/ublkd add") && !unit.contains("/usr/local/bin"));
+    assert!(unit.contains("Type=notify"));
+}
