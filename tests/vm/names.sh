@@ -121,9 +121,9 @@ resize_mounted_ext4() {
     [ "$after" -gt $((before * 18 / 10)) ] || { echo "df did not grow"; umount "$mnt"; return 1; }
     # Use the new space: allocate more than the old file system held, and write a file after the
     # resize whose contents must survive a new daemon.
-    fallocate -l 80M "$mnt/big" || { echo "cannot allocate 80M"; umount "$mnt"; return 1; }
+    fallocate -l 80M "$mnt/allocated-after-resize" || { echo "cannot allocate 80M"; umount "$mnt"; return 1; }
     head -c $((4 << 20)) /dev/urandom >"$mnt/new-space" || { umount "$mnt"; return 1; }
-    (cd "$mnt" && find . -type f ! -path './lost+found/*' ! -name new-space ! -name big -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-resize"
+    (cd "$mnt" && find . -type f ! -path './lost+found/*' ! -name new-space ! -name allocated-after-resize -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-resize"
     local new_sum; new_sum=$(sha256sum <"$mnt/new-space")
     umount "$mnt" || return 1
     diff "$SCRATCH/sums-resize" "$SCRATCH/sums2-resize" || return 1
