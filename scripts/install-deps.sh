@@ -26,7 +26,8 @@ fi
 # busybox-static: vng builds its guest initramfs from it.
 # kmod: modprobe/depmod, used on the host (depmod) and inside the guest.
 # udev: gives the guest udevd so /dev/disk/* links and uevents behave normally.
-# fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads.
+# fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads; fdisk: sfdisk, which
+# puts a partition table on a named device (tests/vm/names.sh).
 # qemu-system-common: qemu-storage-daemon (scripts/bench-vhost.sh compares against it).
 # ceph-mon/ceph-osd/ceph-common: scripts/ceph.sh's throwaway cluster for the rbd target's tests
 # (host and guest); librbd-dev/librados-dev: the rbd target links them; rbd-nbd and
@@ -37,7 +38,7 @@ apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" "qemu-system-common=$qemu_ver" \
     "qemu-block-extra=$qemu_ver" \
     busybox-static kmod udev \
-    fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux \
+    fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux fdisk \
     xz-utils jq fonts-dejavu-core \
     ceph-mon ceph-osd ceph-common librbd-dev librados-dev rbd-nbd
 

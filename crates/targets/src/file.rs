@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,9 @@ use crate::{Caps, Extent, Geometry, IoBuf, OpenError, Target, TargetQueue};
 pub struct FileTarget {
     file: Arc<File>,
     path: PathBuf,
+    /// `geo.size` as opened; `size` is the size now (online resize may grow it).
     geo: Geometry,
+    size: AtomicU64,
     direct: bool,
     blockdev: bool,
     /// Why `auto` would (or would not) serve inline, for the log.
@@ -245,6 +248,7 @@ impl FileTarget {
                 physical_block: lbs.max(4096),
                 caps,
             },
+            size: AtomicU64::new(size),
             direct,
             blockdev,
             inline_auto,
@@ -337,7 +341,49 @@ impl TargetKind for FileTarget {
 impl Target for FileTarget {
     type Queue = FileQueue;
     fn geometry(&self) -> Geometry {
-        self.geo
+        Geometry {
+            size: self.size.load(Ordering::Acquire),
+            ..self.geo
+        }
+    }
+    /// Grows a regular file (sparse, like `truncate -s`) when it is smaller than `size`; a
+    /// block device must already hold `size` bytes.
+    fn resize(&self, size: u64) -> io::Result<()> {
+        let lbs = self.geo.logical_block as u64;
+        if !size.is_multiple_of(lbs) {
+            return Err(io::Error::other(format!(
+                "size {size} is not a multiple of the {lbs}-byte block size"
+            )));
+        }
+        if size < self.size.load(Ordering::Acquire) {
+            return Err(io::Error::other("the file target does not shrink"));
+        }
+        let have = if self.blockdev {
+            blockdev_size(self.file.as_raw_fd())?.0
+        } else {
+            self.file.metadata()?.len()
+        };
+        if have < size {
+            if self.blockdev || self.geo.caps.read_only {
+                return Err(io::Error::other(format!(
+                    "{} holds {have} bytes, fewer than {size}{}",
+                    self.path.display(),
+                    if self.blockdev {
+                        ": grow the block device first"
+                    } else {
+                        " and is open read-only"
+                    }
+                )));
+            }
+            self.file.set_len(size).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot grow {}: {e}", self.path.display()),
+                )
+            })?;
+        }
+        self.size.store(size, Ordering::Release);
+        Ok(())
     }
     fn notes(&self) -> Vec<String> {
         let (on, why) = self.inline_io();
@@ -489,6 +535,44 @@ impl TargetQueue for FileQueue {
 mod tests {
     use super::*;
     use rt::Runtime;
+
+    #[test]
+    fn grows_the_file_online_and_refuses_what_it_cannot() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("grow.img");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let t = FileTarget::open(&path, None, true, false).unwrap();
+        t.resize(4 << 20).unwrap();
+        assert_eq!(t.geometry().size, 4 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+        let q = t.open_queue(0).unwrap();
+        Runtime::new().unwrap().block_on(async {
+            let mut r = IoBuf::with_capacity(4096);
+            q.read((4 << 20) - 4096, &mut r).await.unwrap();
+            assert!(r.as_slice().iter().all(|&b| b == 0));
+            q.read(0, &mut r).await.unwrap();
+            assert!(r.as_slice().iter().all(|&b| b == 7));
+        });
+        let e = t.resize(2 << 20).unwrap_err().to_string();
+        assert_eq!(e, "the file target does not shrink");
+        let e = t.resize((8 << 20) + 100).unwrap_err().to_string();
+        assert!(
+            e.contains("not a multiple of the 512-byte block size"),
+            "{e}"
+        );
+        // Within a file larger than --size: the file is left as it is.
+        let small = FileTarget::open(&path, Some(1 << 20), true, false).unwrap();
+        small.resize(2 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+        // Read-only: cannot grow the file.
+        let ro = FileTarget::open(&path, None, true, true).unwrap();
+        let e = ro.resize(8 << 20).unwrap_err().to_string();
+        assert!(
+            e.ends_with("fewer than 8388608 and is open read-only"),
+            "{e}"
+        );
+        assert_eq!(ro.geometry().size, 4 << 20);
+    }
 
     #[test]
     fn round_trip_flush_discard_zeroes() {

@@ -97,6 +97,13 @@ pub trait Target: Send + Sync + 'static {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Serve `size` bytes from now on (online resize; `geometry()` then reports it). Called
+    /// while queues serve requests, before the frontend announces the new size, so no request
+    /// beyond the old size arrives before this returns. Only growing is asked for. Targets that
+    /// cannot follow refuse with EOPNOTSUPP; the message of any other error is one line.
+    fn resize(&self, _size: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
 }
 
 /// The data path of one queue. Offsets and lengths are bytes, checked against the geometry by

@@ -4,8 +4,14 @@
 //! Shared state: queues on different threads copy in and out of the same mapping. Each copy runs
 //! chunk by chunk under a striped lock, so two threads never touch the same bytes at once (no data
 //! race); requests are not atomic across chunks, which a block device never promises anyway.
+//!
+//! Growing online: the mapping reserves more address space than the disk's size (inaccessible,
+//! costing neither memory nor commit charge) and only the disk's part is readable and writable;
+//! growing makes more of the reservation accessible. The mapping never moves, so queues copying
+//! in and out of it need no coordination with a resize.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -21,9 +27,15 @@ const PAGE: u64 = 4096;
 /// Pages asked about per mincore call (one byte each, on the stack).
 const WINDOW_PAGES: usize = 4096;
 
+/// Address space reserved per RAM disk for online growth (virtual only).
+const RESERVE: u64 = 1 << 40;
+
 struct Ram {
     ptr: *mut u8,
-    size: u64,
+    /// Bytes of the mapping the disk uses now (readable and writable).
+    size: AtomicU64,
+    /// Bytes mapped (the rest inaccessible until a resize).
+    reserved: u64,
     stripes: Vec<Mutex<()>>,
 }
 
@@ -35,11 +47,89 @@ unsafe impl Sync for Ram {}
 impl Drop for Ram {
     fn drop(&mut self) {
         // SAFETY: our own mapping; no queue can hold a reference (they hold the Arc).
-        unsafe { libc::munmap(self.ptr.cast(), self.size as usize) };
+        unsafe { libc::munmap(self.ptr.cast(), self.reserved as usize) };
     }
 }
 
 impl Ram {
+    /// Map `size` bytes, reserving room to grow where the address space allows.
+    fn new(size: u64) -> io::Result<Ram> {
+        let len = usize::try_from(size.next_multiple_of(PAGE).max(PAGE))
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let map = |len: usize, prot: i32| {
+            // SAFETY: a new anonymous private mapping at an address of the kernel's choosing.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            (p != libc::MAP_FAILED).then_some(p)
+        };
+        let reserve = (RESERVE as usize).max(len);
+        let (p, reserved) = match map(reserve, libc::PROT_NONE) {
+            // SAFETY: the first `len` bytes of the mapping we just made.
+            Some(p)
+                if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } == 0 =>
+            {
+                (p, reserve)
+            }
+            r => {
+                // No room for a reservation (RLIMIT_AS, a small address space): exactly the
+                // disk, which then cannot grow.
+                if let Some(p) = r {
+                    // SAFETY: the mapping just made, unused.
+                    unsafe { libc::munmap(p, reserve) };
+                }
+                let p = map(len, libc::PROT_READ | libc::PROT_WRITE)
+                    .ok_or_else(io::Error::last_os_error)?;
+                (p, len)
+            }
+        };
+        Ok(Ram {
+            ptr: p.cast(),
+            size: AtomicU64::new(size),
+            reserved: reserved as u64,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    /// Make `[0, size)` usable; never shrinks. Called by one thread at a time (the target's
+    /// resize lock).
+    fn grow(&self, size: u64) -> io::Result<()> {
+        let old = self.size.load(Ordering::Acquire);
+        if size < old {
+            return Err(io::Error::other("the mem target does not shrink"));
+        }
+        let (from, to) = (old.next_multiple_of(PAGE), size.next_multiple_of(PAGE));
+        if to > self.reserved {
+            return Err(io::Error::other(format!(
+                "the mem target can grow to at most {} (the address space reserved when it was created)",
+                crate::size::format_size(self.reserved)
+            )));
+        }
+        if to > from {
+            // SAFETY: a page-aligned range inside our reservation, not yet in use by any queue
+            // (requests stay below the old size until this returns).
+            let r = unsafe {
+                libc::mprotect(
+                    self.ptr.add(from as usize).cast(),
+                    (to - from) as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        self.size.store(size, Ordering::Release);
+        Ok(())
+    }
+
     /// Run `f(chunk_offset_in_disk, bytes)` over `[off, off+len)` chunk by chunk, each under its
     /// stripe lock.
     fn for_each_chunk(&self, off: u64, len: u64, mut f: impl FnMut(u64, &mut [u8])) {
@@ -90,31 +180,14 @@ impl Ram {
 
 pub struct MemTarget {
     ram: Arc<Ram>,
+    /// `geo.size` as created; the size now is `ram.size`.
     geo: Geometry,
+    resizing: Mutex<()>,
 }
 
 impl MemTarget {
     pub fn new(size: u64, logical_block: u32) -> io::Result<MemTarget> {
-        let len = usize::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: anonymous private mapping, checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len.max(1),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ram = Ram {
-            ptr: p.cast(),
-            size,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-        };
+        let ram = Ram::new(size)?;
         let caps = Caps {
             discard: true,
             write_zeroes: true,
@@ -130,6 +203,7 @@ impl MemTarget {
                 physical_block: logical_block.max(4096),
                 caps,
             },
+            resizing: Mutex::new(()),
         })
     }
 }
@@ -179,7 +253,15 @@ impl TargetKind for MemTarget {
 impl Target for MemTarget {
     type Queue = MemQueue;
     fn geometry(&self) -> Geometry {
-        self.geo
+        Geometry {
+            size: self.ram.size.load(Ordering::Acquire),
+            ..self.geo
+        }
+    }
+    fn resize(&self, size: u64) -> io::Result<()> {
+        check_size(size, self.geo.logical_block).map_err(|e| io::Error::other(e.to_string()))?;
+        let _one_at_a_time = self.resizing.lock().unwrap_or_else(|e| e.into_inner());
+        self.ram.grow(size)
     }
     fn open_queue(&self, _qid: u16) -> io::Result<MemQueue> {
         Ok(MemQueue {
@@ -226,7 +308,7 @@ impl TargetQueue for MemQueue {
         // and at most MAX_EXTENTS extents (a prefix of the range): the answer's memory does not
         // grow with the length asked about.
         let end = off + len;
-        let map_end = self.ram.size.next_multiple_of(PAGE);
+        let map_end = self.ram.size.load(Ordering::Acquire).next_multiple_of(PAGE);
         let mut resident = [0u8; WINDOW_PAGES];
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = off;
@@ -310,6 +392,37 @@ mod tests {
             assert!(ext[0].hole, "first 56K never written: {ext:?}");
             assert!(ext.iter().any(|e| !e.hole));
         });
+    }
+
+    #[test]
+    fn grows_online_keeping_data_and_refuses_to_shrink() {
+        let t = MemTarget::new(1 << 20, 512).unwrap();
+        let q = t.open_queue(0).unwrap();
+        let rt = Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut w = IoBuf::with_capacity(4096);
+            w.as_mut_slice().fill(0xa5);
+            q.write((1 << 20) - 4096, &w, false).await.unwrap();
+            t.resize(3 << 20).unwrap();
+            assert_eq!(t.geometry().size, 3 << 20);
+            // The new range is usable from a queue opened before the resize, and reads zeroes
+            // until written.
+            let mut r = IoBuf::with_capacity(4096);
+            q.read((3 << 20) - 4096, &mut r).await.unwrap();
+            assert!(r.as_slice().iter().all(|&b| b == 0));
+            q.write((3 << 20) - 4096, &w, false).await.unwrap();
+            q.read((3 << 20) - 4096, &mut r).await.unwrap();
+            assert_eq!(r.as_slice(), w.as_slice());
+            q.read((1 << 20) - 4096, &mut r).await.unwrap();
+            assert_eq!(r.as_slice(), w.as_slice());
+        });
+        let e = t.resize(1 << 20).unwrap_err().to_string();
+        assert_eq!(e, "the mem target does not shrink");
+        let e = t.resize((4 << 20) + 1).unwrap_err().to_string();
+        assert!(e.contains("not a multiple"), "{e}");
+        let e = t.resize(RESERVE * 2).unwrap_err().to_string();
+        assert!(e.contains("can grow to at most 1T"), "{e}");
+        assert_eq!(t.geometry().size, 3 << 20);
     }
 
     #[test]

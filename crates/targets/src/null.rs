@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,8 @@ use crate::{Caps, Geometry, IoBuf, OpenError, Target, TargetQueue, check_size};
 
 pub struct NullTarget {
     geo: Geometry,
+    /// The size now (online resize may grow it).
+    size: AtomicU64,
     /// For zero-copy buffers, which only io_uring can fill.
     zero: Arc<File>,
 }
@@ -48,6 +51,7 @@ impl NullTarget {
                 physical_block: logical_block.max(4096),
                 caps,
             },
+            size: AtomicU64::new(size),
             zero: Arc::new(File::open("/dev/zero")?),
         })
     }
@@ -86,7 +90,15 @@ impl TargetKind for NullTarget {
 impl Target for NullTarget {
     type Queue = NullQueue;
     fn geometry(&self) -> Geometry {
-        self.geo
+        Geometry {
+            size: self.size.load(Ordering::Acquire),
+            ..self.geo
+        }
+    }
+    fn resize(&self, size: u64) -> io::Result<()> {
+        check_size(size, self.geo.logical_block).map_err(|e| io::Error::other(e.to_string()))?;
+        self.size.store(size, Ordering::Release);
+        Ok(())
     }
     fn open_queue(&self, _qid: u16) -> io::Result<NullQueue> {
         Ok(NullQueue {

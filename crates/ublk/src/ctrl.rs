@@ -340,4 +340,12 @@ impl Control {
         c.data[0] = timeout_ms;
         self.cmd(UBLK_U_CMD_QUIESCE_DEV, c).map(drop)
     }
+
+    /// Change the disk's size (Linux 6.16+, UBLK_F_UPDATE_SIZE): `sectors` of 512 bytes. The
+    /// driver sets the new capacity and tells the block layer, which announces it (a uevent).
+    pub fn update_size(&mut self, dev_id: u32, sectors: u64) -> io::Result<()> {
+        let mut c = Self::header(dev_id);
+        c.data[0] = sectors;
+        self.cmd(UBLK_U_CMD_UPDATE_SIZE, c).map(drop)
+    }
 }

@@ -345,6 +345,16 @@ impl Device {
         Ok(dev)
     }
 
+    /// Give the disk a new size in bytes (a multiple of 512; UPDATE_SIZE, Linux 6.16+). The
+    /// target must already serve the new size: the block layer may send requests up to it at
+    /// once. Refused (EOPNOTSUPP) on a device created without UBLK_F_UPDATE_SIZE.
+    pub fn update_size(&mut self, bytes: u64) -> io::Result<()> {
+        if self.info.flags & UBLK_F_UPDATE_SIZE == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        self.ctrl.update_size(self.info.dev_id, bytes / 512)
+    }
+
     /// The driver's current state of the device (UBLK_S_DEV_*), if it still exists.
     pub fn driver_state(&mut self) -> Option<u16> {
         self.ctrl

@@ -61,6 +61,9 @@ pub(crate) fn device_flags(
     if flags & UBLK_F_USER_RECOVERY != 0 && have & UBLK_F_QUIESCE != 0 {
         flags |= UBLK_F_QUIESCE;
     }
+    // Lets `ublkd resize` change the size of a live disk (Linux 6.16+); without it, resize
+    // refuses.
+    flags |= have & UBLK_F_UPDATE_SIZE;
     // Lets `del` refuse a busy device race-free (TRY_STOP_DEV, Linux 7.0+).
     flags |= have & UBLK_F_SAFE_STOP_DEV;
     Ok((mode, flags))

@@ -23,6 +23,10 @@ pub struct DeviceArgs {
     /// Device id (default: the first free one).
     #[arg(short = 'n', long = "number")]
     pub id: Option<u32>,
+    /// A name for the device, unique among live devices (1-64 of A-Z a-z 0-9 . _ -): kept
+    /// across recover/upgrade, shown by list, linked by udev as /dev/disk/by-id/ublk-NAME.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Largest single I/O (K/M suffixes), a power of two from 4K to 32M.
     #[arg(long, default_value = "512K", value_parser = parse_size)]
     pub max_io: u64,

@@ -17,10 +17,12 @@ mod daemon;
 mod device_args;
 mod holders;
 mod identity;
+mod naming;
 mod out;
 mod process;
 mod registry;
 mod report;
+mod resize;
 mod serve;
 mod spec;
 mod state;
@@ -33,7 +35,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "ublkd",
-    version,
+    version = env!("UBLKD_VERSION"),
     about = "Serve Linux block devices from userspace (ublk)"
 )]
 struct Cli {
@@ -71,6 +73,16 @@ enum Command {
     Recover(cmd::recover::RecoverArgs),
     /// Hand a live device to a new daemon (this binary) without failing I/O (Linux 6.16+).
     Upgrade(cmd::upgrade::UpgradeArgs),
+    /// Grow a live device (file, mem and null targets; Linux 6.16+); the file system on it can
+    /// then grow online (resize2fs, xfs_growfs).
+    Resize(cmd::resize::ResizeArgs),
+    /// Print shell completions (bash, zsh or fish) for ublkd.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Write man pages for ublkd and each command into a directory.
+    Man(cmd::docs::ManArgs),
+    /// Print a disk's name and serial as udev properties (used by contrib/udev/60-ublkd.rules).
+    #[command(hide = true)]
+    UdevId(cmd::udev_id::UdevIdArgs),
     /// Run the daemon for one device in the foreground (used by `add`).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -135,6 +147,10 @@ fn main() -> ExitCode {
         Command::Features(a) => cmd::features::run(a),
         Command::Recover(a) => cmd::recover::run(a),
         Command::Upgrade(a) => cmd::upgrade::run(a),
+        Command::Resize(a) => cmd::resize::run(a),
+        Command::Completions(a) => cmd::docs::completions(a),
+        Command::Man(a) => cmd::docs::man(a),
+        Command::UdevId(a) => cmd::udev_id::run(a),
         Command::Serve(a) => serve::run(a),
         Command::ServeRecover(a) => serve::run_recover(a),
         Command::Supervise(a) => supervise::run(a),

@@ -23,12 +23,13 @@ pub(crate) fn block_stop_signals() -> libc::sigset_t {
 /// commands): leave the device to the driver, which holds its I/O for the next daemon.
 pub(crate) const HANDOVER_SIGNAL: i32 = libc::SIGUSR1;
 
-/// Block the stop signals and the hand-over signal; the serve loop takes them.
+/// Block the stop signals, the hand-over and the resize signal; the serve loop takes them.
 pub(crate) fn block_daemon_signals() -> libc::sigset_t {
     let mut set = block_stop_signals();
     // SAFETY: as in block_stop_signals.
     unsafe {
         libc::sigaddset(&mut set, HANDOVER_SIGNAL);
+        libc::sigaddset(&mut set, crate::resize::RESIZE_SIGNAL);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     set
@@ -63,5 +64,26 @@ pub(crate) fn redirect_output(log: &std::path::Path) {
         if let Some(n) = &null {
             libc::dup2(n.as_raw_fd(), 0);
         }
+    }
+}
+
+/// Tell systemd we are ready (`READY=1` on $NOTIFY_SOCKET, the sd_notify protocol), when it
+/// started us as a Type=notify service; nothing otherwise.
+pub(crate) fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    // A leading '@' names a socket in the abstract namespace.
+    let addr = match path.strip_prefix('@') {
+        Some(abs) => SocketAddr::from_abstract_name(abs.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent =
+        UnixDatagram::unbound().and_then(|s| addr.and_then(|a| s.send_to_addr(b"READY=1", &a)));
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd at {path}: {e}");
     }
 }

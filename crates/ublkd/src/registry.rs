@@ -112,6 +112,12 @@ macro_rules! registry {
                     AnyTarget::Filtered(t) => t.notes(),
                 }
             }
+            fn resize(&self, size: u64) -> std::io::Result<()> {
+                match self {
+                    $(AnyTarget::$t(t) => t.resize(size),)*
+                    AnyTarget::Filtered(t) => t.resize(size),
+                }
+            }
         }
 
         // A filtered queue's future is boxed (see the module docs).

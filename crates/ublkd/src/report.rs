@@ -24,6 +24,10 @@ pub struct DeviceReport {
     /// How requests reach the daemon: batch (UBLK_F_BATCH_IO) or per-tag commands.
     pub io_cmds: &'static str,
     pub flags: Vec<String>,
+    /// `add --name`, if given.
+    pub name: Option<String>,
+    /// Generated at add; udev links it as /dev/disk/by-id/ublk-SERIAL.
+    pub serial: Option<String>,
 }
 
 impl DeviceReport {
@@ -56,6 +60,8 @@ impl DeviceReport {
                 "per-tag"
             },
             flags: features::names(info.flags),
+            name: st.and_then(|s| s.name.clone()),
+            serial: st.and_then(|s| s.serial.clone()),
         }
     }
 }

@@ -12,7 +12,9 @@ use ublk::Device;
 
 use crate::device_args::DeviceArgs;
 use crate::process::{HANDOVER_SIGNAL, block_daemon_signals, redirect_output, wait_signal};
+use crate::registry::AnyTarget;
 use crate::report::DeviceReport;
+use crate::resize::RESIZE_SIGNAL;
 use crate::state::{self, DeviceState};
 
 #[derive(Debug, Args)]
@@ -34,6 +36,12 @@ pub fn run(a: ServeArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return crate::fail(e),
     };
+    // Checked again here, where it counts (another add may have taken the name meanwhile).
+    if let Some(n) = &a.dev.name
+        && let Err(e) = crate::naming::check_new_name(n)
+    {
+        return crate::fail(e);
+    }
     let target = match spec.open() {
         Ok(t) => Arc::new(t),
         Err(e) => return crate::fail(e),
@@ -44,14 +52,16 @@ pub fn run(a: ServeArgs) -> ExitCode {
     let (queues, clamp_note) = clamp_queues(opts.queues as usize, target.max_queues(), "queue");
     notes.extend(clamp_note);
     opts.queues = queues as u16;
-    let dev = match Device::create(target, &opts) {
+    let dev = match Device::create(target.clone(), &opts) {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
     };
     let mut st = DeviceState::new(&dev, spec, geo.size, a.dev.recovery);
     st.busy_poll_us = a.dev.busy_poll_us;
     st.pin_queues = a.dev.pin_queues;
-    serve_device(dev, st, &sigs, a.daemon, notes)
+    st.name = a.dev.name.clone();
+    st.serial = Some(crate::naming::new_serial());
+    serve_device(dev, target, st, &sigs, a.daemon, notes)
 }
 
 /// Hidden `serve-recover`: the daemon that takes over a device whose daemon died or handed it
@@ -94,7 +104,7 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
             old.size, geo.size
         ));
     }
-    let dev = match Device::recover(target, a.id, old.tuning()) {
+    let dev = match Device::recover(target.clone(), a.id, old.tuning()) {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
     };
@@ -104,15 +114,18 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     st.supervisor_pid = old.supervisor_pid;
     st.supervisor_identity = old.supervisor_identity.clone();
     st.recoveries = old.recoveries + 1;
+    st.name = old.name.clone();
+    st.serial = old.serial.clone();
     tracing::info!("recovered device {} (recovery #{})", a.id, st.recoveries);
-    serve_device(dev, st, &sigs, a.daemon, notes)
+    serve_device(dev, target, st, &sigs, a.daemon, notes)
 }
 
 /// Serve a live device: write its state, report readiness, wait for a stop signal or for the
 /// device to stop, then tear down. A device quiesced for a new daemon is left in place.
 fn serve_device(
     mut dev: Device,
-    st: DeviceState,
+    target: Arc<AnyTarget>,
+    mut st: DeviceState,
     sigs: &libc::sigset_t,
     daemon: bool,
     notes: Vec<String>,
@@ -124,6 +137,9 @@ fn serve_device(
             state::path_for(id).display()
         );
     }
+    // udev saw the disk appear before this state file existed: let it look again, so the
+    // by-id links (contrib/udev) get the name and serial.
+    crate::naming::announce(id);
     tracing::info!(
         "device {} live: {} queues x depth {}, max io {}, {} mode, recovery {:?}, target {}",
         st.block_device,
@@ -146,6 +162,9 @@ fn serve_device(
     } else {
         // Serving goes on whether or not anyone reads this.
         let _ = crate::out::print(&st.block_device);
+        // Under systemd (Type=notify, contrib/ublkd@.service): the device is live, so units
+        // ordered after us (the mounts on it) may start.
+        crate::process::notify_ready();
     }
     for note in notes {
         tracing::info!("{note}"); // after the redirect, so a daemon's log has it too
@@ -163,6 +182,7 @@ fn serve_device(
             Some(HANDOVER_SIGNAL) => {
                 tracing::warn!("device {id} is not recoverable: ignoring the hand-over signal")
             }
+            Some(RESIZE_SIGNAL) => crate::resize::serve_requests(&mut dev, &target, &mut st),
             Some(s) => break format!("signal {s}"),
             None => {}
         }

@@ -47,6 +47,12 @@ pub struct DeviceState {
     /// How many daemons took the device over after the first.
     #[serde(default)]
     pub recoveries: u32,
+    /// `add --name` (unique among live devices).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Generated at `add`, kept by every later daemon (absent in older state files).
+    #[serde(default)]
+    pub serial: Option<String>,
 }
 
 fn default_recovery() -> Recovery {
@@ -85,6 +91,8 @@ impl DeviceState {
             supervisor_pid: None,
             supervisor_identity: None,
             recoveries: 0,
+            name: None,
+            serial: None,
         }
     }
 }
@@ -189,6 +197,8 @@ mod tests {
             supervisor_pid: None,
             supervisor_identity: None,
             recoveries: 0,
+            name: Some("db".into()),
+            serial: Some("0123456789abcdef".into()),
         };
         let dir = d.path();
         let file = dir.join("7.json");
@@ -196,6 +206,11 @@ mod tests {
         assert_eq!(ids_in(dir), vec![7]);
         assert_eq!(load_path(&file).unwrap().target, s.target);
         assert_eq!(load_path(&file).unwrap().identity, s.identity);
+        assert_eq!(load_path(&file).unwrap().name.as_deref(), Some("db"));
+        assert_eq!(
+            load_path(&file).unwrap().serial.as_deref(),
+            Some("0123456789abcdef")
+        );
         assert!(pid_alive(s.pid));
         assert!(!pid_alive(0));
         std::fs::remove_file(&file).unwrap();

@@ -98,6 +98,9 @@ impl<F: Filter, T: Target> Target for Filtered<F, T> {
     fn notes(&self) -> Vec<String> {
         self.filter.notes(self.next.notes())
     }
+    fn resize(&self, size: u64) -> io::Result<()> {
+        self.next.resize(size)
+    }
 }
 
 /// One queue of a [`Filtered`].

@@ -52,6 +52,11 @@ pub fn run(a: AddArgs) -> ExitCode {
     if let Err(e) = a.dev.options() {
         return crate::fail(e);
     }
+    if let Some(n) = &a.dev.name
+        && let Err(e) = crate::naming::check_new_name(n)
+    {
+        return crate::fail(e);
+    }
     if a.foreground {
         return crate::serve::run(crate::serve::ServeArgs {
             dev: a.dev,

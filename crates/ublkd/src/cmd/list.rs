@@ -65,14 +65,26 @@ pub fn run(a: ListArgs) -> ExitCode {
         return crate::out::print(serde_json::to_string_pretty(&reports).unwrap_or_default());
     }
     let mut text = format!(
-        "{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  TARGET",
-        "ID", "DEVICE", "STATE", "QUEUES", "DEPTH", "SIZE", "MODE", "IO_CMDS", "PID"
+        "{:<4} {:<14} {:<12} {:<16} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  TARGET",
+        "ID",
+        "DEVICE",
+        "NAME",
+        "SERIAL",
+        "STATE",
+        "QUEUES",
+        "DEPTH",
+        "SIZE",
+        "MODE",
+        "IO_CMDS",
+        "PID"
     );
     for r in &reports {
         text += &format!(
-            "\n{:<4} {:<14} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  {}",
+            "\n{:<4} {:<14} {:<12} {:<16} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  {}",
             r.id,
             r.block_device,
+            r.name.as_deref().unwrap_or("-"),
+            r.serial.as_deref().unwrap_or("-"),
             r.state,
             r.queues,
             r.depth,

@@ -3,9 +3,12 @@
 pub mod add;
 pub mod create;
 pub mod del;
+pub mod docs;
 pub mod export;
 pub mod features;
 pub mod list;
 pub mod recover;
+pub mod resize;
+pub mod udev_id;
 pub mod upgrade;
 pub mod vhost;
