@@ -7,6 +7,7 @@
 
 mod args;
 mod cmd;
+mod control;
 mod daemon;
 mod device_args;
 mod holders;
