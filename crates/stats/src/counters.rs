@@ -21,13 +21,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [
-        Op::Read,
-        Op::Write,
-        Op::Flush,
-        Op::Discard,
-        Op::WriteZeroes,
-    ];
+    pub const ALL: [Op; 5] = [Op::Read, Op::Write, Op::Flush, Op::Discard, Op::WriteZeroes];
 
     /// The label value (Prometheus `op`, JSON `op`).
     pub fn name(self) -> &'static str {

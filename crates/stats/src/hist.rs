@@ -109,7 +109,10 @@ mod tests {
             assert_eq!(upper(last), edge);
             assert_eq!(bucket(edge), last + 1);
         }
-        assert_eq!(power_of_two_edges().count(), (MAX_EXP - MIN_EXP + 1) as usize);
+        assert_eq!(
+            power_of_two_edges().count(),
+            (MAX_EXP - MIN_EXP + 1) as usize
+        );
     }
 
     fn counts_of(values: &[u64]) -> Vec<u64> {

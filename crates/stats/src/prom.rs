@@ -50,11 +50,14 @@ fn secs(ns: u64) -> String {
     format!("{}", ns as f64 / 1e9)
 }
 
+/// A counter family: name, help, and the op's value.
+type CounterFamily = (&'static str, &'static str, fn(&OpSnapshot) -> u64);
+
 /// The exposition of `devs`.
 pub fn render(devs: &[DeviceSnapshot]) -> String {
     let mut out = String::new();
     let ops = per_op(devs);
-    let counters: [(&str, &str, fn(&OpSnapshot) -> u64); 3] = [
+    let counters: [CounterFamily; 3] = [
         (
             "ublkd_requests_total",
             "Requests served, by device, queue and operation.",
@@ -106,7 +109,11 @@ pub fn render(devs: &[DeviceSnapshot]) -> String {
             "Requests being served, by device and queue.",
             true,
         ),
-        ("ublkd_queue_depth", "Queue depth, by device and queue.", false),
+        (
+            "ublkd_queue_depth",
+            "Queue depth, by device and queue.",
+            false,
+        ),
     ];
     for (name, help, inflight) in gauges {
         family(&mut out, name, "gauge", help);
@@ -182,16 +189,34 @@ mod tests {
         let _ = Instant::now();
         let t = render(&[device()]);
         let l = r#"device="7\"x",queue="1",op="#;
-        assert_eq!(sample(&t, &format!("ublkd_requests_total{{{l}\"read\"}}")), "2");
-        assert_eq!(sample(&t, &format!("ublkd_bytes_total{{{l}\"read\"}}")), "8192");
-        assert_eq!(sample(&t, &format!("ublkd_errors_total{{{l}\"write\"}}")), "1");
-        assert_eq!(sample(&t, &format!("ublkd_bytes_total{{{l}\"write\"}}")), "0");
-        assert_eq!(sample(&t, &format!("ublkd_requests_total{{{l}\"flush\"}}")), "0");
+        assert_eq!(
+            sample(&t, &format!("ublkd_requests_total{{{l}\"read\"}}")),
+            "2"
+        );
+        assert_eq!(
+            sample(&t, &format!("ublkd_bytes_total{{{l}\"read\"}}")),
+            "8192"
+        );
+        assert_eq!(
+            sample(&t, &format!("ublkd_errors_total{{{l}\"write\"}}")),
+            "1"
+        );
+        assert_eq!(
+            sample(&t, &format!("ublkd_bytes_total{{{l}\"write\"}}")),
+            "0"
+        );
+        assert_eq!(
+            sample(&t, &format!("ublkd_requests_total{{{l}\"flush\"}}")),
+            "0"
+        );
         assert_eq!(
             sample(&t, r#"ublkd_inflight_requests{device="7\"x",queue="1"}"#),
             "1"
         );
-        assert_eq!(sample(&t, r#"ublkd_queue_depth{device="7\"x",queue="1"}"#), "64");
+        assert_eq!(
+            sample(&t, r#"ublkd_queue_depth{device="7\"x",queue="1"}"#),
+            "64"
+        );
         assert_eq!(
             sample(&t, r#"ublkd_recoveries_total{device="7\"x",kind="ublk"}"#),
             "2"
@@ -222,12 +247,20 @@ mod tests {
             .filter(|l| l.starts_with(w))
             .map(|l| {
                 let le = l[w.len() + 1..].split('"').next().unwrap();
-                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
                 (le, l.rsplit(' ').next().unwrap().parse().unwrap())
             })
             .collect();
         assert_eq!(buckets.len(), (hist::MAX_EXP - hist::MIN_EXP + 2) as usize);
-        assert!(buckets.windows(2).all(|p| p[0].0 < p[1].0 && p[0].1 <= p[1].1));
+        assert!(
+            buckets
+                .windows(2)
+                .all(|p| p[0].0 < p[1].0 && p[0].1 <= p[1].1)
+        );
         assert_eq!(buckets[0].0, 1.024e-6);
         // The 3 ms write: not under 2^21 ns (2.1 ms), under 2^22 ns (4.2 ms).
         let at = |le: f64| buckets.iter().find(|b| b.0 == le).unwrap().1;
