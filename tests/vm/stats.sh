@@ -71,6 +71,18 @@ top_over_pipe() {
     [ "$(echo "$out" | head -1 | grep -c 'R-IOPS')" = 1 ] && [ "$n" = $((2 * $1)) ]
 }
 
+# top_on_terminal: on a terminal (script(1)'s pty) top redraws the screen, quits on q, and puts
+# the terminal back (stty's settings after it equal those before).
+top_on_terminal() {
+    local out
+    out=$( (sleep 4; printf q) | timeout 30 script -qec \
+        "stty -a > $SCRATCH/stty-before; $UBLKD top; rc=\$?; stty -a > $SCRATCH/stty-after; exit \$rc" /dev/null) ||
+        return 1
+    echo "$out" | tr '\033' '^' | tail -5
+    [[ "$out" == *$'\033[2J'* ]] && [[ "$out" == *"ublkd top:"* ]] && [[ "$out" == *R-IOPS* ]] &&
+        cmp "$SCRATCH/stty-before" "$SCRATCH/stty-after"
+}
+
 # stats_text ID: the human table names the device and its ops with percentiles.
 stats_text() {
     local out
@@ -126,6 +138,7 @@ test_stats() {
     check "stats: --interval rate matches fio's rate" rates_over_interval "$nid" "$null"
     check "stats: text table" stats_text "$nid"
     check "top: over a pipe, --iterations 2" top_over_pipe 2
+    check "top: on a terminal, q quits and the terminal is restored" top_on_terminal
     expect_error "stats: unknown device is one line" "device 99" "$UBLKD" stats -n 99
     expect_error "metrics: non-loopback refused" "--allow-remote" "$UBLKD" metrics --listen 0.0.0.0:9434
     if check "metrics: server starts" start_metrics; then
@@ -140,17 +153,18 @@ test_stats() {
     rm -f "$BACK/stats.img"
 }
 
-# prom_rate ID: what Prometheus computes for the device's read rate (one number, or nothing).
+# prom_rate ID TIME: Prometheus's read rate of the device over the 10 s before TIME (unix s).
 prom_rate() {
-    curl -sf http://127.0.0.1:9090/api/v1/query --data-urlencode \
-        "query=sum(rate(ublkd_requests_total{device=\"$1\",op=\"read\"}[5s]))" |
+    curl -sf http://127.0.0.1:9090/api/v1/query --data-urlencode "time=$2" --data-urlencode \
+        "query=sum(rate(ublkd_requests_total{device=\"$1\",op=\"read\"}[10s]))" |
         jq -r '.data.result[0].value[1] // empty'
 }
 
-# prometheus_scrapes ID DEV: a real Prometheus scrapes `ublkd metrics` every second and its
-# PromQL rate of reads is within 25% of the rate fio drives.
+# prometheus_scrapes ID DEV: a real Prometheus scrapes `ublkd metrics` every second; its PromQL
+# read rate over 10 s in the middle of a 24 s fio run is within 25% of fio's own average. (The
+# query names its time, so a slow guest answering late does not move the window.)
 prometheus_scrapes() {
-    local id=$1 dev=$2 dir rate="" pp fpid
+    local id=$1 dev=$2 dir rate="" pp t0 fio_iops
     dir=$(mktemp -d)
     cat >"$dir/prometheus.yml" <<YML
 global:
@@ -164,21 +178,20 @@ YML
         --web.listen-address=127.0.0.1:9090 >"$LOG_DIR/prometheus.log" 2>&1 &
     pp=$!
     for _ in $(seq 120); do curl -sf http://127.0.0.1:9090/-/ready >/dev/null && break; sleep 0.5; done
+    sleep 3 # a few scrapes before the load
+    t0=$(date +%s)
     fio --name=prom --filename="$dev" --ioengine=io_uring --direct=1 --bs=4k --rw=randread \
-        --rate_iops=400 --time_based --runtime=30 >/dev/null 2>&1 &
-    fpid=$!
-    sleep 8
-    local ok=1
-    for _ in $(seq 10); do
-        rate=$(prom_rate "$id")
-        echo "prometheus: rate(reads) = ${rate:-none} (fio: 400/s)"
-        if [ -n "$rate" ] && awk -v v="$rate" 'BEGIN { exit !(v > 300 && v < 500) }'; then ok=0; break; fi
-        sleep 1
-    done
-    kill "$fpid" "$pp" 2>/dev/null
-    wait "$fpid" "$pp" 2>/dev/null
+        --rate_iops=200 --time_based --runtime=24 --output-format=json >"$dir/fio.json" 2>/dev/null
+    fio_iops=$(jq '.jobs[0].read.iops' "$dir/fio.json")
+    sleep 2 # the last scrapes
+    rate=$(prom_rate "$id" $((t0 + 17)))
+    curl -sf http://127.0.0.1:9090/api/v1/query --data-urlencode "time=$((t0 + 17))" --data-urlencode \
+        "query=ublkd_requests_total{device=\"$id\",op=\"read\"}[10s]" | jq -c '.data.result[].values'
+    kill "$pp" 2>/dev/null
+    wait "$pp" 2>/dev/null
     rm -rf "$dir"
-    return $ok
+    echo "prometheus: rate(reads) over [t0+7, t0+17] = ${rate:-none}; fio: $fio_iops IOPS"
+    [ -n "$rate" ] && awk -v v="$rate" -v f="$fio_iops" 'BEGIN { exit !(f > 100 && v > 0.75 * f && v < 1.25 * f) }'
 }
 
 test_stats_prometheus() {
