@@ -49,17 +49,24 @@ queues_add_up() {
         and ([.queues[].ops.read.requests] | all(. > 0))' >/dev/null
 }
 
-# rates_over_interval ID DEV: `stats --interval 1` while fio runs reports a read rate near fio's.
+# rates_over_interval ID DEV: `stats --interval 3` in the middle of a rate-limited fio run
+# reports a read rate within 25% of fio's own average.
 rates_over_interval() {
-    local id=$1 dev=$2 iops
+    local id=$1 dev=$2 iops fio_iops r0 out
+    out=$(mktemp)
+    r0=$(stat_of "$id" read requests)
     fio --name=rate --filename="$dev" --ioengine=io_uring --direct=1 --bs=4k --rw=randread \
-        --rate_iops=300 --time_based --runtime=6 >/dev/null 2>&1 &
+        --rate_iops=100 --time_based --runtime=12 --output-format=json >"$out" 2>/dev/null &
     local fpid=$!
-    sleep 2
-    iops=$("$UBLKD" stats -n "$id" --json --interval 2 | jq -r '.devices[0].ops.read.iops')
+    # Measure once fio is issuing (a slow guest can take seconds to start it).
+    for _ in $(seq 50); do [ "$(stat_of "$id" read requests)" -gt "$r0" ] && break; sleep 0.2; done
+    sleep 1
+    iops=$("$UBLKD" stats -n "$id" --json --interval 3 | jq -r '.devices[0].ops.read.iops')
     wait "$fpid"
-    echo "read iops over 2 s: $iops (fio: 300)"
-    awk -v v="$iops" 'BEGIN { exit !(v > 225 && v < 375) }'
+    fio_iops=$(jq '.jobs[0].read.iops' "$out")
+    rm -f "$out"
+    echo "read iops over 3 s: $iops (fio: $fio_iops on average, limited to 100)"
+    awk -v v="$iops" -v f="$fio_iops" 'BEGIN { exit !(f > 50 && v > 0.75 * f && v < 1.25 * f) }'
 }
 
 # top_over_pipe: `top --iterations 2 | cat` prints a header and a line per device per interval.
@@ -75,7 +82,7 @@ top_over_pipe() {
 # the terminal back (stty's settings after it equal those before).
 top_on_terminal() {
     local out
-    out=$( (sleep 4; printf q) | timeout 30 script -qec \
+    out=$( (sleep 6; printf q) | timeout 30 script -qec \
         "stty -a > $SCRATCH/stty-before; $UBLKD top; rc=\$?; stty -a > $SCRATCH/stty-after; exit \$rc" /dev/null) ||
         return 1
     echo "$out" | tr '\033' '^' | tail -5

@@ -167,6 +167,17 @@ pub fn run(a: TopArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut n = 0u64;
+    // A terminal gets its first screen at once (no rates yet), not after an interval.
+    if tty {
+        let rs = rows(&before, &HashMap::new());
+        if out
+            .write_all(screen(&rs, interval).as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return ExitCode::SUCCESS;
+        }
+    }
     loop {
         let deadline = Instant::now() + interval;
         if raw.is_some() {
@@ -180,16 +191,7 @@ pub fn run(a: TopArgs) -> ExitCode {
         let rs = rows(&now, &before);
         before = now;
         let text = if tty {
-            let mut s = format!(
-                "\x1b[H\x1b[2Jublkd top: {} devices, every {:.1} s (q quits)\n\n{HEADER}\n",
-                rs.len(),
-                interval.as_secs_f64()
-            );
-            for r in &rs {
-                s += &line(r);
-                s += "\r\n";
-            }
-            s.replace('\n', "\r\n").replace("\r\r\n", "\r\n")
+            screen(&rs, interval)
         } else {
             let t = clock();
             if rs.is_empty() {
@@ -213,6 +215,20 @@ pub fn run(a: TopArgs) -> ExitCode {
     }
     drop(raw);
     ExitCode::SUCCESS
+}
+
+/// The whole screen: home, clear, title, header, a row per device (raw mode: CR LF).
+fn screen(rs: &[Row], interval: Duration) -> String {
+    let mut s = format!(
+        "\x1b[H\x1b[2Jublkd top: {} devices, every {:.1} s (q quits)\n\n{HEADER}\n",
+        rs.len(),
+        interval.as_secs_f64()
+    );
+    for r in rs {
+        s += &line(r);
+        s.push('\n');
+    }
+    s.replace('\n', "\r\n")
 }
 
 /// Wall-clock time of day, UTC, HH:MM:SS.
