@@ -168,7 +168,7 @@ prom_rate() {
 }
 
 # prometheus_scrapes ID DEV: a real Prometheus scrapes `ublkd metrics` every second; its PromQL
-# read rate over 10 s in the middle of a 24 s fio run is within 25% of fio's own average. (The
+# read rate over 10 s inside a 24 s fio run is within 25% of fio's own average. (The
 # query names its time, so a slow guest answering late does not move the window.)
 prometheus_scrapes() {
     local id=$1 dev=$2 dir rate="" pp t0 fio_iops
@@ -186,18 +186,24 @@ YML
     pp=$!
     for _ in $(seq 120); do curl -sf http://127.0.0.1:9090/-/ready >/dev/null && break; sleep 0.5; done
     sleep 3 # a few scrapes before the load
-    t0=$(date +%s)
+    local r0 fpid
+    r0=$(stat_of "$id" read requests)
     fio --name=prom --filename="$dev" --ioengine=io_uring --direct=1 --bs=4k --rw=randread \
-        --rate_iops=200 --time_based --runtime=24 --output-format=json >"$dir/fio.json" 2>/dev/null
+        --rate_iops=200 --time_based --runtime=24 --output-format=json >"$dir/fio.json" 2>/dev/null &
+    fpid=$!
+    # t0: when reads began (a loaded guest can take seconds to start fio).
+    for _ in $(seq 100); do [ "$(stat_of "$id" read requests)" -gt "$r0" ] && break; sleep 0.2; done
+    t0=$(date +%s)
+    wait "$fpid"
     fio_iops=$(jq '.jobs[0].read.iops' "$dir/fio.json")
     sleep 2 # the last scrapes
-    rate=$(prom_rate "$id" $((t0 + 17)))
-    curl -sf http://127.0.0.1:9090/api/v1/query --data-urlencode "time=$((t0 + 17))" --data-urlencode \
+    rate=$(prom_rate "$id" $((t0 + 15)))
+    curl -sf http://127.0.0.1:9090/api/v1/query --data-urlencode "time=$((t0 + 15))" --data-urlencode \
         "query=ublkd_requests_total{device=\"$id\",op=\"read\"}[10s]" | jq -c '.data.result[].values'
     kill "$pp" 2>/dev/null
     wait "$pp" 2>/dev/null
     rm -rf "$dir"
-    echo "prometheus: rate(reads) over [t0+7, t0+17] = ${rate:-none}; fio: $fio_iops IOPS"
+    echo "prometheus: rate(reads) over [t0+5, t0+15] = ${rate:-none}; fio: $fio_iops IOPS"
     [ -n "$rate" ] && awk -v v="$rate" -v f="$fio_iops" 'BEGIN { exit !(f > 100 && v > 0.75 * f && v < 1.25 * f) }'
 }
 
