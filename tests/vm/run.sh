@@ -443,6 +443,7 @@ elif [ "$COMPAT" = 1 ]; then
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
     test_del_safety
     test_stats
+    test_export_metrics
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -475,6 +476,7 @@ else
     test_rbd
     test_stats
     test_stats_prometheus
+    test_export_metrics
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null

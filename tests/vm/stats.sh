@@ -219,3 +219,32 @@ test_stats_prometheus() {
     METRICS_PID=
     check "prometheus: del" "$UBLKD" del -n "$id"
 }
+
+# export_metrics_count: `ublkd export --metrics-listen` counts what an NBD client did: 8 MiB
+# written and read back by nbdcopy are 8 MiB of write and read bytes, and promtool accepts it.
+export_metrics_count() {
+    local pid m rc=1 data=$SCRATCH/export-metrics.bin
+    head -c 8M /dev/urandom >"$data"
+    "$UBLKD" export -t mem --size 64M --name disk --listen 127.0.0.1:10899 \
+        --metrics-listen 127.0.0.1:9499 >"$LOG_DIR/export-metrics.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do curl -sf http://127.0.0.1:9499/metrics >/dev/null && break; sleep 0.1; done
+    if nbdcopy "$data" nbd://127.0.0.1:10899/disk && nbdcopy nbd://127.0.0.1:10899/disk "$data.back" &&
+        cmp "$data" <(head -c 8M "$data.back"); then
+        m=$(curl -sf http://127.0.0.1:9499/metrics)
+        sum() { echo "$m" | awk -v p="^ublkd_bytes_total\\\\{device=\"disk\",queue=\"[0-9]+\",op=\"$1\"\\\\}" \
+            '$0 ~ p { s += $2 } END { print s + 0 }'; }
+        echo "write bytes $(sum write), read bytes $(sum read)"
+        echo "$m" | promtool check metrics && [ "$(sum write)" = $((8 << 20)) ] &&
+            [ "$(sum read)" -ge $((8 << 20)) ] && rc=0
+    fi
+    kill "$pid"; wait "$pid"
+    rm -f "$data" "$data.back"
+    return $rc
+}
+
+test_export_metrics() {
+    check "export --metrics-listen: counts an NBD client's bytes, promtool passes" export_metrics_count
+    expect_error "export --metrics-listen: non-loopback refused" "--allow-remote" \
+        "$UBLKD" export -t null --size 1M --listen 127.0.0.1:10898 --metrics-listen 0.0.0.0:9498
+}

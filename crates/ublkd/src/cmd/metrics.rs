@@ -39,13 +39,18 @@ pub(crate) fn listen_addr(s: &str, allow_remote: bool) -> Result<SocketAddr, Str
 pub(crate) fn serve(addr: SocketAddr, body: impl Fn() -> String) -> Result<(), String> {
     let l = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+    serve_on(l, body);
+    Ok(())
+}
+
+/// Answer scrapes on `l` with what `body` renders, forever, on the calling thread.
+pub(crate) fn serve_on(l: TcpListener, body: impl Fn() -> String) {
     for conn in l.incoming() {
         let Ok(c) = conn else { continue };
         if let Err(e) = answer(c, &body) {
             tracing::debug!("metrics client: {e}");
         }
     }
-    Ok(())
 }
 
 /// Read one request's head (bounded in size and time), answer it, close.
