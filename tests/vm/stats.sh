@@ -56,9 +56,10 @@ rates_over_interval() {
     out=$(mktemp)
     r0=$(stat_of "$id" read requests)
     fio --name=rate --filename="$dev" --ioengine=io_uring --direct=1 --bs=4k --rw=randread \
-        --rate_iops=100 --time_based --runtime=12 --output-format=json >"$out" 2>/dev/null &
+        --rate_iops=100 --time_based --runtime=30 --output-format=json >"$out" 2>/dev/null &
     local fpid=$!
-    # Measure once fio is issuing (a slow guest can take seconds to start it).
+    # Measure once fio is issuing (a slow guest can take seconds to start it), well inside its
+    # 30 s (each `stat_of` can take a second on a loaded TCG guest).
     for _ in $(seq 50); do [ "$(stat_of "$id" read requests)" -gt "$r0" ] && break; sleep 0.2; done
     sleep 1
     iops=$("$UBLKD" stats -n "$id" --json --interval 3 | jq -r '.devices[0].ops.read.iops')
