@@ -32,6 +32,7 @@ fi
 # ceph-mon/ceph-osd/ceph-common: scripts/ceph.sh's throwaway cluster for the rbd target's tests
 # (host and guest); librbd-dev/librados-dev: the rbd target links them; rbd-nbd and
 # qemu-block-extra (QEMU's rbd driver, for qemu-nbd): benchmark baselines (scripts/bench-rbd.sh).
+# prometheus: promtool and a real server for the statistics tests (tests/vm/stats.sh).
 # jq: bench/guest.sh reads fio's JSON. fonts-dejavu-core: the TTF crates/bench-plot renders
 # text with (plotters' ab_glyph; no fontconfig/freetype needed).
 apt-get install -y -q --allow-downgrades --no-install-recommends \
@@ -39,7 +40,7 @@ apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-block-extra=$qemu_ver" \
     busybox-static kmod udev \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux fdisk \
-    xz-utils jq fonts-dejavu-core \
+    xz-utils jq fonts-dejavu-core prometheus curl \
     ceph-mon ceph-osd ceph-common librbd-dev librados-dev rbd-nbd
 
 # The downgrade must leave a working qemu-img behind.

@@ -38,6 +38,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/rbd.sh"
 # shellcheck source=names.sh
 . "$HERE/names.sh"
+# shellcheck source=stats.sh
+. "$HERE/stats.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -445,6 +447,8 @@ elif [ "$COMPAT" = 1 ]; then
     test_del_safety
     test_names
     test_resize_refused
+    test_stats
+    test_export_metrics
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -477,6 +481,9 @@ else
     test_rbd
     test_names
     test_resize
+    test_stats
+    test_stats_prometheus
+    test_export_metrics
     test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null

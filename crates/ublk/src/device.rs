@@ -88,6 +88,8 @@ pub struct Device {
     pub mode: BufMode,
     cdev: Option<Arc<File>>,
     queues: Vec<JoinHandle<io::Result<QueueStats>>>,
+    /// Each queue's counters, for readers while it serves.
+    counters: Vec<Arc<stats::QueueCounters>>,
     stops: Vec<rt::sync::Signal>,
     /// The first queue that gave up while serving, and why.
     failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -195,6 +197,7 @@ impl Device {
             mode,
             cdev: None,
             queues: Vec::new(),
+            counters: Vec::new(),
             stops: Vec::new(),
             failure: Arc::default(),
             started: false,
@@ -204,6 +207,11 @@ impl Device {
 
     pub fn id(&self) -> u32 {
         self.info.dev_id
+    }
+
+    /// Each queue's counters (index = queue id), readable from any thread while it serves.
+    pub fn counters(&self) -> &[Arc<stats::QueueCounters>] {
+        &self.counters
     }
 
     /// Open the char device and start one thread per queue, each fetching every tag.
@@ -238,7 +246,9 @@ impl Device {
                 shallow_inline,
                 cpus,
                 busy_poll: tuning.busy_poll,
+                counters: Arc::new(stats::QueueCounters::new()),
             };
+            self.counters.push(cfg.counters.clone());
             let stop = rt::sync::Signal::new();
             self.stops.push(stop.clone());
             let t = target.clone();

@@ -50,6 +50,8 @@ pub struct QueueConfig {
     /// a request that finds the queue otherwise idle goes through a CPU buffer and blocking
     /// copies instead of the zero-copy buffer, saving the target's worker-thread hand-off.
     pub shallow_inline: bool,
+    /// Where this queue counts its requests (its thread is their only writer).
+    pub counters: Arc<stats::QueueCounters>,
 }
 
 impl QueueConfig {
@@ -87,8 +89,6 @@ pub(crate) struct QueueCtx<Q> {
     descs: DescArray,
     target: Q,
     pub(crate) inflight: Rc<Inflight>,
-    requests: Cell<u64>,
-    errors: Cell<u64>,
     resident: Cell<usize>,
     /// The CPU buffer of the shallow-inline path (one request at a time uses it).
     scratch: RefCell<Option<IoBuf>>,
@@ -192,8 +192,6 @@ pub fn run_queue<T: Target>(
         target: target.open_queue(cfg.q_id)?,
         cdev: cdev.as_raw_fd(),
         inflight: Rc::new(Inflight::default()),
-        requests: Cell::new(0),
-        errors: Cell::new(0),
         resident: Cell::new(0),
         scratch: RefCell::new(cpu_buffer(cfg.shallow_inline, &cfg)?),
         inlined: Cell::new(0),
@@ -212,8 +210,8 @@ pub fn run_queue<T: Target>(
         return Err(io::Error::other(why));
     }
     Ok(QueueStats {
-        requests: ctx.requests.get(),
-        errors: ctx.errors.get(),
+        requests: ctx.cfg.counters.requests(),
+        errors: ctx.cfg.counters.errors(),
         enters: s.enters,
         completions: s.completions,
         fetch_rearms,
@@ -380,6 +378,8 @@ async fn serve<Q: TargetQueue>(
 ) -> i32 {
     let desc = q.descs.get(tag);
     let len = (desc.nr_sectors as usize) << 9;
+    let op = stats_op(desc.op());
+    let t0 = op.map(|_| q.cfg.counters.start());
     // The kernel wrote at most `len` bytes of the new request; pages past it hold only old
     // data, so they can go back if the queue holds too much memory. (Zero-copy buffers are
     // the request's own pages: nothing of ours goes resident.)
@@ -396,11 +396,22 @@ async fn serve<Q: TargetQueue>(
         q.resident.set(q.resident.get() + len - *touched);
         *touched = len;
     }
-    q.requests.set(q.requests.get() + 1);
-    if result < 0 {
-        q.errors.set(q.errors.get() + 1);
+    if let (Some(op), Some(t0)) = (op, t0) {
+        q.cfg.counters.finish(op, len as u64, result < 0, t0);
     }
     result
+}
+
+/// The counters' name for a request op (none for ops we refuse).
+fn stats_op(op: u8) -> Option<stats::Op> {
+    Some(match op {
+        UBLK_IO_OP_READ => stats::Op::Read,
+        UBLK_IO_OP_WRITE => stats::Op::Write,
+        UBLK_IO_OP_FLUSH => stats::Op::Flush,
+        UBLK_IO_OP_DISCARD => stats::Op::Discard,
+        UBLK_IO_OP_WRITE_ZEROES => stats::Op::WriteZeroes,
+        _ => return None,
+    })
 }
 
 fn errno(e: &io::Error) -> i32 {

@@ -13,6 +13,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
 mod cmd;
+mod control;
 mod daemon;
 mod device_args;
 mod holders;
@@ -67,6 +68,19 @@ enum Command {
     /// Serve a target to a VM as a vhost-user-blk backend in the foreground (same -t options
     /// as add); stops on SIGTERM/SIGINT.
     Vhost(cmd::vhost::VhostArgs),
+    /// Show each device's request counts, rates and latency percentiles (from its daemon).
+    ///
+    /// Per device and per queue: requests, bytes and errors of each op since the daemon
+    /// started, with latency percentiles (p50/p99/p99.9, from the time a request arrives to
+    /// the time its result goes back) and IOPS and MB/s over --interval seconds.
+    Stats(cmd::stats::StatsArgs),
+    /// A live view of every device: IOPS, MB/s, p99 latency, requests in flight (q quits).
+    ///
+    /// On a terminal it redraws every --interval seconds until q or Ctrl-C; through a pipe it
+    /// prints one line per device per interval (stop it with --iterations N).
+    Top(cmd::top::TopArgs),
+    /// Serve every device's counters and latency histograms to Prometheus (GET /metrics).
+    Metrics(cmd::metrics::MetricsArgs),
     /// Print the ublk features of the running kernel.
     Features(cmd::features::FeaturesArgs),
     /// Start a new daemon for a device whose daemon died (user recovery).
@@ -144,6 +158,9 @@ fn main() -> ExitCode {
         Command::Del(a) => cmd::del::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Vhost(a) => cmd::vhost::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
+        Command::Top(a) => cmd::top::run(a),
+        Command::Metrics(a) => cmd::metrics::run(a),
         Command::Features(a) => cmd::features::run(a),
         Command::Recover(a) => cmd::recover::run(a),
         Command::Upgrade(a) => cmd::upgrade::run(a),

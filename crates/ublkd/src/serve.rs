@@ -150,6 +150,16 @@ fn serve_device(
         st.recovery,
         st.target.describe()
     );
+    let _control = match crate::control::serve(id, snapshotter(&dev, &st)) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "cannot serve statistics on {}: {e}",
+                crate::control::sock_path(id).display()
+            );
+            None
+        }
+    };
     let report = DeviceReport::new(&dev.info, Some(&st));
     let line = serde_json::to_string(&report).unwrap_or_default();
     if daemon {
@@ -250,6 +260,29 @@ fn serve_device(
             ExitCode::SUCCESS
         }
         Err(e) => crate::fail(e),
+    }
+}
+
+/// What makes the device's snapshot for the control socket: its queues' counters and what
+/// the state says about it.
+fn snapshotter(dev: &Device, st: &DeviceState) -> impl Fn() -> stats::DeviceSnapshot + use<> {
+    let counters = dev.counters().to_vec();
+    let depth = st.depth as u32;
+    let (id, path, target) = (st.id, st.block_device.clone(), st.target.describe());
+    let recoveries = st.recoveries as u64;
+    let t0 = std::time::Instant::now();
+    move || stats::DeviceSnapshot {
+        device: id.to_string(),
+        kind: "ublk".into(),
+        path: path.clone(),
+        target: target.clone(),
+        recoveries,
+        uptime_ns: t0.elapsed().as_nanos() as u64,
+        queues: counters
+            .iter()
+            .enumerate()
+            .map(|(q, c)| c.snapshot(q as u32, depth))
+            .collect(),
     }
 }
 

@@ -63,6 +63,7 @@ pub async fn serve<Q: TargetQueue + 'static>(
     q: Rc<Q>,
     export: Rc<ExportInfo>,
     lim: ConnLimits,
+    counters: Option<Arc<stats::QueueCounters>>,
 ) {
     let session = match rt::time::timeout(lim.handshake_timeout, negotiate(&sock, &export)).await {
         Ok(Ok(Some(s))) => Some(s),
@@ -77,7 +78,7 @@ pub async fn serve<Q: TargetQueue + 'static>(
         }
     };
     match session {
-        Some(s) => transmit(sock.clone(), q, &export, &s, lim).await,
+        Some(s) => transmit(sock.clone(), q, &export, &s, lim, counters).await,
         // Closing the fd is not enough: an abandoned recv still in the ring holds the socket
         // open. Shutting it down completes that recv and tells the client at once.
         None => sock.shutdown(Shutdown::Both),
@@ -142,6 +143,8 @@ struct Conn {
     broken: Cell<bool>,
     /// What waits on the client, and when it last moved.
     stall: Stall,
+    /// The worker thread's counters (shared by its connections, all on that thread).
+    counters: Option<Arc<stats::QueueCounters>>,
 }
 
 /// One reply's bytes, and the budget its request holds until they are sent.
@@ -255,6 +258,7 @@ async fn transmit<Q: TargetQueue + 'static>(
     export: &ExportInfo,
     s: &Session,
     lim: ConnLimits,
+    counters: Option<Arc<stats::QueueCounters>>,
 ) {
     let limits = Limits {
         size: export.size,
@@ -272,6 +276,7 @@ async fn transmit<Q: TargetQueue + 'static>(
         closing: Cell::new(false),
         broken: Cell::new(false),
         stall: Stall::new(),
+        counters,
     });
     let writer = rt::spawn(conn.clone().writer());
     let budget = Rc::new(Budget::new(
@@ -411,11 +416,21 @@ impl Conn {
         payload: Option<IoBuf>,
         charge: Charge,
     ) {
+        let counted = stats_op(&cmd).and_then(|op| Some((self.counters.as_ref()?, op)));
+        let t0 = counted.map(|(c, _)| c.start());
+        let done = |failed: bool| {
+            if let (Some((c, (op, len))), Some(t0)) = (counted, t0) {
+                c.finish(op, len, failed, t0);
+            }
+        };
         let res = match cmd {
             Cmd::Read { off, len, df } => {
                 let mut buf = IoBuf::with_capacity(len as usize);
                 match q.read(off, &mut buf).await {
-                    Ok(()) => return self.reply_read(handle, off, &buf, df, charge),
+                    Ok(()) => {
+                        done(false);
+                        return self.reply_read(handle, off, &buf, df, charge);
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -451,6 +466,7 @@ impl Conn {
                 Err(e) => Err(e),
             },
         };
+        done(res.is_err());
         match res {
             Ok(()) => self.reply_ok(handle, charge),
             Err(e) => self.reply_error(handle, proto::errno_to_wire(&e), &e.to_string(), charge),
@@ -560,6 +576,18 @@ impl Conn {
     }
 }
 
+/// The counters' op and byte count of a request (none for hints and queries).
+fn stats_op(cmd: &Cmd) -> Option<(stats::Op, u64)> {
+    Some(match *cmd {
+        Cmd::Read { len, .. } => (stats::Op::Read, len as u64),
+        Cmd::Write { len, .. } => (stats::Op::Write, len as u64),
+        Cmd::Flush => (stats::Op::Flush, 0),
+        Cmd::Trim { len, .. } => (stats::Op::Discard, len as u64),
+        Cmd::WriteZeroes { len, .. } => (stats::Op::WriteZeroes, len as u64),
+        Cmd::Cache | Cmd::BlockStatus { .. } => return None,
+    })
+}
+
 async fn then_flush<Q: TargetQueue>(q: &Q, fua: bool, r: io::Result<()>) -> io::Result<()> {
     r?;
     if fua { q.flush().await } else { Ok(()) }
@@ -663,6 +691,7 @@ mod tests {
             closing: Cell::new(false),
             broken: Cell::new(false),
             stall: Stall::new(),
+            counters: None,
         });
         let c = rt::Runtime::new()
             .unwrap()

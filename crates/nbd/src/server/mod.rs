@@ -78,6 +78,8 @@ pub struct ExportConfig {
     /// Workers spin this long for completions before sleeping in the kernel (lower latency at
     /// queue depth 1, more CPU); `None` sleeps at once.
     pub busy_poll: Option<Duration>,
+    /// Where worker thread i counts its requests (`counters[i]`; none: not counted).
+    pub counters: Vec<Arc<stats::QueueCounters>>,
 }
 
 impl Default for ExportConfig {
@@ -95,6 +97,7 @@ impl Default for ExportConfig {
             idle_timeout: None,
             stall_timeout: Some(Duration::from_secs(60)),
             busy_poll: None,
+            counters: Vec::new(),
         }
     }
 }
@@ -262,9 +265,14 @@ pub fn serve<T: Target>(
                 lim.clone(),
             );
             let (max_conns, busy_poll) = (cfg.max_connections, cfg.busy_poll);
+            let counters = cfg.counters.get(i).cloned();
             std::thread::Builder::new()
                 .name(format!("nbd-{i}"))
-                .spawn(move || worker(i, &l, &*t, &info, &sd, &live, max_conns, lim, busy_poll))
+                .spawn(move || {
+                    worker(
+                        i, &l, &*t, &info, &sd, &live, max_conns, lim, busy_poll, counters,
+                    )
+                })
         })
         .collect::<io::Result<_>>()?;
     let mut first_err = None;
@@ -291,6 +299,7 @@ fn worker<T: Target>(
     max_conns: usize,
     lim: conn::ConnLimits,
     busy_poll: Option<Duration>,
+    counters: Option<Arc<stats::QueueCounters>>,
 ) -> io::Result<()> {
     let rt = rt::Runtime::builder().busy_poll(busy_poll).build()?;
     let q = Rc::new(target.open_queue(idx as u16)?);
@@ -328,16 +337,17 @@ fn worker<T: Target>(
             let key = next_key;
             next_key += 1;
             conns.borrow_mut().insert(key, sock.clone());
-            let (q, info, conns, gone, live, lim) = (
+            let (q, info, conns, gone, live, lim, counters) = (
                 q.clone(),
                 info.clone(),
                 conns.clone(),
                 gone.clone(),
                 live.clone(),
                 lim.clone(),
+                counters.clone(),
             );
             rt::spawn(async move {
-                conn::serve(sock, q, info, lim).await;
+                conn::serve(sock, q, info, lim, counters).await;
                 conns.borrow_mut().remove(&key);
                 live.fetch_sub(1, Ordering::SeqCst);
                 gone.notify_all();

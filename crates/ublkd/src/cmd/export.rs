@@ -91,6 +91,11 @@ pub struct ExportArgs {
     /// flight. Off by default: kernel and qemu NBD clients keep idle connections open.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub idle_timeout: Option<u64>,
+    /// Serve the export's request counters and latency histograms to Prometheus at
+    /// http://ADDR/metrics (as `ublkd metrics` does for devices; `device` label = the export
+    /// name, or "export"; one `queue` per worker thread). Loopback only unless --allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 pub fn run(a: ExportArgs) -> ExitCode {
@@ -114,6 +119,13 @@ pub fn run(a: ExportArgs) -> ExitCode {
             a.listen
         ));
     }
+    let metrics_addr = match &a.metrics_listen {
+        Some(m) => match crate::cmd::metrics::listen_addr(m, a.allow_remote) {
+            Ok(addr) => Some(addr),
+            Err(e) => return crate::fail(format!("--metrics-listen: {e}")),
+        },
+        None => None,
+    };
     let target = match spec.open() {
         Ok(t) => t,
         Err(e) => return crate::fail(e),
@@ -147,7 +159,25 @@ pub fn run(a: ExportArgs) -> ExitCode {
         (None, None) => (String::new(), a.listen.to_string()),
     };
     let read_only = a.target.read_only || geo.caps.read_only;
+    let counters: Vec<_> = (0..threads)
+        .map(|_| Arc::new(stats::QueueCounters::new()))
+        .collect();
+    if let Some(addr) = metrics_addr {
+        let snap = export_snapshot(&a.name, &where_, &spec.describe(), &counters);
+        let l = match std::net::TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => return crate::fail(format!("cannot listen on {addr} for metrics: {e}")),
+        };
+        let r = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || crate::cmd::metrics::serve_on(l, || stats::prom::render(&[snap()])));
+        if let Err(e) = r {
+            return crate::fail(format!("cannot start the metrics thread: {e}"));
+        }
+        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+    }
     let cfg = ExportConfig {
+        counters,
         name: a.name.clone(),
         description: spec.describe(),
         read_only,
@@ -200,5 +230,31 @@ pub fn run(a: ExportArgs) -> ExitCode {
         Ok(Ok(())) => crate::fail("the NBD server stopped unexpectedly"),
         Ok(Err(e)) => crate::fail(format!("NBD server: {e}")),
         Err(_) => crate::fail("the NBD server thread panicked"),
+    }
+}
+
+/// What makes the export's snapshot: one queue per worker thread.
+fn export_snapshot(
+    name: &str,
+    path: &str,
+    target: &str,
+    counters: &[Arc<stats::QueueCounters>],
+) -> impl Fn() -> stats::DeviceSnapshot + Send + use<> {
+    let device = if name.is_empty() { "export" } else { name }.to_string();
+    let (path, target, counters) = (path.to_string(), target.to_string(), counters.to_vec());
+    let t0 = std::time::Instant::now();
+    move || stats::DeviceSnapshot {
+        device: device.clone(),
+        kind: "nbd-export".into(),
+        path: path.clone(),
+        target: target.clone(),
+        recoveries: 0,
+        uptime_ns: t0.elapsed().as_nanos() as u64,
+        queues: counters
+            .iter()
+            .enumerate()
+            // Connections of a worker have no fixed depth: report none.
+            .map(|(i, c)| c.snapshot(i as u32, 0))
+            .collect(),
     }
 }
