@@ -35,6 +35,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/del.sh"
 # shellcheck source=rbd.sh
 . "$HERE/rbd.sh"
+# shellcheck source=unpriv.sh
+. "$HERE/unpriv.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -440,6 +442,7 @@ elif [ "$COMPAT" = 1 ]; then
     test_qcow2
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
     test_del_safety
+    test_unprivileged
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -469,6 +472,7 @@ else
     test_qcow2
     test_qcow2_recovery
     test_del_safety
+    test_unprivileged
     test_rbd
     test_bad_input
 fi

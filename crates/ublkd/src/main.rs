@@ -71,6 +71,9 @@ enum Command {
     /// Run a recovering daemon for one device (used by `recover`).
     #[command(hide = true)]
     ServeRecover(serve::RecoverServeArgs),
+    /// Hand an unprivileged device's node to its owner (run by udev: contrib/udev).
+    #[command(hide = true)]
+    UdevOwner(cmd::udev_owner::UdevOwnerArgs),
     /// Watch a device's daemon and recover the device when it dies (used by `add --restart`).
     #[command(hide = true)]
     Supervise(supervise::SuperviseArgs),
@@ -132,5 +135,6 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::ServeRecover(a) => serve::run_recover(a),
         Command::Supervise(a) => supervise::run(a),
+        Command::UdevOwner(a) => cmd::udev_owner::run(a),
     }
 }

@@ -24,6 +24,8 @@ pub struct DeviceReport {
     /// How requests reach the daemon: batch (UBLK_F_BATCH_IO) or per-tag commands.
     pub io_cmds: &'static str,
     pub flags: Vec<String>,
+    /// The uid owning an unprivileged device (none: root's).
+    pub owner: Option<u32>,
 }
 
 impl DeviceReport {
@@ -56,6 +58,8 @@ impl DeviceReport {
                 "per-tag"
             },
             flags: features::names(info.flags),
+            owner: (info.flags & ublk::uapi::UBLK_F_UNPRIVILEGED_DEV != 0)
+                .then_some(info.owner_uid),
         }
     }
 }
