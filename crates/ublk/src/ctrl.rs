@@ -139,6 +139,10 @@ impl Control {
         if let Some(&(_, unpriv)) = self.unprivileged.iter().find(|(id, _)| *id == dev_id) {
             return unpriv;
         }
+        // The legacy query is get_dev_info's own fallback: asking get_dev_info would recurse.
+        if op == UBLK_U_CMD_GET_DEV_INFO {
+            return false;
+        }
         self.get_dev_info(dev_id)
             .is_ok_and(|i| i.flags & UBLK_F_UNPRIVILEGED_DEV != 0)
     }

@@ -539,7 +539,7 @@ fn open_char_dev(id: u32) -> Result<File, DeviceError> {
 }
 
 /// How long udev gets to hand an unprivileged device's nodes to their owner.
-const OWNER_LIMIT: Duration = Duration::from_secs(10);
+const OWNER_LIMIT: Duration = Duration::from_secs(30);
 
 /// Wait for the node `path` to belong to `uid` (udev's helper chowns an unprivileged device's
 /// nodes to their owner once the driver has created them root's).
