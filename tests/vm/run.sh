@@ -172,7 +172,10 @@ test_bad_input() {
     expect_error "bad: id in use" "device id 5 is already in use" "$UBLKD" add -t null --size 1G -n 5
     "$UBLKD" del -n 5
     if id nobody >/dev/null 2>&1; then
-        expect_error "bad: not root" "must run as root" setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" add -t null --size 1G
+        expect_error "bad: not root" "only root can add a privileged device: add --unprivileged" \
+            setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" add -t null --size 1G
+        expect_error "bad: not root, control device closed to users" "run as root, or install contrib/udev/70-ublkd-unprivileged.rules" \
+            setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" list
     fi
     check_clean "bad input leaves nothing behind"
     # Last: without the driver (no devices may exist for rmmod to work).
