@@ -25,7 +25,8 @@ fi
 
 # busybox-static: vng builds its guest initramfs from it.
 # kmod: modprobe/depmod, used on the host (depmod) and inside the guest.
-# udev: gives the guest udevd so /dev/disk/* links and uevents behave normally.
+# udev: gives the guest udevd so /dev/disk/* links and uevents behave normally, and the udevd that
+# tests/vm/unpriv.sh runs with contrib/udev rules (setpriv, from util-linux, runs its users).
 # fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads; fdisk: sfdisk, which
 # puts a partition table on a named device (tests/vm/names.sh).
 # qemu-system-common: qemu-storage-daemon (scripts/bench-vhost.sh compares against it).

@@ -40,6 +40,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/names.sh"
 # shellcheck source=stats.sh
 . "$HERE/stats.sh"
+# shellcheck source=unpriv.sh
+. "$HERE/unpriv.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -175,7 +177,10 @@ test_bad_input() {
     expect_error "bad: id in use" "device id 5 is already in use" "$UBLKD" add -t null --size 1G -n 5
     "$UBLKD" del -n 5
     if id nobody >/dev/null 2>&1; then
-        expect_error "bad: not root" "must run as root" setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" add -t null --size 1G
+        expect_error "bad: not root" "only root can add a privileged device: add --unprivileged" \
+            setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" add -t null --size 1G
+        expect_error "bad: not root, control device closed to users" "run as root, or install contrib/udev/70-ublkd-unprivileged.rules" \
+            setpriv --reuid=65534 --regid=65534 --clear-groups "$UBLKD" list
     fi
     check_clean "bad input leaves nothing behind"
     # Last: without the driver (no devices may exist for rmmod to work).
@@ -449,6 +454,7 @@ elif [ "$COMPAT" = 1 ]; then
     test_resize_refused
     test_stats
     test_export_metrics
+    test_unprivileged
 else
     test_features
     test_fio_verify mem -t mem --size 256M
@@ -478,6 +484,7 @@ else
     test_qcow2
     test_qcow2_recovery
     test_del_safety
+    test_unprivileged
     test_rbd
     test_names
     test_resize

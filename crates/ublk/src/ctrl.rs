@@ -21,7 +21,9 @@ pub enum ControlError {
         "{CONTROL_PATH} does not exist: the ublk_drv module is not loaded (run: modprobe ublk_drv)"
     )]
     NoDriver,
-    #[error("permission denied on {CONTROL_PATH}: ublkd must run as root")]
+    #[error(
+        "permission denied on {CONTROL_PATH}: run as root, or install contrib/udev/70-ublkd-unprivileged.rules so users can add --unprivileged devices"
+    )]
     NotRoot,
     #[error("cannot open {CONTROL_PATH}: {0}")]
     Other(io::Error),
@@ -43,6 +45,8 @@ pub struct Control {
     /// A command was abandoned in flight (the ring failed under it): its buffer is leaked and
     /// no further command goes out on this ring.
     broken: bool,
+    /// Devices seen so far and whether each is unprivileged (see `needs_path`).
+    unprivileged: Vec<(u32, bool)>,
 }
 
 impl Control {
@@ -63,41 +67,109 @@ impl Control {
             fd,
             ring,
             broken: false,
+            unprivileged: Vec::new(),
         })
     }
 
-    /// Issue one command that names no memory and wait for its result (>= 0) or errno.
+    /// Issue one command on device `c.dev_id` that names no memory (but the device path, for
+    /// an unprivileged device) and wait for its result (>= 0) or errno.
     fn cmd(&mut self, op: u32, c: ublksrv_ctrl_cmd) -> io::Result<i32> {
         self.cmd_abortable(op, c, &|| false)
     }
 
     /// Like `cmd`, but every 20 ms ask `abort`; once it says yes, cancel the command (see
-    /// `cmd_with`).
+    /// `cmd_raw`).
     fn cmd_abortable(
         &mut self,
         op: u32,
         c: ublksrv_ctrl_cmd,
         abort: &dyn Fn() -> bool,
     ) -> io::Result<i32> {
-        self.cmd_with::<()>(op, c, None, abort).map(|(r, _)| r)
+        self.cmd_data::<NoData>(op, c, None, abort).map(|(r, _)| r)
     }
 
-    /// Issue one command whose `addr`/`len` name `data` (the driver reads it, writes it, or
-    /// both) and wait for its result; `data` comes back with what the driver wrote. The ring
-    /// owns `data` while the driver may touch it: if waiting fails with the command still in
-    /// flight, `data` is leaked and the ring refuses further commands.
+    /// Issue one command whose data buffer holds `data` (the driver reads it, writes it, or
+    /// both) and return what the driver left there. For an unprivileged device the buffer
+    /// starts with the char device's path (`dev_path_len`), which the driver checks the
+    /// caller's permission on and skips before it reads or writes the data.
+    fn cmd_data<T: Pod>(
+        &mut self,
+        op: u32,
+        mut c: ublksrv_ctrl_cmd,
+        data: Option<T>,
+        abort: &dyn Fn() -> bool,
+    ) -> io::Result<(i32, Option<T>)> {
+        let path = if self.needs_path(op, c.dev_id) {
+            char_dev_path(c.dev_id)
+        } else {
+            Vec::new()
+        };
+        let size = data.map_or(0, |_| std::mem::size_of::<T>());
+        if path.is_empty() && size == 0 {
+            return self.cmd_raw(op, c, None, abort).map(|(r, _)| (r, None));
+        }
+        let mut buf = vec![0u8; path.len() + size];
+        buf[..path.len()].copy_from_slice(&path);
+        if let Some(d) = data {
+            // SAFETY: `buf` has `size_of::<T>()` bytes after the path; T is plain data (Pod).
+            unsafe { std::ptr::write_unaligned(buf[path.len()..].as_mut_ptr().cast::<T>(), d) };
+        }
+        c.dev_path_len = path.len() as u16;
+        let (r, buf) = self.cmd_raw(op, c, Some(buf.into_boxed_slice()), abort)?;
+        let out = data.map(|_| {
+            let buf = buf.expect("buffer handed back");
+            // SAFETY: as above; any bytes the driver wrote are a valid T (Pod), and
+            // read_unaligned copes with the path's odd length.
+            unsafe { std::ptr::read_unaligned(buf[path.len()..].as_ptr().cast::<T>()) }
+        });
+        Ok((r, out))
+    }
+
+    /// Whether command `op` on device `dev_id` must carry the char device path: every command
+    /// on an unprivileged device but ADD_DEV (GET_FEATURES names no device; GET_DEV_INFO2
+    /// always carries it). Learnt once per device from GET_DEV_INFO2; a device that cannot be
+    /// asked gets no path, and the command itself reports why.
+    fn needs_path(&mut self, op: u32, dev_id: u32) -> bool {
+        if op == UBLK_U_CMD_ADD_DEV || op == UBLK_U_CMD_GET_FEATURES {
+            return false;
+        }
+        if op == UBLK_U_CMD_GET_DEV_INFO2 {
+            return true;
+        }
+        if let Some(&(_, unpriv)) = self.unprivileged.iter().find(|(id, _)| *id == dev_id) {
+            return unpriv;
+        }
+        // The legacy query is get_dev_info's own fallback: asking get_dev_info would recurse.
+        if op == UBLK_U_CMD_GET_DEV_INFO {
+            return false;
+        }
+        self.get_dev_info(dev_id)
+            .is_ok_and(|i| i.flags & UBLK_F_UNPRIVILEGED_DEV != 0)
+    }
+
+    /// Remember whether a device is unprivileged (from its info).
+    fn learn(&mut self, info: &ublksrv_ctrl_dev_info) {
+        let unpriv = info.flags & UBLK_F_UNPRIVILEGED_DEV != 0;
+        self.unprivileged.retain(|(id, _)| *id != info.dev_id);
+        self.unprivileged.push((info.dev_id, unpriv));
+    }
+
+    /// Issue one command whose `addr`/`len` name `data` and wait for its result; `data` comes
+    /// back with what the driver wrote. The ring owns `data` while the driver may touch it: if
+    /// waiting fails with the command still in flight, `data` is leaked and the ring refuses
+    /// further commands.
     ///
     /// Every 20 ms ask `abort`; once it says yes, cancel the command. The driver runs control
     /// commands on an io-wq worker, and cancelling one interrupts its interruptible wait
     /// (START_DEV and END_USER_RECOVERY wait for every tag of every queue, forever if a queue
     /// thread died before fetching). The command then ends with EINTR or ECANCELED.
-    fn cmd_with<T: ?Sized>(
+    fn cmd_raw(
         &mut self,
         op: u32,
         mut c: ublksrv_ctrl_cmd,
-        mut data: Option<Box<T>>,
+        mut data: Option<Box<[u8]>>,
         abort: &dyn Fn() -> bool,
-    ) -> io::Result<(i32, Option<Box<T>>)> {
+    ) -> io::Result<(i32, Option<Box<[u8]>>)> {
         if self.broken {
             return Err(io::Error::other(
                 "control ring unusable after an earlier failure",
@@ -105,8 +177,8 @@ impl Control {
         }
         (c.addr, c.len) = match data.as_deref_mut() {
             Some(d) => (
-                d as *mut T as *mut u8 as u64,
-                u16::try_from(std::mem::size_of_val(d))
+                d.as_mut_ptr() as u64,
+                u16::try_from(d.len())
                     .map_err(|_| io::Error::other("control command buffer too large"))?,
             ),
             None => (0, 0),
@@ -172,16 +244,17 @@ impl Control {
     /// Features this kernel's driver supports (Linux 6.5+; older kernels: EOPNOTSUPP/EINVAL).
     pub fn get_features(&mut self) -> io::Result<u64> {
         let c = Self::header(u32::MAX);
-        let (_, v) = self.cmd_with(UBLK_U_CMD_GET_FEATURES, c, Some(Box::new(0u64)), &|| false)?;
-        Ok(*v.expect("buffer handed back"))
+        let (_, v) = self.cmd_data(UBLK_U_CMD_GET_FEATURES, c, Some(0u64), &|| false)?;
+        Ok(v.expect("data handed back"))
     }
 
     /// Create a device. `info.dev_id` is the wanted id or `u32::MAX` for any; on return `info`
     /// holds what the kernel granted (id, queues, depth, flags).
     pub fn add_dev(&mut self, info: &mut ublksrv_ctrl_dev_info) -> io::Result<()> {
         let c = Self::header(info.dev_id);
-        let (_, out) = self.cmd_with(UBLK_U_CMD_ADD_DEV, c, Some(Box::new(*info)), &|| false)?;
-        *info = *out.expect("buffer handed back");
+        let (_, out) = self.cmd_data(UBLK_U_CMD_ADD_DEV, c, Some(*info), &|| false)?;
+        *info = out.expect("data handed back");
+        self.learn(info);
         Ok(())
     }
 
@@ -189,7 +262,7 @@ impl Control {
         let mut p = *params;
         p.len = std::mem::size_of::<ublk_params>() as u32;
         let c = Self::header(dev_id);
-        self.cmd_with(UBLK_U_CMD_SET_PARAMS, c, Some(Box::new(p)), &|| false)
+        self.cmd_data(UBLK_U_CMD_SET_PARAMS, c, Some(p), &|| false)
             .map(drop)
     }
 
@@ -199,8 +272,8 @@ impl Control {
             ..Default::default()
         };
         let c = Self::header(dev_id);
-        let (_, p) = self.cmd_with(UBLK_U_CMD_GET_PARAMS, c, Some(Box::new(p)), &|| false)?;
-        Ok(*p.expect("buffer handed back"))
+        let (_, p) = self.cmd_data(UBLK_U_CMD_GET_PARAMS, c, Some(p), &|| false)?;
+        Ok(p.expect("data handed back"))
     }
 
     /// Start serving: blocks until every queue has fetched every tag, then adds the disk.
@@ -271,43 +344,41 @@ impl Control {
         }
     }
 
-    /// Device info. Tries GET_DEV_INFO2 (which carries the char device path) and falls back to
-    /// the legacy command on kernels without it.
+    /// Device info. Tries GET_DEV_INFO2 (which carries the char device path, so it works on an
+    /// unprivileged device for its owner) and falls back to the legacy command on kernels
+    /// without it.
     pub fn get_dev_info(&mut self, dev_id: u32) -> io::Result<ublksrv_ctrl_dev_info> {
-        let path = format!("/dev/ublkc{dev_id}\0");
-        let info_len = std::mem::size_of::<ublksrv_ctrl_dev_info>();
-        let mut buf = vec![0u8; path.len() + info_len];
-        buf[..path.len()].copy_from_slice(path.as_bytes());
-        let mut c = Self::header(dev_id);
-        c.dev_path_len = path.len() as u16;
-        match self.cmd_with(
-            UBLK_U_CMD_GET_DEV_INFO2,
-            c,
-            Some(buf.into_boxed_slice()),
-            &|| false,
-        ) {
-            Ok((_, buf)) => {
-                let buf = buf.expect("buffer handed back");
-                // SAFETY: the kernel wrote a ublksrv_ctrl_dev_info after the path; read_unaligned
-                // copes with the path's odd length.
-                return Ok(unsafe { std::ptr::read_unaligned(buf[path.len()..].as_ptr().cast()) });
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Err(e),
-            Err(_) => {}
-        }
-        let info = Box::new(ublksrv_ctrl_dev_info::default());
         let c = Self::header(dev_id);
-        let (_, info) = self.cmd_with(UBLK_U_CMD_GET_DEV_INFO, c, Some(info), &|| false)?;
-        Ok(*info.expect("buffer handed back"))
+        let info = ublksrv_ctrl_dev_info::default();
+        let r = self.cmd_data(UBLK_U_CMD_GET_DEV_INFO2, c, Some(info), &|| false);
+        let info = match r {
+            Ok((_, i)) => i.expect("data handed back"),
+            // No such device, or not ours: the legacy command would say the same.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENODEV | libc::EACCES | libc::EPERM)
+                ) =>
+            {
+                return Err(e);
+            }
+            Err(_) => {
+                let c = Self::header(dev_id);
+                let (_, i) = self.cmd_data(UBLK_U_CMD_GET_DEV_INFO, c, Some(info), &|| false)?;
+                i.expect("data handed back")
+            }
+        };
+        self.learn(&info);
+        Ok(info)
     }
 
     /// The CPUs the kernel maps to hardware queue `qid`.
     pub fn get_queue_affinity(&mut self, dev_id: u32, qid: u16) -> io::Result<Vec<usize>> {
-        let mask = Box::new([0u8; 128]); // cpu_set_t: 1024 CPUs
+        let mask = [0u8; 128]; // cpu_set_t: 1024 CPUs
         let mut c = Self::header(dev_id);
         c.data[0] = qid as u64;
-        let (_, mask) = self.cmd_with(UBLK_U_CMD_GET_QUEUE_AFFINITY, c, Some(mask), &|| false)?;
-        let mask = mask.expect("buffer handed back");
+        let (_, mask) = self.cmd_data(UBLK_U_CMD_GET_QUEUE_AFFINITY, c, Some(mask), &|| false)?;
+        let mask = mask.expect("data handed back");
         Ok((0..mask.len() * 8)
             .filter(|i| mask[i / 8] & (1 << (i % 8)) != 0)
             .collect())
@@ -347,5 +418,38 @@ impl Control {
         let mut c = Self::header(dev_id);
         c.data[0] = sectors;
         self.cmd(UBLK_U_CMD_UPDATE_SIZE, c).map(drop)
+    }
+}
+
+/// `/dev/ublkcN` as the driver wants it in a command's data buffer: NUL-terminated.
+fn char_dev_path(dev_id: u32) -> Vec<u8> {
+    format!("/dev/ublkc{dev_id}\0").into_bytes()
+}
+
+/// Plain data a control command may carry: every bit pattern is a valid value, so what the
+/// driver writes can be read back as one.
+///
+/// # Safety
+/// Implement only for integers, arrays of them and `#[repr(C)]` structs made of those.
+unsafe trait Pod: Copy {}
+// SAFETY: integers, byte arrays and the uapi's repr(C) structs of integers.
+unsafe impl Pod for u64 {}
+unsafe impl Pod for [u8; 128] {}
+unsafe impl Pod for ublksrv_ctrl_dev_info {}
+unsafe impl Pod for ublk_params {}
+
+/// No data: a command that names at most the device path.
+#[derive(Clone, Copy)]
+struct NoData;
+// SAFETY: zero-sized, never read or written (cmd_data sends no data for `None`).
+unsafe impl Pod for NoData {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_path_is_nul_terminated() {
+        assert_eq!(char_dev_path(12), b"/dev/ublkc12\0");
     }
 }

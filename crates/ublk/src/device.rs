@@ -35,6 +35,12 @@ pub fn kernel_features(ctrl: &mut Control) -> Option<u64> {
     ctrl.get_features().ok()
 }
 
+/// Check what can be checked of `opts` without the driver (an unprivileged device's buffer
+/// mode and recovery), so a CLI can refuse before it starts anything.
+pub fn check_options(opts: &DeviceOptions) -> Result<(), DeviceError> {
+    crate::policy::device_flags(opts, targets::Caps::default(), None).map(drop)
+}
+
 /// Fill `ublk_params` from a target's geometry.
 pub fn params_for(geo: &Geometry, max_io: u32) -> ublk_params {
     let mut p = ublk_params {
@@ -154,6 +160,13 @@ impl Device {
                 "the driver did not grant it at ADD_DEV".into(),
             ));
         }
+        let unprivileged = info.flags & UBLK_F_UNPRIVILEGED_DEV != 0;
+        if unprivileged {
+            // The driver creates the char device root's; udev hands it to us (contrib/udev),
+            // and every later command needs it ours.
+            wait_for_owner(&format!("/dev/ublkc{}", info.dev_id), info.owner_uid)?;
+            steps.push(("char device handed over", t0.elapsed()));
+        }
         let params = params_for(&geo, dev.info.max_io_buf_bytes);
         dev.ctrl
             .set_params(dev.info.dev_id, &params)
@@ -176,6 +189,12 @@ impl Device {
             &format!("/dev/ublkb{}", dev.info.dev_id),
             Duration::from_secs(5),
         )?;
+        if unprivileged {
+            wait_for_owner(
+                &format!("/dev/ublkb{}", dev.info.dev_id),
+                dev.info.owner_uid,
+            )?;
+        }
         steps.push(("node", t0.elapsed()));
         if let Ok(i) = dev.ctrl.get_dev_info(dev.info.dev_id) {
             dev.info = i;
@@ -311,11 +330,19 @@ impl Device {
         let mut ctrl = Control::open()?;
         let info = ctrl.get_dev_info(id).map_err(|e| match e.raw_os_error() {
             Some(libc::ENODEV) => DeviceError::Invalid(format!("device {id} does not exist")),
+            Some(libc::EACCES | libc::EPERM) => {
+                DeviceError::Invalid(format!("device {id} is not yours (permission denied)"))
+            }
             _ => DeviceError::Io {
                 what: format!("device {id}"),
                 err: e,
             },
         })?;
+        if info.flags & UBLK_F_UNPRIVILEGED_DEV != 0 {
+            return Err(DeviceError::Invalid(format!(
+                "device {id} is unprivileged, and the driver never lets such a device be recovered (delete it: ublkd del -n {id})"
+            )));
+        }
         if info.flags & UBLK_F_USER_RECOVERY == 0 {
             return Err(DeviceError::Invalid(format!(
                 "device {id} was created with --recovery off and cannot be recovered (delete it: ublkd del -n {id})"
@@ -528,6 +555,28 @@ fn open_char_dev(id: u32) -> Result<File, DeviceError> {
                 });
             }
         }
+    }
+}
+
+/// How long udev gets to hand an unprivileged device's nodes to their owner.
+const OWNER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Wait for the node `path` to belong to `uid` (udev's helper chowns an unprivileged device's
+/// nodes to their owner once the driver has created them root's).
+fn wait_for_owner(path: &str, uid: u32) -> Result<(), DeviceError> {
+    use std::os::unix::fs::MetadataExt;
+    let deadline = Instant::now() + OWNER_LIMIT;
+    loop {
+        if std::fs::metadata(path).is_ok_and(|m| m.uid() == uid) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(DeviceError::System(format!(
+                "{path} was not handed to uid {uid} within {} s: install contrib/udev/70-ublkd-unprivileged.rules (README, \"Unprivileged devices\") and make sure udev runs",
+                OWNER_LIMIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -22,6 +22,10 @@ pub struct DeviceOptions {
     pub batch: Option<bool>,
     /// Extra UBLK_F_* flags (recovery modes).
     pub extra_flags: u64,
+    /// Ask for an unprivileged device (UBLK_F_UNPRIVILEGED_DEV, Linux 6.3+): created by a
+    /// non-root user, who alone can serve, open and manage it. The driver allows it only the
+    /// copy buffer mode and no recovery.
+    pub unprivileged: bool,
     pub tuning: QueueTuning,
 }
 
@@ -38,6 +42,9 @@ pub enum DeviceError {
     Io { what: String, err: io::Error },
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// The system around the driver did not do its part (udev, for an unprivileged device).
+    #[error("{0}")]
+    System(String),
     #[error(
         "device {id}: queue {queues} still busy {secs}s after STOP_DEV (stuck in the target or the kernel); leaving it and the device: the char device closes when this process exits, then 'ublkd del -n {id}' removes the device"
     )]

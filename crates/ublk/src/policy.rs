@@ -21,6 +21,9 @@ pub(crate) fn device_flags(
         ));
     }
     let offers = |f: u64| have.is_some_and(|h| h & f != 0);
+    if opts.unprivileged {
+        return unprivileged_flags(opts, have);
+    }
     let mode = opts.mode.unwrap_or({
         if offers(UBLK_F_USER_COPY) && caps.ignores_data {
             // The driver leaves request pages alone in user-copy mode: writes need no copy,
@@ -69,6 +72,51 @@ pub(crate) fn device_flags(
     Ok((mode, flags))
 }
 
+/// An unprivileged device: the driver refuses it user copy, zero copy and AUTO_BUF_REG (a
+/// server could leave request pages unfilled and leak kernel memory) and silently drops the
+/// recovery flags (a server nobody trusts must not hold the disk's I/O), so copy is the one
+/// buffer mode and recovery is refused here rather than lost there.
+fn unprivileged_flags(
+    opts: &DeviceOptions,
+    have: Option<u64>,
+) -> Result<(BufMode, u64), DeviceError> {
+    let offers = |f: u64| have.is_some_and(|h| h & f != 0);
+    if let Some(m @ (BufMode::UserCopy | BufMode::ZeroCopy)) = opts.mode {
+        return Err(DeviceError::Invalid(format!(
+            "--buffers {} is not allowed for an unprivileged device (the driver allows it only copy)",
+            m.name()
+        )));
+    }
+    if opts.extra_flags & UBLK_F_USER_RECOVERY != 0 {
+        return Err(DeviceError::Invalid(
+            "an unprivileged device cannot be recovered (the driver drops recovery for it): add --recovery off".into(),
+        ));
+    }
+    if have.is_some() && !offers(UBLK_F_UNPRIVILEGED_DEV) {
+        return Err(DeviceError::Unsupported(
+            "UNPRIVILEGED_DEV".into(),
+            "unprivileged devices need Linux 6.3+".into(),
+        ));
+    }
+    let mut flags = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_UNPRIVILEGED_DEV | opts.extra_flags;
+    if opts.batch.unwrap_or(offers(UBLK_F_BATCH_IO)) {
+        if have.is_some() && !offers(UBLK_F_BATCH_IO) {
+            return Err(DeviceError::Unsupported(
+                "BATCH_IO".into(),
+                format!(
+                    "this kernel offers {}",
+                    features::names(have.unwrap_or(0)).join(" ")
+                ),
+            ));
+        }
+        flags |= UBLK_F_BATCH_IO;
+    }
+    if let Some(h) = have {
+        flags |= h & UBLK_F_SAFE_STOP_DEV;
+    }
+    Ok((BufMode::Copy, flags))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +131,7 @@ mod tests {
             mode,
             batch,
             extra_flags: extra,
+            unprivileged: false,
             tuning: QueueTuning::default(),
         }
     }
@@ -166,6 +215,40 @@ mod tests {
         assert_eq!(f & UBLK_F_QUIESCE, 0);
         let (_, f) = device_flags(&opts(None, None, rec), null(), Some(K612)).unwrap();
         assert_eq!(f & UBLK_F_QUIESCE, 0);
+    }
+
+    #[test]
+    fn unprivileged_devices_get_copy_and_no_recovery() {
+        let k = K73 | UBLK_F_UNPRIVILEGED_DEV;
+        let mut o = opts(None, None, 0);
+        o.unprivileged = true;
+        for caps in [null(), mem(), Caps::default(), tmpfs_file()] {
+            let (m, f) = device_flags(&o, caps, Some(k)).unwrap();
+            assert_eq!(m, BufMode::Copy);
+            assert_ne!(f & UBLK_F_UNPRIVILEGED_DEV, 0);
+            assert_eq!(
+                f & (UBLK_F_USER_COPY | UBLK_F_AUTO_BUF_REG | UBLK_F_QUIESCE),
+                0
+            );
+        }
+        for m in [BufMode::UserCopy, BufMode::ZeroCopy] {
+            o.mode = Some(m);
+            let e = device_flags(&o, null(), Some(k)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("--buffers {} is not allowed", m.name())),
+                "{e}"
+            );
+        }
+        o.mode = Some(BufMode::Copy);
+        o.extra_flags = UBLK_F_USER_RECOVERY;
+        let e = device_flags(&o, null(), Some(k)).unwrap_err().to_string();
+        assert!(e.contains("--recovery off"), "{e}");
+        o.extra_flags = 0;
+        let e = device_flags(&o, null(), Some(K73)).unwrap_err().to_string();
+        assert!(e.contains("Linux 6.3+"), "{e}");
+        // Before GET_FEATURES (6.5) the driver is asked anyway, without batch commands.
+        let (_, f) = device_flags(&o, null(), None).unwrap();
+        assert_eq!(f, UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_UNPRIVILEGED_DEV);
     }
 
     #[test]

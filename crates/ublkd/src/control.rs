@@ -12,7 +12,7 @@ use std::time::Duration;
 use stats::DeviceSnapshot;
 
 pub fn sock_path(id: u32) -> PathBuf {
-    crate::state::state_dir().join(format!("{id}.sock"))
+    crate::state::dir().join(format!("{id}.sock"))
 }
 
 /// The bound socket; removed when dropped (the daemon exits), unless a newer daemon of the
@@ -36,7 +36,7 @@ pub fn serve(
     snap: impl Fn() -> DeviceSnapshot + Send + 'static,
 ) -> io::Result<ControlSocket> {
     let path = sock_path(id);
-    let dir = crate::state::state_dir();
+    let dir = crate::state::dir();
     std::fs::create_dir_all(&dir)?;
     // Bound under a private name, made owner-only, then renamed into place: nobody can
     // connect before the mode is right, and a stale socket of a dead daemon is replaced.

@@ -53,9 +53,15 @@ pub struct DeviceArgs {
     pub pin_queues: bool,
     /// What the driver does when the daemon dies: keep the device and reissue in-flight I/O to a
     /// recovering daemon (reissue), keep it and fail in-flight I/O (on), keep it but fail all I/O
-    /// until recovery (fail-io, Linux 6.13+), or remove it (off).
-    #[arg(long, value_enum, default_value_t = Recovery::Reissue)]
-    pub recovery: Recovery,
+    /// until recovery (fail-io, Linux 6.13+), or remove it (off). Default: reissue, or off for
+    /// an unprivileged device (the driver never recovers one).
+    #[arg(long, value_enum)]
+    pub recovery: Option<Recovery>,
+    /// Create the device as the calling non-root user (UBLK_F_UNPRIVILEGED_DEV, Linux 6.3+):
+    /// only that user can serve, open and manage it. Needs the udev rules in contrib/udev
+    /// (README, "Unprivileged devices"); copy buffers only, no recovery.
+    #[arg(long)]
+    pub unprivileged: bool,
 }
 
 /// Queue thread tuning from the options a device was created with (kept in its state file).
@@ -108,6 +114,28 @@ impl Recovery {
 }
 
 impl DeviceArgs {
+    /// The recovery policy asked for, or the default.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery.unwrap_or(if self.unprivileged {
+            Recovery::Off
+        } else {
+            Recovery::Reissue
+        })
+    }
+
+    /// Whether this user may create the device as asked: root's devices are always privileged
+    /// (the driver drops UBLK_F_UNPRIVILEGED_DEV for CAP_SYS_ADMIN), and anyone else's must be
+    /// unprivileged.
+    pub fn check_user(&self) -> Result<(), String> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        match (root, self.unprivileged) {
+            (true, true) => Err("--unprivileged is for non-root users: root's devices are always privileged".into()),
+            (false, false) => Err("only root can add a privileged device: add --unprivileged (README, \"Unprivileged devices\")".into()),
+            _ => Ok(()),
+        }
+    }
+
     pub fn options(&self) -> Result<DeviceOptions, String> {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -136,7 +164,8 @@ impl DeviceArgs {
                 IoCmds::Batch => Some(true),
                 IoCmds::PerTag => Some(false),
             },
-            extra_flags: self.recovery.flags(),
+            extra_flags: self.recovery().flags(),
+            unprivileged: self.unprivileged,
             tuning: queue_tuning(self.busy_poll_us, self.pin_queues),
         })
     }

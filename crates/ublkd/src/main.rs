@@ -5,7 +5,6 @@
 //! `export` serves a target over NBD in the foreground (no ublk driver needed); `vhost` serves
 //! one to a virtual machine as a vhost-user-blk backend.
 
-
 // Requests allocate small, short-lived objects (NBD request buffers and tasks, imago's per-request
 // futures); glibc's malloc spent a quarter of an NBD qcow2 export's CPU on them.
 #[global_allocator]
@@ -103,6 +102,9 @@ enum Command {
     /// Run a recovering daemon for one device (used by `recover`).
     #[command(hide = true)]
     ServeRecover(serve::RecoverServeArgs),
+    /// Hand an unprivileged device's node to its owner (run by udev: contrib/udev).
+    #[command(hide = true)]
+    UdevOwner(cmd::udev_owner::UdevOwnerArgs),
     /// Watch a device's daemon and recover the device when it dies (used by `add --restart`).
     #[command(hide = true)]
     Supervise(supervise::SuperviseArgs),
@@ -171,5 +173,6 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::ServeRecover(a) => serve::run_recover(a),
         Command::Supervise(a) => supervise::run(a),
+        Command::UdevOwner(a) => cmd::udev_owner::run(a),
     }
 }

@@ -28,6 +28,8 @@ pub struct DeviceReport {
     pub name: Option<String>,
     /// Generated at add; udev links it as /dev/disk/by-id/ublk-SERIAL.
     pub serial: Option<String>,
+    /// The uid owning an unprivileged device (none: root's).
+    pub owner: Option<u32>,
 }
 
 impl DeviceReport {
@@ -62,6 +64,8 @@ impl DeviceReport {
             flags: features::names(info.flags),
             name: st.and_then(|s| s.name.clone()),
             serial: st.and_then(|s| s.serial.clone()),
+            owner: (info.flags & ublk::uapi::UBLK_F_UNPRIVILEGED_DEV != 0)
+                .then_some(info.owner_uid),
         }
     }
 }

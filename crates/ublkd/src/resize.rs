@@ -19,11 +19,11 @@ use crate::state::{self, DeviceState};
 pub(crate) const RESIZE_SIGNAL: i32 = libc::SIGUSR2;
 
 pub fn request_path(id: u32, pid: u32) -> PathBuf {
-    state::state_dir().join(format!("{id}.resize-{pid}.req"))
+    state::dir().join(format!("{id}.resize-{pid}.req"))
 }
 
 pub fn answer_path(id: u32, pid: u32) -> PathBuf {
-    state::state_dir().join(format!("{id}.resize-{pid}.res"))
+    state::dir().join(format!("{id}.resize-{pid}.res"))
 }
 
 /// Write `value` to `path` atomically (temp file + rename): the reader never sees half of it.
@@ -36,7 +36,7 @@ pub fn write_json(path: &std::path::Path, value: &serde_json::Value) -> std::io:
 /// Answer every pending resize request for the device (called on RESIZE_SIGNAL).
 pub fn serve_requests(dev: &mut Device, target: &Arc<AnyTarget>, st: &mut DeviceState) {
     let prefix = format!("{}.resize-", st.id);
-    let Ok(rd) = std::fs::read_dir(state::state_dir()) else {
+    let Ok(rd) = std::fs::read_dir(state::dir()) else {
         return;
     };
     for e in rd.flatten() {

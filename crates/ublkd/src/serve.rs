@@ -56,7 +56,7 @@ pub fn run(a: ServeArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
     };
-    let mut st = DeviceState::new(&dev, spec, geo.size, a.dev.recovery);
+    let mut st = DeviceState::new(&dev, spec, geo.size, a.dev.recovery());
     st.busy_poll_us = a.dev.busy_poll_us;
     st.pin_queues = a.dev.pin_queues;
     st.name = a.dev.name.clone();
@@ -78,9 +78,9 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     let sigs = block_daemon_signals();
     let Some(old) = state::load(a.id) else {
         return crate::fail(format!(
-            "device {} has no state file in {}: cannot tell which target to reopen",
+            "device {} has no state file {}: cannot tell which target to reopen",
             a.id,
-            state::state_dir().display()
+            state::path_for(a.id).display()
         ));
     };
     if let Some(d) = crate::daemon::find_daemon(a.id, 0, Some(&old))

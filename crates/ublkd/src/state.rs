@@ -1,5 +1,6 @@
-//! Per-device state files under /run/ublkd: who serves a device and what it serves, so `list`
-//! can describe it and a recovering daemon can reopen the same target.
+//! Per-device state files: who serves a device and what it serves, so `list` can describe it
+//! and a recovering daemon can reopen the same target. Root's are in /run/ublkd; a non-root
+//! user's (unprivileged devices) in `$XDG_RUNTIME_DIR/ublkd`, which only that user can write.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,32 @@ use crate::device_args::Recovery;
 use crate::identity::Identity;
 use crate::spec::TargetSpec;
 
-pub fn state_dir() -> PathBuf {
-    std::env::var_os("UBLKD_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/ublkd"))
+/// Where this user's state files live (UBLKD_STATE_DIR overrides it).
+pub fn state_dir() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("UBLKD_STATE_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/run/ublkd"));
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Ok(PathBuf::from(d).join("ublkd")),
+        _ => Err("XDG_RUNTIME_DIR is not set: a non-root user's device state lives in $XDG_RUNTIME_DIR/ublkd (set it, or UBLKD_STATE_DIR)".into()),
+    }
+}
+
+/// `state_dir()` for the functions below. Commands that write state check `state_dir()` first;
+/// without one, a path under /dev/null stands in: it can never be created, so nothing is
+/// written anywhere else.
+pub fn dir() -> PathBuf {
+    state_dir().unwrap_or_else(|_| PathBuf::from("/dev/null/ublkd"))
+}
+
+/// Where root finds the state file of an unprivileged device owned by `uid`: that user's
+/// runtime directory as systemd-logind makes it (`/run/user/UID`).
+fn owner_dir(uid: u32) -> PathBuf {
+    PathBuf::from(format!("/run/user/{uid}/ublkd"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,20 +121,32 @@ impl DeviceState {
 }
 
 pub fn path_for(id: u32) -> PathBuf {
-    state_dir().join(format!("{id}.json"))
+    dir().join(format!("{id}.json"))
 }
 
 pub fn log_path_for(id: u32) -> PathBuf {
-    state_dir().join(format!("{id}.log"))
+    dir().join(format!("{id}.log"))
 }
 
 /// Write atomically (temp file + rename), so readers never see half a file.
 pub fn save(s: &DeviceState) -> io::Result<()> {
-    save_in(&state_dir(), s)
+    save_in(&state_dir().map_err(io::Error::other)?, s)
 }
 
 pub fn load(id: u32) -> Option<DeviceState> {
     load_path(&path_for(id))
+}
+
+/// The state of device `id` owned by `owner_uid`: ours, or for root, the owner's (an
+/// unprivileged device's daemon keeps it in its user's runtime directory).
+pub fn load_owned(id: u32, owner_uid: u32) -> Option<DeviceState> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    load(id).or_else(|| {
+        (root && owner_uid != 0)
+            .then(|| load_path(&owner_dir(owner_uid).join(format!("{id}.json"))))
+            .flatten()
+    })
 }
 
 pub fn remove(id: u32) {
@@ -120,7 +155,7 @@ pub fn remove(id: u32) {
 
 /// Ids with a state file.
 pub fn all_ids() -> Vec<u32> {
-    ids_in(&state_dir())
+    ids_in(&dir())
 }
 
 // The same, in a given directory (the functions above use `state_dir()`; tests their own).

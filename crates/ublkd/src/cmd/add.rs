@@ -49,7 +49,18 @@ pub fn run(a: AddArgs) -> ExitCode {
     if let Err(e) = a.dev.target.to_spec() {
         return crate::fail(e);
     }
-    if let Err(e) = a.dev.options() {
+    match a.dev.options() {
+        Ok(o) => {
+            if let Err(e) = ublk::device::check_options(&o) {
+                return crate::fail(e);
+            }
+        }
+        Err(e) => return crate::fail(e),
+    }
+    if let Err(e) = a.dev.check_user() {
+        return crate::fail(e);
+    }
+    if let Err(e) = crate::state::state_dir() {
         return crate::fail(e);
     }
     if let Some(n) = &a.dev.name
@@ -63,7 +74,7 @@ pub fn run(a: AddArgs) -> ExitCode {
             daemon: false,
         });
     }
-    if a.restart && a.dev.recovery == Recovery::Off {
+    if a.restart && a.dev.recovery() == Recovery::Off {
         return crate::fail("--restart needs a recovery mode (drop --recovery off)");
     }
     let mut args = if a.restart {

@@ -121,7 +121,7 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
             state::remove(id);
             return Err(format!("device {id} does not exist"));
         }
-        Err(e) => return Err(format!("device {id}: {e}")),
+        Err(e) => return Err(crate::cmd::device_error(id, &e)),
     };
     if !char_dev_exists(id) {
         // DEL_DEV ran, and only waits for the last user of the old disk to let go.
@@ -131,7 +131,7 @@ fn delete(ctrl: &mut Control, id: u32, force: bool) -> Result<(), String> {
         ));
     }
     // 1. Only processes shown to be the daemon or the supervisor are ever signalled.
-    let st = state::load(id);
+    let st = state::load_owned(id, info.owner_uid);
     let daemon = daemon::find_daemon(id, info.ublksrv_pid, st.as_ref());
     let mut supervisor = daemon::find_supervisor(st.as_ref(), daemon.as_ref());
     let has_disk = info.state != UBLK_S_DEV_DEAD;
@@ -260,6 +260,12 @@ pub fn run(a: DelArgs) -> ExitCode {
     for id in ids {
         if gone(&mut ctrl, id) {
             state::remove(id); // stale: no device behind it
+            continue;
+        }
+        // A user's --all means their own devices.
+        if let Err(e) = ctrl.get_dev_info(id)
+            && crate::cmd::not_ours(&e)
+        {
             continue;
         }
         if let Err(m) = delete(&mut ctrl, id, a.force) {

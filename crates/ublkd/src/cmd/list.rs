@@ -1,4 +1,5 @@
-//! `ublkd list`: the devices the driver knows, with what our state files add.
+//! `ublkd list`: the devices the driver knows, with what our state files add. Root sees every
+//! device; a user sees the unprivileged devices they own (the driver answers nobody else).
 
 use std::process::ExitCode;
 
@@ -6,6 +7,7 @@ use clap::Args;
 use targets::size::format_size;
 use ublk::Control;
 
+use crate::cmd::{device_error, not_ours};
 use crate::report::DeviceReport;
 use crate::state;
 
@@ -52,20 +54,21 @@ pub fn run(a: ListArgs) -> ExitCode {
     let mut reports = Vec::new();
     for id in ids {
         match ctrl.get_dev_info(id) {
-            Ok(info) => reports.push(DeviceReport::new(&info, state::load(id).as_ref())),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-                if a.id.is_some() {
-                    return crate::fail(format!("device {id} does not exist"));
-                }
-            }
-            Err(e) => return crate::fail(format!("device {id}: {e}")),
+            Ok(info) => reports.push(DeviceReport::new(
+                &info,
+                state::load_owned(id, info.owner_uid).as_ref(),
+            )),
+            // Gone meanwhile, or someone else's: a user sees only their own devices.
+            Err(e)
+                if a.id.is_none() && (e.raw_os_error() == Some(libc::ENODEV) || not_ours(&e)) => {}
+            Err(e) => return crate::fail(device_error(id, &e)),
         }
     }
     if a.json {
         return crate::out::print(serde_json::to_string_pretty(&reports).unwrap_or_default());
     }
     let mut text = format!(
-        "{:<4} {:<14} {:<12} {:<16} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  TARGET",
+        "{:<4} {:<14} {:<12} {:<16} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8} {:>6}  TARGET",
         "ID",
         "DEVICE",
         "NAME",
@@ -76,11 +79,12 @@ pub fn run(a: ListArgs) -> ExitCode {
         "SIZE",
         "MODE",
         "IO_CMDS",
-        "PID"
+        "PID",
+        "OWNER"
     );
     for r in &reports {
         text += &format!(
-            "\n{:<4} {:<14} {:<12} {:<16} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8}  {}",
+            "\n{:<4} {:<14} {:<12} {:<16} {:<8} {:>6} {:>6} {:>7} {:<10} {:<8} {:>8} {:>6}  {}",
             r.id,
             r.block_device,
             r.name.as_deref().unwrap_or("-"),
@@ -92,6 +96,7 @@ pub fn run(a: ListArgs) -> ExitCode {
             r.mode.as_deref().unwrap_or("?"),
             r.io_cmds,
             r.pid,
+            r.owner.map_or("root".to_string(), |u| u.to_string()),
             r.target.as_deref().unwrap_or("(no state file)")
         );
     }

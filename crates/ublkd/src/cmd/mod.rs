@@ -13,5 +13,25 @@ pub mod resize;
 pub mod stats;
 pub mod top;
 pub mod udev_id;
+pub mod udev_owner;
 pub mod upgrade;
 pub mod vhost;
+
+/// A control command on device `id` failed: one line for the user.
+pub fn device_error(id: u32, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENODEV) => format!("device {id} does not exist"),
+        // The driver checks an unprivileged device's path, a privileged one's CAP_SYS_ADMIN.
+        Some(libc::EACCES | libc::EPERM) => {
+            format!(
+                "device {id} is not yours (permission denied): only its owner and root may manage it"
+            )
+        }
+        _ => format!("device {id}: {e}"),
+    }
+}
+
+/// Whether a control command failed because the device is someone else's.
+pub fn not_ours(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+}

@@ -20,6 +20,9 @@ pub struct RecoverArgs {
 }
 
 pub fn run(a: RecoverArgs) -> ExitCode {
+    if let Err(e) = crate::state::state_dir() {
+        return crate::fail(e);
+    }
     if a.foreground {
         return crate::serve::run_recover(crate::serve::RecoverServeArgs {
             id: a.id,

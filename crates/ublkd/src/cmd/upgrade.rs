@@ -42,11 +42,13 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
     };
     let info = match ctrl.get_dev_info(id) {
         Ok(i) => i,
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-            return crate::fail(format!("device {id} does not exist"));
-        }
-        Err(e) => return crate::fail(format!("device {id}: {e}")),
+        Err(e) => return crate::fail(crate::cmd::device_error(id, &e)),
     };
+    if info.flags & ublk::uapi::UBLK_F_UNPRIVILEGED_DEV != 0 {
+        return crate::fail(format!(
+            "device {id} is unprivileged: the driver gives such a device no recovery, so no live upgrade"
+        ));
+    }
     let batch = info.flags & UBLK_F_BATCH_IO != 0;
     if batch && info.flags & UBLK_F_USER_RECOVERY_REISSUE == 0 {
         return crate::fail(format!(
@@ -63,7 +65,7 @@ pub fn run(a: UpgradeArgs) -> ExitCode {
             "device {id} is not live; use 'ublkd recover -n {id}'"
         ));
     }
-    let Some(st) = state::load(id) else {
+    let Some(st) = state::load_owned(id, info.owner_uid) else {
         return crate::fail(format!(
             "device {id} has no state file: cannot tell which target to reopen"
         ));
