@@ -5,11 +5,6 @@
 //! `export` serves a target over NBD in the foreground (no ublk driver needed); `vhost` serves
 //! one to a virtual machine as a vhost-user-blk backend.
 
-// Requests allocate small, short-lived objects (NBD request buffers and tasks, imago's per-request
-// futures); glibc's malloc spent a quarter of an NBD qcow2 export's CPU on them.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod args;
 mod cmd;
 mod control;
