@@ -48,7 +48,7 @@ unpriv_owner_serves() {
     as_user $UNPRIV_A fio --name=unpriv --filename="$dev" --rw=randwrite --bs=4k --size=32M \
         --direct=1 --ioengine=io_uring --iodepth=32 --verify=crc32c --do_verify=1 \
         --verify_fatal=1 --verify_state_save=0 || return 1
-    as_user $UNPRIV_A "$UBLKD" list | grep -E "^$id +/dev/ublkb$id +live .* copy .* $UNPRIV_A +mem 64M" \
+    as_user $UNPRIV_A "$UBLKD" list | grep -E "^$id +/dev/ublkb$id +- +[0-9a-f]+ +live .* copy .* $UNPRIV_A +mem 64M" \
         || { as_user $UNPRIV_A "$UBLKD" list; return 1; }
     as_user $UNPRIV_A "$UBLKD" list -n "$id" --json | grep -q "\"owner\": $UNPRIV_A" || return 1
     [ -f "/run/user/$UNPRIV_A/ublkd/$id.json" ] || { echo "no state file in A's runtime dir"; return 1; }
