@@ -446,15 +446,13 @@ elif [ "$COMPAT" = 1 ]; then
     test_large_discard
     test_null_reads_zero
     test_refused_commit
-    test_error_filter
-    test_qcow2
     check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
     test_del_safety
-    test_names
     test_resize_refused
-    test_stats
-    test_export_metrics
     test_unprivileged
+    # Not here, to keep CI under an hour: filters, qcow2, names, statistics and NBD metrics
+    # (the 7.3 run covers them; they depend on no kernel feature 6.12 lacks: their helpers
+    # passed on 6.12 when written, see the issue notes).
 else
     test_features
     test_fio_verify mem -t mem --size 256M
