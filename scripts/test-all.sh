@@ -91,7 +91,7 @@ if [[ $vm -eq 1 ]]; then
             args=()
             [[ $k == 6.12 ]] && args=(--compat)
             echo "=== VM suite on Linux $k ${args[*]:-}"
-            scripts/vm.sh --kernel "$k" --timeout 2400 -- tests/vm/run.sh "${args[@]}" 2>&1 | tee "$out/vm-$k.log"
+            scripts/vm.sh --kernel "$k" --timeout 3300 -- tests/vm/run.sh "${args[@]}" 2>&1 | tee "$out/vm-$k.log"
             count_plain "$out/vm-$k.log"
         done
         if [[ $bench -eq 1 ]]; then

@@ -113,7 +113,7 @@ restart_survives_repeated_kills() {
     fio --name=rst --filename="$dev" --ioengine=io_uring --direct=1 --rw=randwrite --bs=4k --iodepth=64 \
         --size=96M --time_based --runtime=45 --verify=crc32c --do_verify=1 >"$LOG_DIR/restart-fio.out" 2>&1 &
     fpid=$!
-    for i in $(seq 1 10); do
+    for i in $(seq 1 5); do
         sleep "0.$((RANDOM % 9 + 1))"
         pid=$(daemon_pid "$id")
         t0=$(now_ms)
@@ -144,7 +144,7 @@ upgrade_under_fio() { # [EXTRA-ADD-ARGS...]
     fio $(rec_fio_args "$dev" upw) --size=64M --do_verify=0 >"$LOG_DIR/upgrade-fio-write.out" 2>&1 &
     fpid=$!
     sleep 1
-    for i in $(seq 1 10); do
+    for i in $(seq 1 5); do
         probe_start "$dev" "$SCRATCH/probe"
         sleep 0.3
         if ! "$UBLKD" upgrade -n "$id" >/dev/null; then
@@ -162,7 +162,7 @@ upgrade_under_fio() { # [EXTRA-ADD-ARGS...]
     # shellcheck disable=SC2046
     fio $(rec_fio_args "$dev" upw) --size=64M --verify_only >"$LOG_DIR/upgrade-fio-verify.out" 2>&1 || return 1
     grep -q "err= 0" "$LOG_DIR/upgrade-fio-verify.out" || return 1
-    echo "longest stall over 10 upgrades: $maxgap ms" | tee -a "$LOG_DIR/recovery-times.txt"
+    echo "longest stall over 5 upgrades: $maxgap ms" | tee -a "$LOG_DIR/recovery-times.txt"
     "$UBLKD" del -n "$id"
 }
 
@@ -222,11 +222,11 @@ kill_during_add_and_del() {
 
 test_recovery_more() {
     check "recovery: ext4 + fsynced writer survive kill -9 and recover, fsck clean" ext4_kill_and_recover
-    check "recovery: --restart survives 10 kill -9 under fio verify, no leaks" restart_survives_repeated_kills
+    check "recovery: --restart survives 5 kill -9 under fio verify, no leaks" restart_survives_repeated_kills
     # Default I/O commands on 7.3 are batch (upgrade hands over without QUIESCE); per-tag
     # devices are quiesced.
-    check "recovery: 10 live upgrades under fio verify writer, zero errors" upgrade_under_fio
-    check "recovery: 10 live upgrades (per-tag, QUIESCE) under fio verify writer, zero errors" \
+    check "recovery: 5 live upgrades under fio verify writer, zero errors" upgrade_under_fio
+    check "recovery: 5 live upgrades (per-tag, QUIESCE) under fio verify writer, zero errors" \
         upgrade_under_fio --io-cmds per-tag
     check "recovery: kill -9 during add and del, del --all cleans up" kill_during_add_and_del
     check_clean "recovery tests leave nothing behind (2)"
