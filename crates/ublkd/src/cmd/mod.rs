@@ -31,6 +31,13 @@ pub fn device_error(id: u32, e: &std::io::Error) -> String {
     }
 }
 
+/// The control device and device `id`'s info from the driver, or the one line to fail with.
+pub fn open_device(id: u32) -> Result<(ublk::Control, ublk::uapi::ublksrv_ctrl_dev_info), String> {
+    let mut ctrl = ublk::Control::open().map_err(|e| e.to_string())?;
+    let info = ctrl.get_dev_info(id).map_err(|e| device_error(id, &e))?;
+    Ok((ctrl, info))
+}
+
 /// Whether a control command failed because the device is someone else's.
 pub fn not_ours(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))

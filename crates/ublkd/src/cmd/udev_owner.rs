@@ -8,7 +8,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::ExitCode;
 
 use clap::Args;
-use ublk::Control;
 use ublk::uapi::UBLK_F_UNPRIVILEGED_DEV;
 
 #[derive(Debug, Args)]
@@ -38,13 +37,9 @@ pub fn run(a: UdevOwnerArgs) -> ExitCode {
     let Some(id) = device_id(&a.name) else {
         return crate::fail(format!("{} is not a ublk device node", a.name));
     };
-    let mut ctrl = match Control::open() {
-        Ok(c) => c,
+    let (_, info) = match crate::cmd::open_device(id) {
+        Ok(d) => d,
         Err(e) => return crate::fail(e),
-    };
-    let info = match ctrl.get_dev_info(id) {
-        Ok(i) => i,
-        Err(e) => return crate::fail(crate::cmd::device_error(id, &e)),
     };
     if info.flags & UBLK_F_UNPRIVILEGED_DEV == 0 {
         return ExitCode::SUCCESS;

@@ -15,7 +15,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ublk::Control;
 use ublk::uapi::{
     UBLK_F_BATCH_IO, UBLK_F_QUIESCE, UBLK_F_USER_RECOVERY_REISSUE, UBLK_S_DEV_LIVE,
     UBLK_S_DEV_QUIESCED,
@@ -36,13 +35,9 @@ pub struct UpgradeArgs {
 
 pub fn run(a: UpgradeArgs) -> ExitCode {
     let id = a.id;
-    let mut ctrl = match Control::open() {
-        Ok(c) => c,
+    let (mut ctrl, info) = match crate::cmd::open_device(id) {
+        Ok(d) => d,
         Err(e) => return crate::fail(e),
-    };
-    let info = match ctrl.get_dev_info(id) {
-        Ok(i) => i,
-        Err(e) => return crate::fail(crate::cmd::device_error(id, &e)),
     };
     if info.flags & ublk::uapi::UBLK_F_UNPRIVILEGED_DEV != 0 {
         return crate::fail(format!(
