@@ -3,7 +3,9 @@
 # JSON and a per-run CSV to $OUT. Not meant to be run by hand on a host (it reloads null_blk).
 #
 # Environment: UBLKD (binary), OUT (results dir, host-visible), RUNTIME (s per cell), RUNS,
-# QD_SWEEP (1: run the delay-filter queue-depth sweep), LOAD1 (host load at boot, recorded).
+# QD_SWEEP (1: run the delay-filter queue-depth sweep), LOAD1 (host load at boot, recorded),
+# RUBLK (optional: a rublk binary; its null and loop targets, copy and -z, become peer rows of the
+# null and file groups, measured right after ours in every cell).
 set -euo pipefail
 
 UBLKD=${UBLKD:?}
@@ -35,8 +37,28 @@ if [[ -n $UBLKD_BASE ]]; then
     UBLKD_BASE=$SCRATCH/ublkd-base
     UBLKD_OURS=$UBLKD
 fi
+# A peer ublk server (scripts/bench.sh --peers rublk), run from tmpfs like ours.
+RUBLK=${RUBLK:-}
+if [[ -n $RUBLK ]]; then
+    cp "$RUBLK" "$SCRATCH/rublk"
+    RUBLK=$SCRATCH/rublk
+fi
+RUBLK_ID=90 # a fixed device number far from ours
+# Lever variants measured in the same boot (bench.sh --variant NAME=ARGS): "NAME=ARGS;NAME=ARGS".
+# Each adds ublk-null~NAME and ublk-file~NAME, our device with ARGS added to `ublkd add`.
+VARIANTS=${VARIANTS:-}
+variant_args() { # NAME -> its ARGS
+    local v
+    IFS=';' read -ra vs <<<"$VARIANTS"
+    for v in "${vs[@]}"; do [[ ${v%%=*} == "$1" ]] && { echo "${v#*=}"; return; }; done
+}
+variant_names() {
+    local v
+    IFS=';' read -ra vs <<<"$VARIANTS"
+    for v in "${vs[@]}"; do [[ -n $v ]] && echo "${v%%=*}"; done
+}
 CSV=$OUT/runs.csv
-echo "kernel,group,device,rw,iodepth,numjobs,rep,iops,lat_us,cpu_us_per_io,batch,create_ms,rss_idle_kib,rss_load_kib,requests,nr_requests,cpu_stat_us_per_io,req_per_enter" >"$CSV"
+echo "kernel,group,device,rw,iodepth,numjobs,rep,iops,lat_us,cpu_us_per_io,batch,create_ms,rss_idle_kib,rss_load_kib,requests,nr_requests,cpu_stat_us_per_io,req_per_enter,sys_cpu_us_per_io" >"$CSV"
 note() { echo "bench(guest): $*" >&2; echo "$*" >>"$OUT/notes.txt"; }
 now_ns() { date +%s%N; }
 
@@ -101,8 +123,10 @@ set_none "$LOOP"
     echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
     echo "host load1 at boot: $LOAD1"
     echo "ublkd add extra args: '${UBLKD_ADD_ARGS}', cells: '$CELLS', groups: '$GROUPS_'"
+    [[ -z $VARIANTS ]] || echo "lever variants (ublk-GROUP~NAME = ours with ARGS): $VARIANTS"
     echo "null_blk: queue_mode=2 submit_queues=2 nr_devices=1 gb=4 irqmode=0"
     echo "loop: $LOOP over $FILE, dio=$dio, nr_requests=$(nr_requests "$LOOP")"
+    [[ -n $RUBLK ]] && echo "peer: rublk $("$RUBLK" --version 2>/dev/null | head -1), its defaults (one CPU per queue thread), -q 2 -d 64, device $RUBLK_ID"
     [[ -n "${QNBD_AIO:-}" ]] && echo "qcow2: ${Q2_MIB} MiB images on the guest tmpfs; $(qemu-nbd --version | head -1), --cache=none --aio=$QNBD_AIO through /dev/nbd0"
 } >>"$OUT/notes.txt"
 
@@ -168,6 +192,30 @@ ublk_del() { # prints "requests batch requests-per-enter" from the daemon's shut
          END { printf "%d %.2f %.2f\n", r, (e > 0 ? c / e : 0), (e > 0 ? r / e : 0) }' "$log"
 }
 
+# rublk_add TARGET ARGS...: a rublk device number $RUBLK_ID; sets UDEV UPID CREATE_MS RSS_IDLE.
+# rublk's `add` forks its daemon and returns once the device is live, like ours.
+rublk_add() {
+    local t0 t1
+    t0=$(now_ns)
+    "$RUBLK" add "$@" -n "$RUBLK_ID" --quiet >/dev/null || return 1
+    t1=$(now_ns)
+    UDEV=/dev/ublkb$RUBLK_ID
+    CREATE_MS=$(((t1 - t0) / 1000000))
+    dd if="$UDEV" of=/dev/null bs=4k count=1 iflag=direct status=none
+    UPID=$(pgrep -n -f "^$RUBLK add")
+    set_none "$UDEV"
+    sleep 0.5
+    RSS_IDLE=$(rss_kib "$UPID")
+}
+rublk_del() {
+    "$RUBLK" del -n "$RUBLK_ID" >/dev/null 2>&1 || true
+    for _ in $(seq 100); do kill -0 "$UPID" 2>/dev/null || break; sleep 0.1; done
+}
+
+# Busy time of all CPUs (USER_HZ ticks, /proc/stat: everything but idle and iowait): the whole
+# system's CPU per I/O, comparable across kernel devices, ublkd and its peers.
+sys_busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
 # ---- one fio run -------------------------------------------------------------------------------
 # fio_run NAME DEV RW QD JOBS [extra fio args]: writes $OUT/raw/NAME.json, prints "iops lat_us ios"
 fio_run() {
@@ -201,12 +249,21 @@ measure_one() {
     local group=$1 device=$2 rw=$3 qd=$4 jobs=$5 rep=$6
     shift 6
     local name="$device-$rw-qd$qd-j$jobs-r$rep" dev res iops lat ios
-    local cpu="" batch="" create="" rss_i="" rss_l="" reqs="" rpe="" nrr
-    case ${device%@base} in
+    local cpu="" batch="" create="" rss_i="" rss_l="" reqs="" rpe="" nrr s0 s1 sys=""
+    local dev="" vargs="" device_kind
+    if [[ $device == ublk-*~* ]]; then
+        vargs=$(variant_args "${device#*~}")
+        device_kind=${device%~*}
+    else
+        device_kind=${device%@base}
+    fi
+    case $device_kind in
     null_blk) dev=$NULLB ;;
     loop) dev=$LOOP ;;
-    ublk-null) ublk_add -t null --size 4G -q 2 -d 64 && dev=$UDEV ;;
-    ublk-file) ublk_add -t file --path "$FILE" -q 2 -d 64 && dev=$UDEV ;;
+    # shellcheck disable=SC2086 # $vargs: a lever variant's extra arguments, split on spaces
+    ublk-null) ublk_add -t null --size 4G -q 2 -d 64 $vargs && dev=$UDEV ;;
+    # shellcheck disable=SC2086
+    ublk-file) ublk_add -t file --path "$FILE" -q 2 -d 64 $vargs && dev=$UDEV ;;
     ublk-mem)
         # 256 MiB, filled before measuring: a fresh mem device's first write to each region
         # faults in (and zeroes) a page -- a transparent huge page where THP is on, ~10 ms each
@@ -217,6 +274,10 @@ measure_one() {
         ;;
     ublk-null-delay5ms) ublk_add -t null --size 4G -q 1 -d 4096 --max-io 64K \
         --filter delay:ms=5 && dev=$UDEV ;;
+    rublk-null) rublk_add null -q 2 -d 64 && dev=$UDEV ;;
+    rublk-null-z) rublk_add null -q 2 -d 64 -z && dev=$UDEV ;;
+    rublk-loop) rublk_add loop -f "$FILE" -q 2 -d 64 && dev=$UDEV ;;
+    rublk-loop-z) rublk_add loop -f "$FILE" -q 2 -d 64 -z && dev=$UDEV ;;
     ublk-qcow2) ublk_add -t qcow2 --path "$Q2IMG" -q 2 -d 64 && dev=$UDEV ;;
     ublk-file-raw) ublk_add -t file --path "$Q2RAW" -q 2 -d 64 && dev=$UDEV ;;
     ublk-qcow2-empty)
@@ -232,15 +293,21 @@ measure_one() {
         ;;
     *) echo "unknown device $device" >&2; return 1 ;;
     esac
+    if [[ -z ${dev:-} ]]; then # a peer that cannot run on this kernel (rublk -z before 6.15)
+        echo "bench(guest): $name: $device could not be created; skipped" >&2
+        return 0
+    fi
     nrr=$(nr_requests "$dev")
     [[ $group == qcow2* ]] && local FIO_SIZE=${Q2_MIB}M
     # (ublk-mem set FIO_SIZE above, for the same reason.)
-    if [[ $device == ublk-* || $device == qemu-nbd-* ]]; then
+    if [[ $device == ublk-* || $device == qemu-nbd-* || $device == rublk-* ]]; then
         local c0 c1 n0 n1 cpu_stat
         rss_peak_reset "$UPID"
         c0=$(cpu_ticks "$UPID")
         n0=$(cpu_ns "$UPID")
+        s0=$(sys_busy_ticks)
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
+        s1=$(sys_busy_ticks)
         c1=$(cpu_ticks "$UPID")
         n1=$(cpu_ns "$UPID")
         rss_l=$(rss_peak_kib "$UPID")
@@ -250,16 +317,24 @@ measure_one() {
         cpu=$(awk -v d=$((n1 - n0)) -v n="$ios" 'BEGIN { printf "%.2f", (n > 0 ? d / 1e3 / n : 0) }')
         if [[ $device == qemu-nbd-* ]]; then
             qnbd_disconnect
+        elif [[ $device == rublk-* ]]; then
+            create=$CREATE_MS
+            rss_i=$RSS_IDLE
+            rublk_del
         else
             create=$CREATE_MS
             rss_i=$RSS_IDLE
             read -r reqs batch rpe < <(ublk_del)
         fi
     else
+        s0=$(sys_busy_ticks)
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
+        s1=$(sys_busy_ticks)
         read -r iops lat ios <<<"$res"
     fi
-    echo "$KVER,$group,$device,$rw,$qd,$jobs,$rep,$iops,$lat,$cpu,$batch,$create,$rss_i,$rss_l,$reqs,$nrr,${cpu_stat:-},${rpe:-}" >>"$CSV"
+    sys=$(awk -v d=$((s1 - s0)) -v t="$CLK_TCK" -v n="$ios" \
+        'BEGIN { printf "%.2f", (n > 0 ? d * 1e6 / t / n : 0) }')
+    echo "$KVER,$group,$device,$rw,$qd,$jobs,$rep,$iops,$lat,$cpu,$batch,$create,$rss_i,$rss_l,$reqs,$nrr,${cpu_stat:-},${rpe:-},$sys" >>"$CSV"
     echo "bench(guest): $name: $(printf '%.0f' "$iops") IOPS${cpu:+, $cpu us CPU/IO, batch $batch}" >&2
 }
 
@@ -272,10 +347,20 @@ for rep in $(seq 1 "$RUNS"); do
                 if [[ " $GROUPS_ " == *" null "* ]]; then
                     measure null null_blk "$rw" "$qd" "$jobs" "$rep"
                     measure null ublk-null "$rw" "$qd" "$jobs" "$rep"
+                    for v in $(variant_names); do measure_one null "ublk-null~$v" "$rw" "$qd" "$jobs" "$rep"; done
+                    if [[ -n $RUBLK ]]; then
+                        measure null rublk-null "$rw" "$qd" "$jobs" "$rep"
+                        measure null rublk-null-z "$rw" "$qd" "$jobs" "$rep"
+                    fi
                 fi
                 if [[ " $GROUPS_ " == *" file "* ]]; then
                     measure file loop "$rw" "$qd" "$jobs" "$rep"
                     measure file ublk-file "$rw" "$qd" "$jobs" "$rep"
+                    for v in $(variant_names); do measure_one file "ublk-file~$v" "$rw" "$qd" "$jobs" "$rep"; done
+                    if [[ -n $RUBLK ]]; then
+                        measure file rublk-loop "$rw" "$qd" "$jobs" "$rep"
+                        measure file rublk-loop-z "$rw" "$qd" "$jobs" "$rep"
+                    fi
                 fi
                 if [[ " $GROUPS_ " == *" qcow2 "* ]]; then
                     measure qcow2 qemu-nbd-qcow2 "$rw" "$qd" "$jobs" "$rep"

@@ -17,6 +17,12 @@ BASE_GROUP = {"null": "null", "file": "file", "mem": "null", "qcow2": "qcow2",
               "qcow2-empty": "qcow2-empty"}
 UBLK = {"null": "ublk-null", "file": "ublk-file", "mem": "ublk-mem", "qcow2": "ublk-qcow2",
         "qcow2-empty": "ublk-qcow2-empty"}
+# Peer rows (bench.sh --peers): our device, the baseline build's and rublk's in both modes.
+PEERS = {"null": ["ublk-null", "ublk-null@base", "rublk-null", "rublk-null-z"],
+         "file": ["ublk-file", "ublk-file@base", "rublk-loop", "rublk-loop-z"]}
+PEER_NAME = {"ublk-null": "ublkd", "ublk-null@base": "ublkd (baseline)", "rublk-null": "rublk",
+             "rublk-null-z": "rublk -z", "ublk-file": "ublkd", "ublk-file@base": "ublkd (baseline)",
+             "rublk-loop": "rublk", "rublk-loop-z": "rublk -z"}
 DELAY_S = 0.005
 # --no-schedstat: leave out the schedstat CPU column (runs before bench/guest.sh summed it with
 # "%.0f" have it clamped at 2^31 ns by mawk's %d).
@@ -89,6 +95,7 @@ def main(d):
             "rss_idle": med(fnum(r["rss_idle_kib"]) for r in rs),
             "rss_load": max((fnum(r["rss_load_kib"]) or 0) for r in rs),
             "nr_requests": rs[0].get("nr_requests", ""),
+            "sys": med(fnum(r.get("sys_cpu_us_per_io")) for r in rs),
         }
 
     out_rows = []
@@ -147,6 +154,59 @@ def main(d):
                         "ideal_iops": "",
                         "ideal_eff_iops": "",
                     })
+
+    # Peer ublk servers (bench.sh --peers): every server of a group side by side, each with its
+    # ratio to the kernel device, its daemon's CPU per I/O and the whole system's.
+    peer_rows = []
+    for group, kdev in (("null", "null_blk"), ("file", "loop")):
+        variants = sorted({k[1] for k in cells if k[0] == group and "~" in k[1]})
+        devs = [dv for dv in PEERS[group] + variants
+                if any(k[0] == group and k[1] == dv for k in cells)]
+        if not any(dv.startswith("rublk") or "~" in dv for dv in devs):
+            continue
+        if not peer_rows:
+            peer_rows += ["", "Side by side with the peer ublk server (bench.sh --peers) and lever variants of ours (bench.sh --variant, 'ublkd NAME'). Each cell: "
+                          "ratio to the kernel device (its daemon's CPU µs per I/O from schedstat; "
+                          "the whole system's busy CPU µs per I/O from /proc/stat). The best ratio "
+                          "of a row is in bold. kIOPS per busy CPU-second = 1000 / the second number.",
+                          ""]
+        peer_rows += ([""] if peer_rows[-1] else []) + ["| " + group + " | rw | qd | jobs | " + kdev + " IOPS (sys µs/IO) | "
+                      + " | ".join(PEER_NAME.get(dv, "ublkd " + dv.split("~")[-1]) for dv in devs) + " |",
+                      "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in devs) + " |"]
+        for rw in ("randread", "randwrite"):
+            for qd in (1, 64):
+                for jobs in (1, 2):
+                    k = stat((group, kdev, rw, qd, jobs))
+                    ss = {dv: stat((group, dv, rw, qd, jobs)) for dv in devs}
+                    if not k or not any(ss.values()):
+                        continue
+                    best = max((v["iops"] for v in ss.values() if v), default=None)
+                    cellv = []
+                    for dv in devs:
+                        v = ss[dv]
+                        if not v:
+                            cellv.append("-")
+                            continue
+                        r = v["iops"] / k["iops"] if k["iops"] else None
+                        txt = fmt(r, 2)
+                        if v["iops"] == best:
+                            txt = f"**{txt}**"
+                        cellv.append(f"{txt} ({fmt(v['cpu'], 1)}; {fmt(v['sys'], 1)})")
+                        out_rows.append({
+                            "kind": "peer", "group": group, "device": dv, "rw": rw,
+                            "iodepth": qd, "numjobs": jobs, "runs": v["n"],
+                            "median_iops": round(v["iops"], 1),
+                            "spread": round(v["spread"], 4) if v["spread"] is not None else "",
+                            "baseline": kdev, "baseline_iops": round(k["iops"], 1),
+                            "baseline_spread": "", "ratio": round(r, 4) if r is not None else "",
+                            "target": "", "batch": "", "req_per_enter": "",
+                            "cpu_us_per_io": v["sys"] if v["sys"] is not None else "",
+                            "cpu_schedstat_us_per_io": v["cpu"] if v["cpu"] is not None else "",
+                            "ideal_iops": "", "ideal_eff_iops": "",
+                        })
+                    peer_rows.append(f"| {group} | {rw} | {qd} | {jobs} | {fmt(k['iops'])} "
+                                     f"({fmt(k['sys'], 1)}) | " + " | ".join(cellv) + " |")
+    md += peer_rows
 
     # The qcow2 format's own cost: the qcow2 device against the file target on a raw copy of the
     # same data, same boot (issue 13: >= 0.8x on allocated randread).

@@ -4,6 +4,7 @@
 #   scripts/bench.sh [--kernel 7.3|6.12] [--quick] [--smoke] [--runs N] [--runtime S]
 #                    [--out DIR] [--ublkd PATH] [--build] [--no-qd] [--no-load-wait]
 #                    [--ublkd-args "..."] [--cells REGEX] [--groups "null file mem qcow2 qcow2-empty"]
+#                    [--baseline PATH] [--peers rublk] [--variant NAME=ARGS]...
 #
 # Boots the VM once (scripts/vm.sh, TCG, 2 vCPUs, 4 GiB) and runs bench/guest.sh in it: fio
 # (io_uring, direct=1, 4k, randread/randwrite, iodepth 1 and 64, numjobs 1 and 2, time-based,
@@ -34,6 +35,14 @@
 #                 ublkd device of the matrix is measured with it too, interleaved, and the
 #                 table adds its IOPS and our change against it (before/after claims made in
 #                 one boot, whatever else the machine is doing). Same visibility rule as --ublkd.
+#   --peers rublk another ublk server measured in the same boot: rublk (crates.io, pinned
+#                 0.2.15, built once with `cargo install --no-default-features` into
+#                 target/peers/; libclang-dev, which its libublk needs, is installed if missing), its null and loop targets in copy and
+#                 zero-copy (-z) modes, interleaved with ours and the kernel's in every cell of the
+#                 null and file groups; the table adds their IOPS, ratio and CPU per I/O.
+#   --variant NAME=ARGS  a lever measured in the same boot: ublk-null~NAME and ublk-file~NAME
+#                 are our null and file devices with ARGS added to `ublkd add` (e.g.
+#                 --variant "zc=--buffers zero-copy"); repeatable; shown beside the peers.
 #   --ublkd PATH  binary to run in the guest (must be visible there: not under the host's /tmp);
 #                 default: this tree, built now (cargo does nothing when it is fresh) and copied
 #                 to target/bench/ublkd so rebuilding target/release mid-run changes nothing.
@@ -56,6 +65,9 @@ load_wait=1
 add_args=""
 cells=.
 groups="null file mem"
+peers=""
+variants=""
+RUBLK_VERSION=0.2.15
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "bench.sh: $*" >&2; exit 2; }
@@ -76,6 +88,12 @@ while [[ $# -gt 0 ]]; do
     --ublkd-args) add_args=$2; shift 2 ;;
     --cells) cells=$2; shift 2 ;;
     --groups) groups=$2; shift 2 ;;
+    --peers) peers=$2; shift 2 ;;
+    --variant)
+        [[ $2 =~ ^[a-z0-9-]+=.+$ && $2 != *";"* ]] || die "--variant wants NAME=ARGS (NAME of a-z 0-9 -, no ';')"
+        variants+="${variants:+;}$2"
+        shift 2
+        ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
     esac
@@ -104,6 +122,27 @@ if [[ -n $baseline ]]; then
     baseline=$(realpath "$baseline")
     case $baseline in "$(realpath "$repo")"/target/*) ;; /tmp/*) die "--baseline $baseline: the guest does not see the host's /tmp" ;; esac
 fi
+# The peer server, built once per pinned version (the guest sees target/).
+rublk=""
+for p in $peers; do
+    case $p in
+    rublk)
+        rublk=$repo/target/peers/rublk-$RUBLK_VERSION/bin/rublk
+        if [[ ! -x $rublk ]]; then
+            echo "bench.sh: building rublk $RUBLK_VERSION (once; cached in target/peers/)" >&2
+            # libublk's build runs bindgen, which loads libclang.
+            if ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null; then
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libclang-dev >&2 ||
+                    die "rublk needs libclang-dev, and installing it failed"
+            fi
+            cargo install --quiet --locked --no-default-features --version "$RUBLK_VERSION" \
+                --root "$repo/target/peers/rublk-$RUBLK_VERSION" rublk ||
+                die "could not build rublk $RUBLK_VERSION (its libublk needs libclang-dev)"
+        fi
+        ;;
+    *) die "unknown peer '$p' (known: rublk)" ;;
+    esac
+done
 # The guest sees the host's files except /tmp; vm.sh shares the repo's target/ though.
 case $ublkd in "$(realpath "$repo")"/target/*) ;; /tmp/*) die "--ublkd $ublkd: the guest does not see the host's /tmp" ;; esac
 
@@ -130,13 +169,14 @@ set +e
 "$repo/scripts/vm.sh" --kernel "$kernel" --mem 4G --cpus 2 --timeout 7200 \
     --env "UBLKD=$ublkd" --env "OUT=$gout" --env "RUNTIME=$runtime" --env "RUNS=$runs" \
     --env "QD_SWEEP=$qd" --env "LOAD1=$l1" --env "UBLKD_ADD_ARGS=$add_args" \
-    --env "CELLS=$cells" --env "GROUPS_=$groups" --env "UBLKD_BASE=$baseline" \
+    --env "CELLS=$cells" --env "GROUPS_=$groups" --env "UBLKD_BASE=$baseline" --env "RUBLK=$rublk" --env "VARIANTS=$variants" \
     -- bench/guest.sh
 rc=$?
 set -e
 echo "host load1 after the run: $(load1)" >>"$gout/notes.txt"
 echo "ublkd: $rev" >>"$gout/notes.txt"
 [[ -z $baseline ]] || echo "baseline ublkd: $baseline" >>"$gout/notes.txt"
+[[ -z $rublk ]] || echo "peer: rublk $RUBLK_VERSION (crates.io, --no-default-features)" >>"$gout/notes.txt"
 [[ $rc == 0 ]] || { echo "bench.sh: guest benchmark failed (exit $rc); partial results in $gout" >&2; exit 1; }
 
 # ---- summary, table, plots on the host ------------------------------------------------------

@@ -1,6 +1,7 @@
 //! `bench-plot SUMMARY.csv OUTDIR`: draws `ratios.png` (ublkd / kernel device per benchmark row,
 //! with the issue-5 target marked) and `qd.png` (IOPS against queue depth over the delay filter,
-//! with the ideal `in_flight / latency` line) from the `summary.csv` that bench/summarize.py
+//! with the ideal `in_flight / latency` line) and, with peer servers measured, `peers.png` (each
+//! server's ratio per row, side by side) from the `summary.csv` that bench/summarize.py
 //! writes.
 //!
 //! Text is rendered with ab_glyph from a TTF file (fonts-dejavu-core; `BENCH_PLOT_FONT` overrides
@@ -158,6 +159,128 @@ fn draw_ratios(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> R
     Ok(())
 }
 
+fn peer_color(device: &str) -> RGBColor {
+    match device {
+        d if d.ends_with("@base") => RGBColor(150, 150, 150),
+        d if d.contains('~') => RGBColor(44, 160, 44),
+        d if d.starts_with("ublk-") => RGBColor(31, 119, 180),
+        d if d.ends_with("-z") => RGBColor(214, 39, 40),
+        _ => RGBColor(255, 127, 14),
+    }
+}
+
+/// The legend name of a device: the server (and mode) it stands for, whatever its target.
+fn peer_name(device: &str) -> String {
+    match device {
+        d if d.ends_with("@base") => "ublkd (baseline build)".into(),
+        d if d.contains('~') => format!("ublkd {}", d.rsplit('~').next().unwrap_or("")),
+        d if d.starts_with("ublk-") => "ublkd".into(),
+        d if d.ends_with("-z") => "rublk -z (zero copy)".into(),
+        _ => "rublk (copy)".into(),
+    }
+}
+
+/// Side by side with the peer server: per benchmark row one bar per server, ratio to the kernel
+/// device of that group.
+fn draw_peers(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Res<()> {
+    area.fill(&WHITE)?;
+    // Row labels in first-seen order, servers in first-seen order.
+    let mut labels: Vec<String> = Vec::new();
+    let mut devices: Vec<&str> = Vec::new();
+    for r in rows {
+        let l = format!(
+            "{} {} qd{} j{}",
+            r.s("group"),
+            short_rw(r.s("rw")),
+            r.s("iodepth"),
+            r.s("numjobs")
+        );
+        if !labels.contains(&l) {
+            labels.push(l);
+        }
+        let d = r.s("device");
+        if !devices.iter().any(|x| peer_name(x) == peer_name(d)) {
+            devices.push(d);
+        }
+    }
+    let per = devices.len().max(1) as i32;
+    let n = labels.len() as i32 * per;
+    let max = rows
+        .iter()
+        .filter_map(|r| r.f("ratio"))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "ublk servers / kernel device, same boot (null: null_blk, file: loop dio)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(160)
+        .build_cartesian_2d(0f64..max, (0..n).into_segmented())?;
+    let labels_ref = &labels;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n as usize)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) if *i >= 0 && *i < n && i % per == per / 2 => {
+                labels_ref[(*i / per) as usize].clone()
+            }
+            _ => String::new(),
+        })
+        .x_desc("ratio to the kernel device (higher is better)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+    for (k, d) in devices.iter().enumerate() {
+        let c = peer_color(d);
+        let bars: Vec<(i32, f64)> = rows
+            .iter()
+            .filter(|r| peer_name(r.s("device")) == peer_name(d))
+            .filter_map(|r| {
+                let l = format!(
+                    "{} {} qd{} j{}",
+                    r.s("group"),
+                    short_rw(r.s("rw")),
+                    r.s("iodepth"),
+                    r.s("numjobs")
+                );
+                let row = labels.iter().position(|x| *x == l)? as i32;
+                Some((row * per + k as i32, r.f("ratio")?))
+            })
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|&(i, ratio)| {
+                Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (ratio, SegmentValue::Exact(i + 1)),
+                    ],
+                    c.filled(),
+                )
+            }))?
+            .label(peer_name(d))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], c.filled()));
+        chart.draw_series(bars.iter().map(|&(i, ratio)| {
+            Text::new(
+                format!("{ratio:.2}"),
+                (ratio + max * 0.01, SegmentValue::CenterOf(i)),
+                ("sans-serif", 12).into_font(),
+            )
+        }))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    Ok(())
+}
+
 /// IOPS against iodepth (log-log), measured and ideal.
 fn draw_qd(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Res<()> {
     area.fill(&WHITE)?;
@@ -255,6 +378,15 @@ fn run() -> Res<()> {
         let h = 120 + 28 * ratios.len() as u32;
         let area = BitMapBackend::new(&p, (1100, h)).into_drawing_area();
         draw_ratios(&ratios, &area)?;
+        area.present()?;
+        println!("{}", p.display());
+    }
+    let peers: Vec<&Row> = rows.iter().filter(|r| r.s("kind") == "peer").collect();
+    if !peers.is_empty() {
+        let p = out.join("peers.png");
+        let h = 140 + 16 * peers.len() as u32;
+        let area = BitMapBackend::new(&p, (1100, h)).into_drawing_area();
+        draw_peers(&peers, &area)?;
         area.present()?;
         println!("{}", p.display());
     }
