@@ -95,7 +95,8 @@ PY
 
 test_null_reads_zero() {
     local dev args
-    for args in "" "--buffers copy" "--buffers zero-copy" "--io-cmds per-tag"; do
+    for args in "" "--buffers copy" "--buffers user-copy" "--buffers zero-copy" "--io-cmds per-tag" \
+        "--buffers user-copy --io-cmds per-tag"; do
         if [[ $args == *zero-copy* ]] && ! kernel_has AUTO_BUF_REG; then continue; fi
         # shellcheck disable=SC2086
         dev=$("$UBLKD" add -t null --size 1G -q 2 $args) || { fail "null zeroes ${args:-auto}: add"; continue; }

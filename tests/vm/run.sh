@@ -252,8 +252,15 @@ test_buffer_modes() {
     check "buffers auto: mem target gets copy mode" test "$(mode_of "${dev#/dev/ublkb}")" = copy
     "$UBLKD" del -n "${dev#/dev/ublkb}"
     dev=$("$UBLKD" add -t null --size 1G) || { fail "buffers: add null"; return; }
-    check "buffers auto: null target gets user-copy (nothing copies its data)" \
-        test "$(mode_of "${dev#/dev/ublkb}")" = user-copy
+    if kernel_has AUTO_BUF_REG; then
+        check "buffers auto: null target gets zero-copy (reads filled from /dev/zero)" \
+            test "$(mode_of "${dev#/dev/ublkb}")" = zero-copy
+    else
+        check "buffers auto without AUTO_BUF_REG: null target gets user-copy (writes move nothing)" \
+            test "$(mode_of "${dev#/dev/ublkb}")" = user-copy
+    fi
+    "$UBLKD" del -n "${dev#/dev/ublkb}"
+    dev=$("$UBLKD" add -t null --size 1G --buffers user-copy) || { fail "buffers: add null user-copy"; return; }
     check "null user-copy 4k-512k randrw qd64 no errors" fio --name=ucnull --filename="$dev" \
         --ioengine=io_uring --direct=1 --rw=randrw --bsrange=4k-512k --iodepth=64 --runtime=2 --time_based
     "$UBLKD" del -n "${dev#/dev/ublkb}"

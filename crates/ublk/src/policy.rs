@@ -25,12 +25,17 @@ pub(crate) fn device_flags(
         return unprivileged_flags(opts, have);
     }
     let mode = opts.mode.unwrap_or({
-        if offers(UBLK_F_USER_COPY) && caps.ignores_data {
+        if offers(UBLK_F_AUTO_BUF_REG) && !caps.needs_cpu_access {
+            // The request's own pages go to the target. Also for a target that ignores data:
+            // a write moves nothing, and a read's zeroes come from one fixed-buffer read of
+            // /dev/zero straight into the request's pages. Measured against user copy (a
+            // memset plus a pwrite of the zeroes per read) in one 7.3 boot: 1.4-2x the IOPS
+            // on every null qd64 row (docs/benchmarks.md, "Beside rublk").
+            BufMode::ZeroCopy
+        } else if offers(UBLK_F_USER_COPY) && caps.ignores_data {
             // The driver leaves request pages alone in user-copy mode: writes need no copy,
             // and a read costs one copy of the zeroes the target wrote.
             BufMode::UserCopy
-        } else if offers(UBLK_F_AUTO_BUF_REG) && !caps.needs_cpu_access {
-            BufMode::ZeroCopy
         } else {
             BufMode::Copy
         }
@@ -173,6 +178,11 @@ mod tests {
         let o = opts(None, None, 0);
         assert_eq!(
             device_flags(&o, null(), Some(K73)).unwrap().0,
+            BufMode::ZeroCopy
+        );
+        // Without AUTO_BUF_REG (6.12), user copy: writes to null still move nothing.
+        assert_eq!(
+            device_flags(&o, null(), Some(K612)).unwrap().0,
             BufMode::UserCopy
         );
         assert_eq!(device_flags(&o, mem(), Some(K73)).unwrap().0, BufMode::Copy);
