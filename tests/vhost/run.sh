@@ -3,8 +3,8 @@
 # scripts/vm.sh with shared memfd RAM) whose four vhost-user-blk disks they serve, and
 # tests/vhost/guest.sh inside it. No ublk driver is needed on the host.
 #
-#   file0  -t file on a 1 GiB host file, 2 queues: fio verify, ext4, discard, write-zeroes,
-#          kill -9 + restart under load (this script does the kill when the guest asks)
+#   file0  -t file on a 1 GiB host file, 2 queues: fio verify, ext4, discard, write-zeroes;
+#          its Prometheus metrics (--metrics-listen) are read here after the guest suite
 #   mem0   -t mem behind --filter delay (bounce buffers, a filter on the data path)
 #   ro0    -t file --read-only, its backend started only after QEMU (QEMU waits for it)
 #   null0  -t null, 1 queue
@@ -31,7 +31,7 @@ truncate -s 256M "$ctl/slow0.img"
 yes ublkd-ro | head -c 64M >"$ctl/ro0.img"
 
 declare -A args
-args[file0]="-t file --path $ctl/file0.img --num-queues 2"
+args[file0]="-t file --path $ctl/file0.img --num-queues 2 --metrics-listen 127.0.0.1:19433"
 args[mem0]="-t mem --size 256M --filter delay:us=100 --num-queues 2"
 args[ro0]="-t file --path $ctl/ro0.img --read-only --num-queues 1"
 args[null0]="-t null --size 1G --num-queues 1"
@@ -89,6 +89,32 @@ touch "$ctl/done"
 wait "$ctl_loop" 2>/dev/null
 kill "$late" 2>/dev/null
 
+# file0's Prometheus metrics after the guest's verify, ext4 and discard tests: valid text
+# format, reads and writes counted on both virtqueues, discards counted with their bytes.
+metric() { # NAME QUEUE OP
+    awk -v k="$1{device=\"file0\",queue=\"$2\",op=\"$3\"}" \
+        '$1 == k {print $2; f = 1} END {if (!f) print 0}' "$ctl/file0.prom"
+}
+if curl -fsS --max-time 10 http://127.0.0.1:19433/metrics >"$ctl/file0.prom"; then
+    if promtool check metrics <"$ctl/file0.prom" >"$ctl/promtool.out" 2>&1; then
+        pass "file0 metrics: promtool check metrics"
+    else
+        fail "file0 metrics: promtool check metrics" "$(head -3 "$ctl/promtool.out")"
+    fi
+    for q in 0 1; do
+        r=$(metric ublkd_requests_total "$q" read) w=$(metric ublkd_requests_total "$q" write)
+        if [[ ${r:-0} -gt 0 && ${w:-0} -gt 0 ]]; then
+            pass "file0 metrics: queue $q counted $r reads and $w writes"
+        else
+            fail "file0 metrics: queue $q counted reads and writes" "read=${r:-none} write=${w:-none}"
+        fi
+    done
+    d=$(($(metric ublkd_bytes_total 0 discard) + $(metric ublkd_bytes_total 1 discard)))
+    if [[ $d -gt 0 ]]; then pass "file0 metrics: $d bytes discarded counted"; else fail "file0 metrics: discards counted"; fi
+else
+    fail "file0 metrics: http://127.0.0.1:19433/metrics answers"
+fi
+
 # Every backend stops cleanly on SIGTERM.
 for d in file0 mem0 ro0 null0 slow0; do
     pid=$(cat "$ctl/$d.pid" 2>/dev/null)
@@ -120,6 +146,7 @@ one_line_error "error: missing file" "cannot open" -t file --path "$ctl/nope.img
 one_line_error "error: queue size not a power of two" "power of two" -t null --size 1G --socket "$ctl/x.sock" --queue-size 300
 one_line_error "error: serial too long" "at most 20" -t null --size 1G --socket "$ctl/x.sock" --serial 0123456789012345678901
 one_line_error "error: socket in a missing directory" "cannot listen" -t null --size 1G --socket "$ctl/no/x.sock"
+one_line_error "error: metrics beyond loopback" "not a loopback address" -t null --size 1G --socket "$ctl/x.sock" --metrics-listen 0.0.0.0:19434
 
 echo "logs: $ctl"
 echo "$passed passed, $failed failed"

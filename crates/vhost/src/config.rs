@@ -46,6 +46,30 @@ pub struct DeviceOptions {
     pub read_only: bool,
     /// GET_ID answer; at most 20 bytes.
     pub serial: String,
+    /// Where each virtqueue counts its requests (index = queue; a queue past the end counts
+    /// nothing). Its thread is the only writer; `ublkd vhost --metrics-listen` reads snapshots.
+    pub counters: QueueCountersList,
+}
+
+/// Per-queue request counters, one per virtqueue.
+#[derive(Clone, Default)]
+pub struct QueueCountersList(pub Vec<std::sync::Arc<stats::QueueCounters>>);
+
+impl QueueCountersList {
+    /// `n` fresh counters.
+    pub fn new(n: usize) -> QueueCountersList {
+        QueueCountersList(
+            (0..n)
+                .map(|_| std::sync::Arc::new(stats::QueueCounters::new()))
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Debug for QueueCountersList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} queue counters", self.0.len())
+    }
 }
 
 /// Requests larger than this are refused (IOERR): it bounds the bounce buffer one request may
@@ -209,6 +233,7 @@ mod tests {
                 queue_size: 256,
                 read_only: ro,
                 serial: "a-serial-longer-than-twenty-bytes".into(),
+                counters: Default::default(),
             },
         )
     }

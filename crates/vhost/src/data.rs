@@ -133,8 +133,22 @@ pub async fn serve<Q: TargetQueue>(
     dev: Arc<Device>,
     stats: Arc<Stats>,
     bounce: Rc<Budget>,
+    counters: Option<Arc<stats::QueueCounters>>,
 ) -> u32 {
     Stats::add(&stats.requests);
+    // The request counters `ublkd vhost --metrics-listen` exports (GET_ID is not I/O).
+    let counted = match req.op {
+        Op::Read => Some((stats::Op::Read, req.len)),
+        Op::Write => Some((stats::Op::Write, req.len)),
+        Op::Flush => Some((stats::Op::Flush, 0)),
+        Op::Discard => Some((stats::Op::Discard, ranges_bytes(&req))),
+        Op::WriteZeroes => Some((stats::Op::WriteZeroes, ranges_bytes(&req))),
+        Op::GetId => None,
+    };
+    let t0 = match (&counters, counted) {
+        (Some(c), Some(_)) => Some(c.start()),
+        _ => None,
+    };
     let r = match req.op {
         Op::Read => read(&req, &mem, &*q, &dev, &stats, &bounce).await,
         Op::Write => write(&req, &mem, &*q, &dev, &stats, &bounce).await,
@@ -173,10 +187,18 @@ pub async fn serve<Q: TargetQueue>(
         }
     };
     let _ = mem.mmap.write_obj(status, GuestAddress(req.status));
+    if let (Some(c), Some((op, bytes)), Some(t0)) = (&counters, counted, t0) {
+        c.finish(op, bytes, r.is_err(), t0);
+    }
     match req.op {
         Op::Read | Op::GetId => req.len as u32 + 1,
         _ => 1,
     }
+}
+
+/// Bytes a discard or write-zeroes request covers.
+fn ranges_bytes(req: &Request) -> u64 {
+    req.ranges.iter().map(|g| g.len).sum()
 }
 
 /// Bytes of bounce buffers one queue may hold at once: a guest keeping a deep queue of large

@@ -58,6 +58,7 @@ fn device() -> &'static Device {
                 queue_size: 256,
                 read_only: false,
                 serial: "fuzz".into(),
+                counters: Default::default(),
             },
         )
     })

@@ -34,7 +34,7 @@ pub mod memory;
 pub mod queue;
 pub mod request;
 
-pub use config::{Device, DeviceOptions};
+pub use config::{Device, DeviceOptions, QueueCountersList};
 pub use data::Stats;
 
 /// Ends [`serve`]: a pipe written once and never read, polled by the control thread.

@@ -125,6 +125,8 @@ struct Ring<Q> {
     tq: Rc<Q>,
     dev: Arc<Device>,
     stats: Arc<Stats>,
+    /// This queue's request counters (the queue thread is their only writer).
+    counters: Option<Arc<stats::QueueCounters>>,
     /// Bytes of bounce buffers this queue may hold at once (see `data::BOUNCE_BUDGET`).
     bounce: Rc<Budget>,
     tx: Sender<Event>,
@@ -145,6 +147,7 @@ async fn serve<T: Target>(s: QueueSetup<T>, tq: Rc<T::Queue>, stop: Signal) -> i
         call: s.call,
         token: s.mem.token(),
         tq,
+        counters: s.dev.opts.counters.0.get(s.index as usize).cloned(),
         dev: s.dev,
         stats: s.stats,
         bounce: Rc::new(Budget::new(data::BOUNCE_BUDGET)),
@@ -309,8 +312,9 @@ impl<Q: targets::TargetQueue + 'static> Ring<Q> {
                     self.bounce.clone(),
                     self.tx.clone(),
                 );
+                let counters = self.counters.clone();
                 rt::spawn(async move {
-                    let len = data::serve(req, mem, q, dev, stats, bounce).await;
+                    let len = data::serve(req, mem, q, dev, stats, bounce, counters).await;
                     let _ = tx.send(Event::Done(head, len));
                 });
             }

@@ -407,6 +407,7 @@ mod tests {
                 queue_size: 16,
                 read_only: ro,
                 serial: "sn".into(),
+                counters: Default::default(),
             },
         )
     }

@@ -128,6 +128,8 @@ struct Harness {
     _file: File,
     stop: Arc<Shutdown>,
     server: std::thread::JoinHandle<std::io::Result<Arc<vhost_blk::Stats>>>,
+    /// The per-queue request counters the backend was given.
+    counters: vhost_blk::QueueCountersList,
     _dir: tempfile::TempDir,
 }
 
@@ -138,12 +140,15 @@ impl Harness {
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let stop = Shutdown::new().unwrap();
         let stop2 = stop.clone();
+        let counters = vhost_blk::QueueCountersList::new(queues as usize);
+        let counters2 = counters.clone();
         let server = std::thread::spawn(move || {
             let opts = DeviceOptions {
                 num_queues: queues,
                 queue_size: 256,
                 read_only: false,
                 serial: "t".into(),
+                counters: counters2,
             };
             vhost_blk::serve(listener, Arc::new(target), opts, stop2)
         });
@@ -218,6 +223,7 @@ impl Harness {
             region,
             _file: file,
             stop,
+            counters,
             server,
             _dir: dir,
         }
@@ -327,6 +333,17 @@ fn a_frontend_drives_two_queues_through_good_and_hostile_requests() {
     rings[0].submit(m, 0);
     rings[0].wait_used(m, 1);
     assert_eq!(status(m, st), S_OK, "served with the new table");
+
+    // Queue 0's counters (what `ublkd vhost --metrics-listen` exports): 1 write of 8 KiB,
+    // 7 reads (8 KiB, 5 x 4 KiB, 8 KiB), none failed, none in flight.
+    let q0 = h.counters.0[0].snapshot(0, 256);
+    let (w, r) = (
+        q0.op(stats::Op::Write).unwrap(),
+        q0.op(stats::Op::Read).unwrap(),
+    );
+    assert_eq!((w.requests, w.bytes, w.errors), (1, 8192, 0));
+    assert_eq!((r.requests, r.bytes, r.errors), (7, 8192 * 2 + 4096 * 5, 0));
+    assert_eq!(q0.inflight, 0);
 
     // GET_VRING_BASE stops each ring where it stopped taking chains.
     let stats = h.finish();

@@ -163,18 +163,19 @@ pub fn run(a: ExportArgs) -> ExitCode {
         .map(|_| Arc::new(stats::QueueCounters::new()))
         .collect();
     if let Some(addr) = metrics_addr {
-        let snap = export_snapshot(&a.name, &where_, &spec.describe(), &counters);
-        let l = match std::net::TcpListener::bind(addr) {
-            Ok(l) => l,
-            Err(e) => return crate::fail(format!("cannot listen on {addr} for metrics: {e}")),
-        };
-        let r = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || crate::cmd::metrics::serve_on(l, || stats::prom::render(&[snap()])));
-        if let Err(e) = r {
-            return crate::fail(format!("cannot start the metrics thread: {e}"));
+        let device = if a.name.is_empty() { "export" } else { &a.name };
+        // Connections of a worker have no fixed depth: report none.
+        let snap = crate::cmd::metrics::frontend_snapshot(
+            "nbd-export",
+            device,
+            &where_,
+            &spec.describe(),
+            &counters,
+            0,
+        );
+        if let Err(e) = crate::cmd::metrics::spawn(addr, move || stats::prom::render(&[snap()])) {
+            return crate::fail(e);
         }
-        tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
     }
     let cfg = ExportConfig {
         counters,
@@ -230,31 +231,5 @@ pub fn run(a: ExportArgs) -> ExitCode {
         Ok(Ok(())) => crate::fail("the NBD server stopped unexpectedly"),
         Ok(Err(e)) => crate::fail(format!("NBD server: {e}")),
         Err(_) => crate::fail("the NBD server thread panicked"),
-    }
-}
-
-/// What makes the export's snapshot: one queue per worker thread.
-fn export_snapshot(
-    name: &str,
-    path: &str,
-    target: &str,
-    counters: &[Arc<stats::QueueCounters>],
-) -> impl Fn() -> stats::DeviceSnapshot + Send + use<> {
-    let device = if name.is_empty() { "export" } else { name }.to_string();
-    let (path, target, counters) = (path.to_string(), target.to_string(), counters.to_vec());
-    let t0 = std::time::Instant::now();
-    move || stats::DeviceSnapshot {
-        device: device.clone(),
-        kind: "nbd-export".into(),
-        path: path.clone(),
-        target: target.clone(),
-        recoveries: 0,
-        uptime_ns: t0.elapsed().as_nanos() as u64,
-        queues: counters
-            .iter()
-            .enumerate()
-            // Connections of a worker have no fixed depth: report none.
-            .map(|(i, c)| c.snapshot(i as u32, 0))
-            .collect(),
     }
 }

@@ -43,6 +43,55 @@ pub(crate) fn serve(addr: SocketAddr, body: impl Fn() -> String) -> Result<(), S
     Ok(())
 }
 
+/// Bind `addr` and answer scrapes with what `body` renders on a thread of its own, for as long
+/// as the process lives (`export --metrics-listen`, `vhost --metrics-listen`).
+pub(crate) fn spawn(
+    addr: SocketAddr,
+    body: impl Fn() -> String + Send + 'static,
+) -> Result<(), String> {
+    let l =
+        TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || serve_on(l, body))
+        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+    tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+/// Snapshots of a frontend that is not a ublk device (an NBD export, a vhost-user backend):
+/// its per-thread counters under one `device` label. `depth` 0: no fixed queue depth.
+pub(crate) fn frontend_snapshot(
+    kind: &str,
+    device: &str,
+    path: &str,
+    target: &str,
+    counters: &[std::sync::Arc<stats::QueueCounters>],
+    depth: u32,
+) -> impl Fn() -> stats::DeviceSnapshot + Send + use<> {
+    let (kind, device, path, target) = (
+        kind.to_string(),
+        device.to_string(),
+        path.to_string(),
+        target.to_string(),
+    );
+    let counters = counters.to_vec();
+    let t0 = std::time::Instant::now();
+    move || stats::DeviceSnapshot {
+        device: device.clone(),
+        kind: kind.clone(),
+        path: path.clone(),
+        target: target.clone(),
+        recoveries: 0,
+        uptime_ns: t0.elapsed().as_nanos() as u64,
+        queues: counters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.snapshot(i as u32, depth))
+            .collect(),
+    }
+}
+
 /// Answer scrapes on `l` with what `body` renders, forever, on the calling thread.
 pub(crate) fn serve_on(l: TcpListener, body: impl Fn() -> String) {
     for conn in l.incoming() {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! ublkd vhost -t TYPE [TARGET OPTIONS] --socket PATH [--num-queues N] [--queue-size N]
-//!             [--read-only] [--serial ID] [--filter ...]
+//!             [--read-only] [--serial ID] [--filter ...] [--metrics-listen ADDR:PORT]
 //! ```
 //!
 //! The target options are those of `ublkd add` and `export` (one parser). QEMU connects to the
@@ -20,6 +20,9 @@
 //! - `--queue-size N`: the largest ring the frontend may set up (256..32768, default 1024; QEMU's
 //!   `queue-size` must not be larger).
 //! - `--serial ID`: what the guest reads as the disk's serial (GET_ID; at most 20 bytes).
+//! - `--metrics-listen ADDR:PORT`: every virtqueue's request counters and latency histograms
+//!   for Prometheus at http://ADDR/metrics, as `ublkd metrics` serves devices (`device` label:
+//!   the socket's file name without its extension; `queue` = the virtqueue). Loopback only.
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -30,7 +33,7 @@ use std::time::Duration;
 use clap::Args;
 use targets::Target;
 use targets::size::format_size;
-use vhost_blk::{DeviceOptions, Shutdown};
+use vhost_blk::{DeviceOptions, QueueCountersList, Shutdown};
 
 use crate::args::TargetArgs;
 use crate::process::{block_stop_signals, wait_signal};
@@ -56,6 +59,11 @@ pub struct VhostArgs {
     /// The disk's serial as the guest sees it (at most 20 bytes).
     #[arg(long, value_name = "ID", default_value = "ublkd")]
     pub serial: String,
+    /// Serve every virtqueue's request counters and latency histograms to Prometheus at
+    /// http://ADDR/metrics (`device` label: the socket's file name without its extension).
+    /// Loopback addresses only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
@@ -87,6 +95,19 @@ pub fn run(a: VhostArgs) -> ExitCode {
             vhost_blk::config::ID_BYTES
         ));
     }
+    let metrics_addr = match &a.metrics_listen {
+        // (Parsed as if remote were allowed, to say here why it is not.)
+        Some(m) => match crate::cmd::metrics::listen_addr(m, true) {
+            Ok(addr) if addr.ip().is_loopback() => Some(addr),
+            Ok(addr) => {
+                return crate::fail(format!(
+                    "--metrics-listen: {addr} is not a loopback address: a vhost-user backend serves metrics on loopback only"
+                ));
+            }
+            Err(e) => return crate::fail(format!("--metrics-listen: {e}")),
+        },
+        None => None,
+    };
     let target = match spec.open() {
         Ok(t) => t,
         Err(e) => return crate::fail(e),
@@ -111,11 +132,32 @@ pub fn run(a: VhostArgs) -> ExitCode {
         Err(e) => return crate::fail(format!("cannot create the shutdown pipe: {e}")),
     };
     let read_only = a.target.read_only || geo.caps.read_only;
+    let counters = QueueCountersList::new(queues);
+    if let Some(addr) = metrics_addr {
+        let device = a
+            .socket
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vhost".into());
+        let snap = crate::cmd::metrics::frontend_snapshot(
+            "vhost-user-blk",
+            &device,
+            &a.socket.display().to_string(),
+            &spec.describe(),
+            &counters.0,
+            a.queue_size as u32,
+        );
+        if let Err(e) = crate::cmd::metrics::spawn(addr, move || stats::prom::render(&[snap()])) {
+            let _ = std::fs::remove_file(&a.socket);
+            return crate::fail(e);
+        }
+    }
     let opts = DeviceOptions {
         num_queues: queues as u16,
         queue_size: a.queue_size,
         read_only,
         serial: a.serial.clone(),
+        counters,
     };
     let server = {
         let stop = shutdown.clone();
