@@ -160,7 +160,7 @@ ublk_add() { # args for `ublkd add`; sets UDEV UID_ UPID CREATE_MS RSS_IDLE
     local t0 t1 j
     t0=$(now_ns)
     # shellcheck disable=SC2086
-    UDEV=$("$UBLKD" add "$@" $UBLKD_ADD_ARGS)
+    UDEV=$("$UBLKD" add "$@" $UBLKD_ADD_ARGS) || return 1
     t1=$(now_ns)
     # `add` returns once the device is live (START_DEV done, the kernel's partition scan already
     # read through the daemon). The read below proves it; starting dd costs ~150 ms under TCG,
@@ -214,7 +214,8 @@ rublk_del() {
 
 # Busy time of all CPUs (USER_HZ ticks, /proc/stat: everything but idle and iowait): the whole
 # system's CPU per I/O, comparable across kernel devices, ublkd and its peers.
-sys_busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+# (Not steal, field 9: time the host took away is not the guest's work.)
+sys_busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
 
 # ---- one fio run -------------------------------------------------------------------------------
 # fio_run NAME DEV RW QD JOBS [extra fio args]: writes $OUT/raw/NAME.json, prints "iops lat_us ios"
@@ -225,6 +226,8 @@ fio_run() {
         --iodepth="$qd" --numjobs="$jobs" --time_based --runtime="$RUNTIME" --group_reporting \
         --randrepeat=0 --norandommap --size="${FIO_SIZE:-1G}" "$@" \
         --output-format=json --output="$OUT/raw/$name.json" >/dev/null
+    # The system's busy time right after fio, before jq runs (fio_run is called in a subshell).
+    sys_busy_ticks >"$SCRATCH/sys-busy-after-fio"
     jq -r '.jobs[0] as $j | (if $j.read.total_ios > 0 then $j.read else $j.write end) as $d
            | "\($d.iops) \($d.lat_ns.mean / 1000) \($j.read.total_ios + $j.write.total_ios)"' \
         "$OUT/raw/$name.json"
@@ -293,8 +296,11 @@ measure_one() {
         ;;
     *) echo "unknown device $device" >&2; return 1 ;;
     esac
-    if [[ -z ${dev:-} ]]; then # a peer that cannot run on this kernel (rublk -z before 6.15)
-        echo "bench(guest): $name: $device could not be created; skipped" >&2
+    if [[ -z ${dev:-} ]]; then
+        # Only a peer may be missing (rublk -z needs AUTO_BUF_REG, Linux 6.17+); our own
+        # devices must come up, or the benchmark fails rather than drop their rows.
+        [[ $device == rublk-* ]] || { echo "bench(guest): $name: $device could not be created" >&2; return 1; }
+        note "$name: $device could not be created on this kernel; skipped"
         return 0
     fi
     nrr=$(nr_requests "$dev")
@@ -307,7 +313,7 @@ measure_one() {
         n0=$(cpu_ns "$UPID")
         s0=$(sys_busy_ticks)
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
-        s1=$(sys_busy_ticks)
+        s1=$(cat "$SCRATCH/sys-busy-after-fio")
         c1=$(cpu_ticks "$UPID")
         n1=$(cpu_ns "$UPID")
         rss_l=$(rss_peak_kib "$UPID")
@@ -329,7 +335,7 @@ measure_one() {
     else
         s0=$(sys_busy_ticks)
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
-        s1=$(sys_busy_ticks)
+        s1=$(cat "$SCRATCH/sys-busy-after-fio")
         read -r iops lat ios <<<"$res"
     fi
     sys=$(awk -v d=$((s1 - s0)) -v t="$CLK_TCK" -v n="$ios" \

@@ -167,7 +167,8 @@ def main(d):
         if not peer_rows:
             peer_rows += ["", "Side by side with the peer ublk server (bench.sh --peers) and lever variants of ours (bench.sh --variant, 'ublkd NAME'). Each cell: "
                           "ratio to the kernel device (its daemon's CPU µs per I/O from schedstat; "
-                          "the whole system's busy CPU µs per I/O from /proc/stat). The best ratio "
+                          "the whole system's busy CPU µs per I/O from /proc/stat, fio's own start and exit included, "
+                          "which inflates short runs alike for every device). The best ratio "
                           "of a row is in bold. kIOPS per busy CPU-second = 1000 / the second number.",
                           ""]
         peer_rows += ([""] if peer_rows[-1] else []) + ["| " + group + " | rw | qd | jobs | " + kdev + " IOPS (sys µs/IO) | "
@@ -200,8 +201,9 @@ def main(d):
                             "baseline": kdev, "baseline_iops": round(k["iops"], 1),
                             "baseline_spread": "", "ratio": round(r, 4) if r is not None else "",
                             "target": "", "batch": "", "req_per_enter": "",
-                            "cpu_us_per_io": v["sys"] if v["sys"] is not None else "",
+                            "cpu_us_per_io": v["cpu_stat"] if v["cpu_stat"] is not None else "",
                             "cpu_schedstat_us_per_io": v["cpu"] if v["cpu"] is not None else "",
+                            "sys_cpu_us_per_io": v["sys"] if v["sys"] is not None else "",
                             "ideal_iops": "", "ideal_eff_iops": "",
                         })
                     peer_rows.append(f"| {group} | {rw} | {qd} | {jobs} | {fmt(k['iops'])} "
@@ -276,7 +278,9 @@ def main(d):
             })
 
     with open(d / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(out_rows[0].keys()))
+        # Peer rows add the whole system's CPU per I/O; other rows leave it blank.
+        fields = list(dict.fromkeys(k for r in out_rows for k in r))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(out_rows)
     notes = (d / "notes.txt").read_text() if (d / "notes.txt").exists() else ""

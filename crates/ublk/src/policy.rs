@@ -29,8 +29,9 @@ pub(crate) fn device_flags(
             // The request's own pages go to the target. Also for a target that ignores data:
             // a write moves nothing, and a read's zeroes come from one fixed-buffer read of
             // /dev/zero straight into the request's pages. Measured against user copy (a
-            // memset plus a pwrite of the zeroes per read) in one 7.3 boot: 1.4-2x the IOPS
-            // on every null qd64 row (docs/benchmarks.md, "Beside rublk").
+            // memset plus a pwrite of the zeroes per read) in one 7.3 boot: 2.1x on null
+            // randread qd64/1 job, 1.0-1.3x on the other qd64 rows (docs/benchmarks.md,
+            // "Beside rublk").
             BufMode::ZeroCopy
         } else if offers(UBLK_F_USER_COPY) && caps.ignores_data {
             // The driver leaves request pages alone in user-copy mode: writes need no copy,

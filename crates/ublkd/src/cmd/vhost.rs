@@ -145,7 +145,8 @@ pub fn run(a: VhostArgs) -> ExitCode {
             &a.socket.display().to_string(),
             &spec.describe(),
             &counters.0,
-            a.queue_size as u32,
+            // The guest picks each ring's size (up to --queue-size): no fixed depth to report.
+            0,
         );
         if let Err(e) = crate::cmd::metrics::spawn(addr, move || stats::prom::render(&[snap()])) {
             let _ = std::fs::remove_file(&a.socket);
