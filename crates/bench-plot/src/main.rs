@@ -90,6 +90,17 @@ fn short_rw(rw: &str) -> &str {
     }
 }
 
+/// A benchmark row's label: "null rread qd64 j2".
+fn row_label(r: &Row) -> String {
+    format!(
+        "{} {} qd{} j{}",
+        r.s("group"),
+        short_rw(r.s("rw")),
+        r.s("iodepth"),
+        r.s("numjobs")
+    )
+}
+
 /// Horizontal bars: one per row, ratio to the kernel device, target as a red tick.
 fn draw_ratios(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Res<()> {
     area.fill(&WHITE)?;
@@ -99,18 +110,7 @@ fn draw_ratios(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> R
         .filter_map(|r| r.f("ratio"))
         .fold(1.0f64, f64::max)
         * 1.1;
-    let labels: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {} qd{} j{}",
-                r.s("group"),
-                short_rw(r.s("rw")),
-                r.s("iodepth"),
-                r.s("numjobs")
-            )
-        })
-        .collect();
+    let labels: Vec<String> = rows.iter().map(|r| row_label(r)).collect();
     let mut chart = ChartBuilder::on(area)
         .caption(
             "ublkd / kernel device (null: null_blk, file: loop dio, mem: null_blk)",
@@ -188,13 +188,7 @@ fn draw_peers(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Re
     let mut labels: Vec<String> = Vec::new();
     let mut devices: Vec<&str> = Vec::new();
     for r in rows {
-        let l = format!(
-            "{} {} qd{} j{}",
-            r.s("group"),
-            short_rw(r.s("rw")),
-            r.s("iodepth"),
-            r.s("numjobs")
-        );
+        let l = row_label(r);
         if !labels.contains(&l) {
             labels.push(l);
         }
@@ -240,13 +234,7 @@ fn draw_peers(rows: &[&Row], area: &DrawingArea<BitMapBackend<'_>, Shift>) -> Re
             .iter()
             .filter(|r| peer_name(r.s("device")) == peer_name(d))
             .filter_map(|r| {
-                let l = format!(
-                    "{} {} qd{} j{}",
-                    r.s("group"),
-                    short_rw(r.s("rw")),
-                    r.s("iodepth"),
-                    r.s("numjobs")
-                );
+                let l = row_label(r);
                 let row = labels.iter().position(|x| *x == l)? as i32;
                 Some((row * per + k as i32, r.f("ratio")?))
             })
