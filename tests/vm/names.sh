@@ -137,6 +137,73 @@ resize_mounted_ext4() {
     "$UBLKD" del -n "$id"
 }
 
+# -t nbd follows its server: nbdkit's file plugin serves a file the test grows; `ublkd resize`
+# without a size grows the device to the export's new size under a mounted ext4 (resize2fs
+# online), and writes beyond the old end go out on connections negotiated after the growth.
+resize_nbd_follows_server() {
+    local img=$BACK/nbd-resize.img sock=$SCRATCH/nbdkit-resize.sock mnt=$SCRATCH/mnt-nbd-resize
+    local src=$SCRATCH/tree-nbd-resize dev id before after pid rc=1
+    command -v nbdkit >/dev/null || { echo "nbdkit is not installed"; return 1; }
+    rm -f "$img" "$sock"; truncate -s 64M "$img"
+    nbdkit -f --unix "$sock" file "$img" 2>"$LOG_DIR/nbdkit-resize.log" &
+    pid=$!
+    wait_sock "$sock" || { stop_pid "$pid" 5; return 1; }
+    dev=$("$UBLKD" add -t nbd --uri "nbd+unix:///?socket=$sock" -q 2) || { stop_pid "$pid" 5; return 1; }
+    id=${dev#/dev/ublkb}
+    mkdir -p "$mnt"
+    (
+        set -e
+        mkfs.ext4 -q -F "$dev"
+        mount "$dev" "$mnt"
+        trap 'umount "$mnt" 2>/dev/null' EXIT
+        rm -rf "$src"; make_tree "$src"
+        cp -a "$src/." "$mnt/"; sync
+        (cd "$src" && find . -type f -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums-nbd-resize"
+        before=$(df -k --output=size "$mnt" | tail -1)
+        # The server has not grown: a bigger --size is refused, the device keeps its size.
+        if "$UBLKD" resize -n "$id" --size 128M 2>"$SCRATCH/nbd-resize.err"; then echo "grew past the server"; exit 1; fi
+        grep -q "fewer than" "$SCRATCH/nbd-resize.err"
+        [ "$(blockdev --getsize64 "$dev")" = $((64 << 20)) ]
+        truncate -s 128M "$img"
+        # A new daemon finds the export grown: it serves the device's size until told.
+        kill -9 "$(daemon_pid "$id")"; sleep 0.5
+        "$UBLKD" recover -n "$id" >/dev/null
+        [ "$(blockdev --getsize64 "$dev")" = $((64 << 20)) ]
+        [ "$(json_field "$id" size)" = $((64 << 20)) ]
+        "$UBLKD" resize -n "$id" | grep -qx "$dev: 128M"
+        [ "$(blockdev --getsize64 "$dev")" = $((128 << 20)) ]
+        [ "$(json_field "$id" size)" = $((128 << 20)) ]
+        resize2fs "$dev"
+        after=$(df -k --output=size "$mnt" | tail -1)
+        echo "df size before $before KiB, after $after KiB"
+        [ "$after" -gt $((before * 18 / 10)) ]
+        fallocate -l 80M "$mnt/allocated-after-resize"
+        head -c $((4 << 20)) /dev/urandom >"$mnt/new-space"; sync
+        (cd "$mnt" && find . -type f ! -path './lost+found/*' ! -name new-space ! -name allocated-after-resize -exec sha256sum {} + | sort -k2) >"$SCRATCH/sums2-nbd-resize"
+        diff "$SCRATCH/sums-nbd-resize" "$SCRATCH/sums2-nbd-resize"
+        umount "$mnt"
+        trap - EXIT
+        fsck.ext4 -fn "$dev"
+    ) && rc=0
+    "$UBLKD" del -n "$id" || rc=1
+    stop_pid "$pid" 5
+    rm -f "$img" "$sock"
+    return $rc
+}
+
+# Without --size the device follows its backing: a file grown elsewhere.
+resize_file_follows_length() {
+    local img=$BACK/follow.img dev id
+    rm -f "$img"; truncate -s 32M "$img"
+    dev=$("$UBLKD" add -t file --path "$img" -q 1) || return 1
+    id=${dev#/dev/ublkb}
+    truncate -s 48M "$img"
+    "$UBLKD" resize -n "$id" | grep -qx "$dev: 48M" || { "$UBLKD" del -n "$id"; return 1; }
+    [ "$(blockdev --getsize64 "$dev")" = $((48 << 20)) ] || { "$UBLKD" del -n "$id"; return 1; }
+    "$UBLKD" del -n "$id"
+    rm -f "$img"
+}
+
 resize_mem() {
     local dev id
     dev=$("$UBLKD" add -t mem --size 32M -q 1) || return 1
@@ -152,6 +219,9 @@ resize_mem() {
 test_resize() {
     check "resize: mounted ext4 on -t file doubles online (resize2fs), data intact, fsck clean, size kept across recover" resize_mounted_ext4
     check "resize: -t mem grows, the new range reads back what was written" resize_mem
+    check "resize: -t file without --size follows the file's length" resize_file_follows_length
+    check "resize: -t nbd follows nbdkit's grown export under a mounted ext4 (resize2fs), data intact, fsck clean" \
+        resize_nbd_follows_server
     local dev id
     dev=$("$UBLKD" add -t mem --size 32M -q 1) || { fail "resize: add"; return; }
     id=${dev#/dev/ublkb}
@@ -159,12 +229,16 @@ test_resize() {
         "$UBLKD" resize -n "$id" --size 16M
     expect_error "resize: a missing device is one line" "device 77 does not exist" \
         "$UBLKD" resize -n 77 --size 16M
+    expect_error "resize: -t mem without --size has nothing to follow, one line" "has no backing to follow" \
+        "$UBLKD" resize -n "$id"
     check "resize: a refused resize left the size alone" test "$(blockdev --getsize64 "$dev")" = $((32 << 20))
     "$UBLKD" del -n "$id"
     "$UBLKD" create -t qcow2 --path "$BACK/resize.qcow2" --size 32M >/dev/null
     dev=$("$UBLKD" add -t qcow2 --path "$BACK/resize.qcow2" -q 1) || { fail "resize: add qcow2"; return; }
     expect_error "resize: a target that cannot grow is refused in one line" "-t qcow2 cannot be resized online" \
         "$UBLKD" resize -n "${dev#/dev/ublkb}" --size 64M
+    expect_error "resize: following is refused as well for it" "-t qcow2 cannot be resized online" \
+        "$UBLKD" resize -n "${dev#/dev/ublkb}"
     "$UBLKD" del -n "${dev#/dev/ublkb}"
     rm -f "$BACK/resize.qcow2" "$BACK/resize.img"
 }

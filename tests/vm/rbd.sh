@@ -40,6 +40,20 @@ rbd_device_matches_image() { # DEV IMAGE
         <(rbd -c "$CONF" export --no-progress "$2" - 2>/dev/null)
 }
 
+# The device follows its image: refused past the image's size, then `rbd resize` and
+# `ublkd resize` (no size) grow it; the new end holds what is written there.
+rbd_resize_follows() { # DEV IMAGE
+    local dev=$1 id=${1#/dev/ublkb} err
+    err=$("$UBLKD" resize -n "$id" --size 32M 2>&1) && { echo "grew past the image"; return 1; }
+    [[ $err == *"fewer than"* ]] || { echo "unexpected refusal: $err"; return 1; }
+    rbd -c "$CONF" resize --no-progress --size 32M "$2" || return 1
+    "$UBLKD" resize -n "$id" | grep -qx "$dev: 32M" || return 1
+    [ "$(blockdev --getsize64 "$dev")" = $((32 << 20)) ] || return 1
+    head -c 1M /dev/urandom >"$SCRATCH/rbd-tail.bin"
+    dd if="$SCRATCH/rbd-tail.bin" of="$dev" bs=1M seek=31 oflag=direct status=none || return 1
+    cmp <(dd if="$dev" bs=1M skip=31 iflag=direct status=none) "$SCRATCH/rbd-tail.bin"
+}
+
 test_rbd() {
     local CLUSTER=$SCRATCH/ceph CONF t0 dev id
     ip link set lo up 2>/dev/null
@@ -81,6 +95,8 @@ test_rbd() {
     dev=$("$UBLKD" add -t rbd --conf "$CONF" --image rbd/discard -q 2)
     if [ -n "$dev" ]; then
         check "rbd: discard and write-zeroes read back zeroes" discard_and_zeroes "$dev"
+        check "rbd: ublkd resize follows rbd resize, the new range reads back what was written" \
+            rbd_resize_follows "$dev" rbd/discard
         check "rbd: and the image holds the same bytes (rbd export)" rbd_device_matches_image "$dev" rbd/discard
         "$UBLKD" del -n "${dev#/dev/ublkb}"
     else

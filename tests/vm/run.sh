@@ -438,70 +438,79 @@ test_queue_start_failure() {
     check "add fails in one line when a queue cannot start, nothing left" add_fails_when_queues_cannot_start
 }
 
+# timed TEST ARGS...: run one test and note its wall time (printed, slowest first, at the end:
+# CI must stay under an hour, and this says where the suite's time goes).
+timed() {
+    local t0=$SECONDS
+    "$@"
+    echo "$((SECONDS - t0)) s  $*" >>"$LOG_DIR/test-times.txt"
+}
+
 truncate -s 256M "$BACK/verify.img"
 if [ -n "${UBLKD_TESTS:-}" ]; then
     # Development: only the named test functions (UBLKD_TESTS="test_buffer_modes test_ext4").
-    for t in $UBLKD_TESTS; do "$t"; done
+    for t in $UBLKD_TESTS; do timed "$t"; done
 elif [ "$COMPAT" = 1 ]; then
-    test_buffer_modes
-    test_batch_io
-    test_inline_io
-    test_fio_verify mem -t mem --size 256M
-    test_fio_verify file -t file --path "$BACK/verify.img"
-    test_null_io
-    test_ext4
-    test_large_discard
-    test_null_reads_zero
-    test_refused_commit
-    check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
-    test_del_safety
-    test_resize_refused
-    test_unprivileged
+    timed test_buffer_modes
+    timed test_batch_io
+    timed test_inline_io
+    timed test_fio_verify mem -t mem --size 256M
+    timed test_fio_verify file -t file --path "$BACK/verify.img"
+    timed test_null_io
+    timed test_ext4
+    timed test_large_discard
+    timed test_null_reads_zero
+    timed test_refused_commit
+    timed check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
+    timed test_del_safety
+    timed test_resize_refused
+    timed test_unprivileged
     # Not here, to keep CI under an hour: filters, qcow2, names, statistics and NBD metrics
     # (the 7.3 run covers them; they depend on no kernel feature 6.12 lacks: their helpers
     # passed on 6.12 when written, see the issue notes).
 else
-    test_features
-    test_fio_verify mem -t mem --size 256M
-    test_fio_verify file -t file --path "$BACK/verify.img"
-    test_fio_verify file-buffered -t file --path "$BACK/verify.img" --buffered
-    test_null_io
-    test_user_copy
-    test_buffer_modes
-    test_batch_io
-    test_inline_io
-    test_queue_start_failure
-    test_ext4
-    test_discard
-    test_large_discard
-    test_null_reads_zero
-    test_refused_commit
-    test_error_filter
-    test_rate_filter
-    test_filter_stack
-    test_deep_queue
-    test_many_devices
-    test_list_json
-    test_nbd_export_kernel_client
-    test_nbd_target_over_nbdkit
-    test_recovery
-    test_recovery_more
-    test_qcow2
-    test_qcow2_recovery
-    test_del_safety
-    test_unprivileged
-    test_rbd
-    test_names
-    test_resize
-    test_stats
-    test_stats_prometheus
-    test_export_metrics
-    test_bad_input
+    timed test_features
+    timed test_fio_verify mem -t mem --size 256M
+    timed test_fio_verify file -t file --path "$BACK/verify.img"
+    timed test_fio_verify file-buffered -t file --path "$BACK/verify.img" --buffered
+    timed test_null_io
+    timed test_user_copy
+    timed test_buffer_modes
+    timed test_batch_io
+    timed test_inline_io
+    timed test_queue_start_failure
+    timed test_ext4
+    timed test_discard
+    timed test_large_discard
+    timed test_null_reads_zero
+    timed test_refused_commit
+    timed test_error_filter
+    timed test_rate_filter
+    timed test_filter_stack
+    timed test_deep_queue
+    timed test_many_devices
+    timed test_list_json
+    timed test_nbd_export_kernel_client
+    timed test_nbd_target_over_nbdkit
+    timed test_recovery
+    timed test_recovery_more
+    timed test_qcow2
+    timed test_qcow2_recovery
+    timed test_del_safety
+    timed test_unprivileged
+    timed test_rbd
+    timed test_names
+    timed test_resize
+    timed test_stats
+    timed test_stats_prometheus
+    timed test_export_metrics
+    timed test_bad_input
 fi
 "$UBLKD" del --all 2>/dev/null
 check_clean "no device, daemon or state file left after the suite"
 
 echo
+if [ -s "$LOG_DIR/test-times.txt" ]; then echo "test times (slowest first):"; sort -rn "$LOG_DIR/test-times.txt" | head -40; fi
 if [ -s "$LOG_DIR/recovery-times.txt" ]; then echo "recovery timings:"; cat "$LOG_DIR/recovery-times.txt"; fi
 [ "$FAILED" -gt 0 ] && printf 'failed: %s\n' "${FAILED_NAMES[@]}"
 echo "$PASSED passed, $FAILED failed"

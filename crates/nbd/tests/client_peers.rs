@@ -369,3 +369,55 @@ fn reconnects_after_server_restart_and_fails_with_eio_when_it_stays_down() {
         );
     });
 }
+
+/// The target follows a server that grew its export (nbdkit's file plugin over a file the test
+/// extends): `resize` checks the server holds the size, and a request beyond the size the
+/// queue's connection negotiated goes out on a fresh connection (nbdkit checks requests against
+/// the size it announced on each connection).
+#[test]
+fn follows_an_export_grown_on_the_server() {
+    if !have("nbdkit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("grow.img");
+    std::fs::write(&img, vec![0u8; 4 * MB as usize]).unwrap();
+    let sock = dir.path().join("k.sock");
+    let _p = nbdkit(&["file", &format!("file={}", img.display())], &sock);
+    let t = open(&unix_uri(&sock), Duration::from_secs(10));
+    let q = Rc::new(t.open_queue(0).unwrap());
+    let rt = Runtime::new().unwrap();
+    rt.block_on(async {
+        q.write(0, &buf_from(&pattern(4096, 1)), false)
+            .await
+            .unwrap();
+    });
+    assert_eq!(t.backing_size().unwrap(), Some(4 * MB));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(8 * MB)
+        .unwrap();
+    let e = t.resize(16 * MB).unwrap_err().to_string();
+    assert!(e.contains("fewer than"), "{e}");
+    assert_eq!(t.geometry().size, 4 * MB, "a refused resize keeps the size");
+    assert_eq!(t.backing_size().unwrap(), Some(8 * MB));
+    t.resize(8 * MB).unwrap();
+    assert_eq!(t.geometry().size, 8 * MB);
+    rt.block_on(async {
+        // Beyond the first connection's 4 MiB: goes out on a new connection.
+        q.write(6 * MB, &buf_from(&pattern(65536, 2)), true)
+            .await
+            .unwrap();
+        let mut b = IoBuf::with_capacity(65536);
+        q.read(6 * MB, &mut b).await.unwrap();
+        assert!(b.as_slice() == &pattern(65536, 2)[..]);
+        // And the data before the old end is still served.
+        let mut b = IoBuf::with_capacity(4096);
+        q.read(0, &mut b).await.unwrap();
+        assert!(b.as_slice() == &pattern(4096, 1)[..]);
+    });
+    let f = std::fs::read(&img).unwrap();
+    assert!(f[6 * MB as usize..6 * MB as usize + 65536] == pattern(65536, 2)[..]);
+}

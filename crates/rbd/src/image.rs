@@ -310,8 +310,20 @@ impl Image {
         })
     }
 
+    /// The size at open.
     pub fn size(&self) -> u64 {
         self.size
+    }
+    /// The size now: librbd refreshes the handle when the image header changed (a resize from
+    /// elsewhere) before it answers.
+    pub fn current_size(&self) -> io::Result<u64> {
+        let mut size = 0u64;
+        // SAFETY: valid open handle (closed only in `Drop`); out-pointer to a local.
+        let r = unsafe { ffi::rbd_get_size(self.raw, &mut size) };
+        if r < 0 {
+            return Err(errno(r));
+        }
+        Ok(size)
     }
     pub fn features(&self) -> u64 {
         self.features

@@ -27,6 +27,7 @@ pub mod ffi;
 pub mod image;
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,6 +140,8 @@ pub struct RbdTarget {
     handles: Handles,
     read_only: bool,
     geo: Geometry,
+    /// The size served now: the image's at open, grown by `resize` after `rbd resize`.
+    size: AtomicU64,
     /// Per-queue handles opened so far (the first queue takes `image`).
     first_taken: Mutex<bool>,
 }
@@ -260,6 +263,7 @@ impl RbdTarget {
             image: Arc::new(image),
             handles: cfg.handles,
             read_only: ro,
+            size: AtomicU64::new(size),
             geo: Geometry {
                 size,
                 logical_block: 512,
@@ -364,7 +368,30 @@ impl TargetKind for RbdTarget {
 impl Target for RbdTarget {
     type Queue = RbdQueue;
     fn geometry(&self) -> Geometry {
-        self.geo
+        Geometry {
+            size: self.size.load(Ordering::Acquire),
+            ..self.geo
+        }
+    }
+    /// Follows the image: grows to `size` when the image (grown by `rbd resize`) holds it.
+    fn resize(&self, size: u64) -> io::Result<()> {
+        if !size.is_multiple_of(512) {
+            return Err(io::Error::other(format!(
+                "size {size} is not a multiple of 512"
+            )));
+        }
+        let have = self.image.current_size()?;
+        if have < size {
+            return Err(io::Error::other(format!(
+                "image {} is {have} bytes, fewer than {size}: grow it first (rbd resize)",
+                self.spec
+            )));
+        }
+        self.size.fetch_max(size, Ordering::AcqRel);
+        Ok(())
+    }
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        Ok(Some(self.image.current_size()? / 512 * 512))
     }
     fn notes(&self) -> Vec<String> {
         vec![format!(

@@ -385,6 +385,15 @@ impl Target for FileTarget {
         self.size.store(size, Ordering::Release);
         Ok(())
     }
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        let have = if self.blockdev {
+            blockdev_size(self.file.as_raw_fd())?.0
+        } else {
+            self.file.metadata()?.len()
+        };
+        let lbs = self.geo.logical_block as u64;
+        Ok(Some(have / lbs * lbs))
+    }
     fn notes(&self) -> Vec<String> {
         let (on, why) = self.inline_io();
         vec![format!(

@@ -104,6 +104,14 @@ pub trait Target: Send + Sync + 'static {
     fn resize(&self, _size: u64) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
+    /// The size the target's backing has now (the file's length, the NBD server's export, the
+    /// RBD image), rounded down to whole blocks: what a resize without a given size follows,
+    /// after the backing grew elsewhere. `None` for resizable targets with nothing behind them
+    /// (null, mem); EOPNOTSUPP for targets that cannot be resized. May block (a round trip to a
+    /// server); never called on a queue thread.
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
 }
 
 /// The data path of one queue. Offsets and lengths are bytes, checked against the geometry by

@@ -258,6 +258,10 @@ impl Target for MemTarget {
             ..self.geo
         }
     }
+    /// Nothing behind it to follow: a resize needs the size.
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
     fn resize(&self, size: u64) -> io::Result<()> {
         check_size(size, self.geo.logical_block).map_err(|e| io::Error::other(e.to_string()))?;
         let _one_at_a_time = self.resizing.lock().unwrap_or_else(|e| e.into_inner());

@@ -95,6 +95,10 @@ impl Target for NullTarget {
             ..self.geo
         }
     }
+    /// Nothing behind it to follow: a resize needs the size.
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
     fn resize(&self, size: u64) -> io::Result<()> {
         check_size(size, self.geo.logical_block).map_err(|e| io::Error::other(e.to_string()))?;
         self.size.store(size, Ordering::Release);

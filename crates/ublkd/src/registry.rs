@@ -118,6 +118,12 @@ macro_rules! registry {
                     AnyTarget::Filtered(t) => t.resize(size),
                 }
             }
+            fn backing_size(&self) -> std::io::Result<Option<u64>> {
+                match self {
+                    $(AnyTarget::$t(t) => t.backing_size(),)*
+                    AnyTarget::Filtered(t) => t.backing_size(),
+                }
+            }
         }
 
         // A filtered queue's future is boxed (see the module docs).

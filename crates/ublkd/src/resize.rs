@@ -1,5 +1,6 @@
 //! Online resize, daemon side. The daemon owns the target, so `ublkd resize` asks it: it writes
-//! a request file `ID.resize-PID.req` (`{"size": N}`) in the state directory and sends the
+//! a request file `ID.resize-PID.req` (`{"size": N}`, or `{"follow": true}` for the size the
+//! target's backing has now) in the state directory and sends the
 //! daemon `RESIZE_SIGNAL`; the daemon grows the target, records the size in the state file, tells
 //! the driver (UPDATE_SIZE, Linux 6.16+) and answers in `ID.resize-PID.res`
 //! (`{"size": N}` or `{"error": "one line"}`). One file per caller, so concurrent callers never
@@ -50,23 +51,59 @@ pub fn serve_requests(dev: &mut Device, target: &Arc<AnyTarget>, st: &mut Device
         };
         let req = std::fs::read(e.path()).ok();
         let _ = std::fs::remove_file(e.path());
-        let size = req
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["size"].as_u64());
+        let ask = req.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let size = match ask {
+            Some(v) if v["follow"].as_bool() == Some(true) => Some(backing_size(target, st)),
+            Some(v) => v["size"].as_u64().map(Ok),
+            None => None,
+        };
         let answer = match size {
-            Some(size) => match resize(dev, target, st, size) {
+            Some(Ok(size)) => match resize(dev, target, st, size) {
                 Ok(()) => serde_json::json!({ "size": size }),
                 Err(e) => {
                     tracing::warn!("device {}: resize to {size} refused: {e}", st.id);
                     serde_json::json!({ "error": e })
                 }
             },
+            Some(Err(e)) => {
+                tracing::warn!("device {}: resize refused: {e}", st.id);
+                serde_json::json!({ "error": e })
+            }
             None => serde_json::json!({ "error": "malformed resize request" }),
         };
         if let Err(e) = write_json(&answer_path(st.id, pid), &answer) {
             tracing::warn!("device {}: cannot answer resize request: {e}", st.id);
         }
     }
+}
+
+/// The size to follow: what the target's backing holds now.
+fn backing_size(target: &Arc<AnyTarget>, st: &DeviceState) -> Result<u64, String> {
+    let id = st.id;
+    match target.backing_size() {
+        Ok(Some(n)) if n < st.size => Err(format!(
+            "the backing of device {id} holds {}, less than the device's {}: nothing to grow into",
+            format_size(n),
+            format_size(st.size)
+        )),
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(format!(
+            "-t {} has no backing to follow: give the new size (--size)",
+            st.target.kind
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Err(cannot_resize(st)),
+        Err(e) => Err(format!(
+            "cannot read the size of device {id}'s backing: {e}"
+        )),
+    }
+}
+
+/// The refusal for a target that cannot be resized.
+fn cannot_resize(st: &DeviceState) -> String {
+    format!(
+        "-t {} cannot be resized online (resize supports -t file, mem, null, nbd, rbd)",
+        st.target.kind
+    )
 }
 
 /// Grow the target, record the size, then tell the driver: in that order, so the kernel never
@@ -95,10 +132,7 @@ fn resize(
         return Ok(());
     }
     target.resize(size).map_err(|e| match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => format!(
-            "-t {} cannot be resized online (resize supports -t file, mem, null)",
-            st.target.kind
-        ),
+        Some(libc::EOPNOTSUPP) => cannot_resize(st),
         _ => e.to_string(),
     })?;
     let old = st.size;

@@ -98,17 +98,30 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     };
     let geo = target.geometry();
     let notes = target.notes();
-    if geo.size != old.size {
+    // A backing that grew since (an NBD export, an RBD image, a file) is served at the device's
+    // size: the kernel sends nothing beyond it, and `ublkd resize -n ID` follows later. One that
+    // shrank would lose data: refuse.
+    if geo.size < old.size {
         return crate::fail(format!(
-            "target size changed from {} to {} bytes; refusing to recover",
+            "target shrank from {} to {} bytes; refusing to recover",
             old.size, geo.size
         ));
+    }
+    if geo.size > old.size {
+        tracing::warn!(
+            "device {}: the target grew from {} to {} bytes; serving {} until `ublkd resize -n {}`",
+            a.id,
+            old.size,
+            geo.size,
+            old.size,
+            a.id
+        );
     }
     let dev = match Device::recover(target.clone(), a.id, old.tuning()) {
         Ok(d) => d,
         Err(e) => return crate::fail(e),
     };
-    let mut st = DeviceState::new(&dev, old.target.clone(), geo.size, old.recovery);
+    let mut st = DeviceState::new(&dev, old.target.clone(), old.size, old.recovery);
     st.busy_poll_us = old.busy_poll_us;
     st.pin_queues = old.pin_queues;
     st.supervisor_pid = old.supervisor_pid;

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::Shutdown;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rt::IoBuf;
@@ -78,11 +80,14 @@ pub struct LinkConfig {
     pub uri: Uri,
     /// A request that cannot complete within this time (server down or stuck) fails with EIO.
     pub timeout: Duration,
+    /// The device's size now (grows on resize): a connection must offer at least this much.
+    pub size: Arc<AtomicU64>,
 }
 
 pub struct Link {
     cfg: LinkConfig,
-    /// What the first connection negotiated; a reconnect must offer the same export.
+    /// What the first connection negotiated; a reconnect must offer the same flags, and at
+    /// least the device's size.
     params: ExportParams,
     conn: RefCell<Option<Rc<Conn>>>,
     /// A socket negotiated before the runtime ran (installed at first use: the reader task
@@ -175,6 +180,13 @@ impl Link {
         let deadline = Instant::now() + self.cfg.timeout;
         loop {
             let c = self.live(deadline).await?;
+            if off + len as u64 > c.params.size {
+                // The device grew since this connection was negotiated: the server may refuse
+                // what lies beyond the size it announced on it, so reconnect (requests on it
+                // are re-sent there, as after any lost connection).
+                c.kill();
+                continue;
+            }
             let handle = self.next_handle.get();
             self.next_handle.set(handle.wrapping_add(1));
             let (tx, rx) = oneshot();
@@ -293,14 +305,16 @@ async fn reconnect(link: Weak<Link>) {
         .await;
         let Some(l) = link.upgrade() else { return };
         match attempt {
-            Ok(Ok((sock, p))) if p.size == want.size && p.flags == want.flags => {
+            Ok(Ok((sock, p)))
+                if p.size >= cfg.size.load(Ordering::Acquire) && p.flags == want.flags =>
+            {
                 tracing::info!("nbd: reconnected to {:?}", cfg.uri.endpoint);
                 l.install(sock, p);
                 l.connecting.set(false);
                 l.reconnected.notify_all();
                 return;
             }
-            Ok(Ok(_)) => tracing::error!("nbd: export changed size or flags across reconnect"),
+            Ok(Ok(_)) => tracing::error!("nbd: export shrank or changed flags across reconnect"),
             Ok(Err(e)) => tracing::debug!("nbd: reconnect failed: {e}"),
             Err(_) => tracing::debug!("nbd: reconnect timed out"),
         }

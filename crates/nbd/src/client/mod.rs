@@ -20,7 +20,7 @@ pub mod uri;
 
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub struct NbdTarget {
     cfg: NbdConfig,
     params: ExportParams,
     geo: Geometry,
+    /// The size served now: the export's at `open`, grown by `resize` when the server grew.
+    /// Shared with every queue's link, whose connections must offer at least this much.
+    size: Arc<AtomicU64>,
     /// The negotiated connection from `open`, for the first queue.
     first: Mutex<Option<Sock>>,
     open_queues: Arc<AtomicUsize>,
@@ -66,22 +69,7 @@ impl NbdTarget {
     /// Connect and negotiate (on a short-lived thread with its own runtime, so this can be called
     /// from anywhere, including inside another runtime).
     pub fn open(cfg: NbdConfig) -> io::Result<NbdTarget> {
-        let c = cfg.clone();
-        let (sock, params) = std::thread::spawn(move || {
-            rt::Runtime::new()?.block_on(async {
-                match rt::time::timeout(c.timeout, handshake::open(&c.uri.endpoint, &c.uri.name))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "NBD negotiation timed out",
-                    )),
-                }
-            })
-        })
-        .join()
-        .map_err(|_| io::Error::other("NBD connect thread panicked"))??;
+        let (sock, params) = negotiate(&cfg)?;
         let min = params.min_block.max(512);
         if params.size % min as u64 != 0 {
             return Err(io::Error::new(
@@ -113,6 +101,7 @@ impl NbdTarget {
             cfg,
             params,
             geo,
+            size: Arc::new(AtomicU64::new(params.size)),
             first: Mutex::new(Some(sock)),
             open_queues: Arc::new(AtomicUsize::new(0)),
         })
@@ -122,6 +111,38 @@ impl NbdTarget {
     pub fn params(&self) -> &ExportParams {
         &self.params
     }
+
+    /// The export's size now, from a fresh connection (the server may have grown it).
+    fn server_size(&self) -> io::Result<u64> {
+        let (sock, p) = negotiate(&self.cfg)?;
+        drop(sock);
+        if p.flags != self.params.flags {
+            return Err(io::Error::other(
+                "the NBD export's flags changed since the device was created",
+            ));
+        }
+        Ok(p.size)
+    }
+}
+
+/// Connect and negotiate, on a short-lived thread with its own runtime, so this can be called
+/// from anywhere, including inside another runtime.
+fn negotiate(cfg: &NbdConfig) -> io::Result<(Sock, ExportParams)> {
+    let c = cfg.clone();
+    std::thread::spawn(move || {
+        rt::Runtime::new()?.block_on(async {
+            match rt::time::timeout(c.timeout, handshake::open(&c.uri.endpoint, &c.uri.name)).await
+            {
+                Ok(r) => r,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "NBD negotiation timed out",
+                )),
+            }
+        })
+    })
+    .join()
+    .map_err(|_| io::Error::other("NBD connect thread panicked"))?
 }
 
 /// `-t nbd --uri URI [--timeout SECS]`, as a state file keeps it.
@@ -184,7 +205,35 @@ impl Target for NbdTarget {
     type Queue = NbdQueue;
 
     fn geometry(&self) -> Geometry {
-        self.geo
+        Geometry {
+            size: self.size.load(Ordering::Acquire),
+            ..self.geo
+        }
+    }
+
+    /// Follows the server: grows to `size` when the export (asked on a fresh connection) holds
+    /// at least that much. Links whose connection negotiated less reconnect before they send a
+    /// request beyond it (a server may check requests against the size it announced).
+    fn resize(&self, size: u64) -> io::Result<()> {
+        let block = self.geo.logical_block as u64;
+        if !size.is_multiple_of(block) {
+            return Err(io::Error::other(format!(
+                "size {size} is not a multiple of the export's {block}-byte block size"
+            )));
+        }
+        let have = self.server_size()?;
+        if have < size {
+            return Err(io::Error::other(format!(
+                "the NBD server's export is {have} bytes, fewer than {size}: grow it on the server first"
+            )));
+        }
+        self.size.fetch_max(size, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        let block = self.geo.logical_block as u64;
+        Ok(Some(self.server_size()? / block * block))
     }
 
     /// How many queues this export supports: unlimited with multi-conn, else 1.
@@ -210,6 +259,7 @@ impl Target for NbdTarget {
         let cfg = LinkConfig {
             uri: self.cfg.uri.clone(),
             timeout: self.cfg.timeout,
+            size: self.size.clone(),
         };
         // The first queue gets the connection `open` made; others connect at first use.
         let first = self.first.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -101,6 +101,9 @@ impl<F: Filter, T: Target> Target for Filtered<F, T> {
     fn resize(&self, size: u64) -> io::Result<()> {
         self.next.resize(size)
     }
+    fn backing_size(&self) -> io::Result<Option<u64>> {
+        self.next.backing_size()
+    }
 }
 
 /// One queue of a [`Filtered`].

@@ -1,7 +1,9 @@
-//! `ublkd resize -n ID --size N`: grow a live device. The daemon does the work (it owns the
-//! target; see `resize.rs`): the file target grows its file, mem its memory, null its size; the
-//! driver then announces the new size (UPDATE_SIZE, Linux 6.16+) and a file system on the
-//! device can grow into it (`resize2fs`, `xfs_growfs`). Shrinking is refused.
+//! `ublkd resize -n ID [--size N]`: grow a live device. The daemon does the work (it owns the
+//! target; see `resize.rs`): the file target grows its file, mem its memory, null its size; nbd
+//! and rbd follow their server, which must have grown first. Without `--size` the device grows
+//! to what its backing holds now (the file's length, the NBD export, the RBD image). The driver
+//! then announces the new size (UPDATE_SIZE, Linux 6.16+) and a file system on the device can
+//! grow into it (`resize2fs`, `xfs_growfs`). Shrinking is refused.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,9 +20,10 @@ pub struct ResizeArgs {
     /// The device to resize.
     #[arg(short = 'n', long = "number")]
     pub id: u32,
-    /// The new size (K/M/G/T suffixes); at least the current size.
+    /// The new size (K/M/G/T suffixes); at least the current size. Without it: the size the
+    /// backing has now (file length, NBD export, RBD image), after it grew elsewhere.
     #[arg(short = 's', long, value_parser = parse_size)]
-    pub size: u64,
+    pub size: Option<u64>,
 }
 
 pub fn run(a: ResizeArgs) -> ExitCode {
@@ -42,7 +45,9 @@ fn resize(a: &ResizeArgs) -> Result<String, String> {
     }
     let st = state::load(id).ok_or_else(|| format!("device {id} has no state file"))?;
     // Checked here too, so the common mistakes cost no round trip to the daemon.
-    if a.size < st.size {
+    if let Some(size) = a.size
+        && size < st.size
+    {
         return Err(format!(
             "device {id} is {} and shrinking is not supported (it would cut off data)",
             format_size(st.size)
@@ -54,8 +59,11 @@ fn resize(a: &ResizeArgs) -> Result<String, String> {
     let me = std::process::id();
     let (req, ans) = (request_path(id, me), answer_path(id, me));
     let _ = std::fs::remove_file(&ans);
-    write_json(&req, &serde_json::json!({ "size": a.size }))
-        .map_err(|e| format!("cannot write {}: {e}", req.display()))?;
+    let ask = match a.size {
+        Some(n) => serde_json::json!({ "size": n }),
+        None => serde_json::json!({ "follow": true }),
+    };
+    write_json(&req, &ask).map_err(|e| format!("cannot write {}: {e}", req.display()))?;
     let cleanup = || {
         let _ = std::fs::remove_file(&req);
         let _ = std::fs::remove_file(&ans);
