@@ -5,6 +5,7 @@
 #                        [--backends "file mem qcow2"] [--servers "ublkd qemu-nbd nbdkit qsd"]
 #                        [--file-cache buffered|direct] [--ublkd-args "..."] [--port-base P]
 #                        [--pin split|none] [--workloads REGEX] [--no-load-wait] [--keep]
+#                        [--baseline PATH]
 #
 # Serves the same 1 GiB file (random data, on the disk under /var/tmp) and the same kind of
 # 1 GiB memory disk with each server, all on 127.0.0.1, and runs 4k randread/randwrite at
@@ -13,6 +14,9 @@
 # table of median IOPS and the ratio of ublkd to the best peer and to qemu-nbd, and writes it with
 # the raw fio JSON, a per-run CSV and a summary CSV to the results directory
 # (default /tmp/bench-nbd-<date>). See docs/bench-nbd.md for the method and the numbers.
+#
+# --baseline PATH adds server `ublkd-base`: another ublkd binary (the tree before a change)
+# served and measured like `ublkd`, interleaved in every row; the table gets "ublkd / base".
 #
 # Backends:
 #   file  /var/tmp/bench-nbd/disk.img. Default --file-cache buffered: every server goes through
@@ -47,6 +51,7 @@ QUICK=0
 OUT=""
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 UBLKD=${UBLKD:-/tmp/tgt-bench/release/ublkd}
+UBLKD_BASE=""
 BACKENDS="file mem"
 SERVERS="ublkd qemu-nbd nbdkit"
 FILE_CACHE=buffered
@@ -78,6 +83,7 @@ while [ $# -gt 0 ]; do
         --workloads) WL_FILTER=$2; shift ;;
         --no-load-wait) LOAD_WAIT=0 ;;
         --keep) KEEP=1 ;;
+        --baseline) UBLKD_BASE=$2; SERVERS="$SERVERS ublkd-base"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench-nbd: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -99,6 +105,7 @@ need() { command -v "$1" >/dev/null || { echo "bench-nbd: $1 not found" >&2; exi
 need fio; need python3
 for s in $SERVERS; do
     case "$s" in
+        ublkd-base) [ -x "$UBLKD_BASE" ] || { echo "bench-nbd: no baseline binary at $UBLKD_BASE" >&2; exit 1; } ;;
         ublkd) [ -x "$UBLKD" ] || { echo "bench-nbd: $UBLKD not built (CARGO_TARGET_DIR=/tmp/tgt-bench cargo build --release -p ublkd)" >&2; exit 1; } ;;
         qemu-nbd|nbdkit) need "$s" ;;
         qsd) need qemu-storage-daemon ;;
@@ -109,7 +116,8 @@ fio --enghelp=nbd >/dev/null 2>&1 || { echo "bench-nbd: this fio has no nbd engi
 
 # --- cleanup -----------------------------------------------------------------------------------
 PIDS=()
-cleanup() {
+# Stop every server and remove the per-backend copies (between backends, and at exit).
+stop_all() {
     local p
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do
@@ -118,6 +126,10 @@ cleanup() {
     done
     PIDS=()
     rm -f "$SHMFILE" "$WORKDIR"/disk-*.qcow2
+}
+# At exit also the random data file (a second backend still needs it: stop_servers must not).
+cleanup() {
+    stop_all
     [ "$KEEP" = 1 ] || rm -f "$WORKDIR/disk.img"
 }
 trap cleanup EXIT
@@ -173,7 +185,7 @@ fi
 NAME=bench
 declare -A PORT PID
 port_of() { # server -> port
-    case "$1" in ublkd) echo $PORT_BASE ;; qemu-nbd) echo $((PORT_BASE + 1)) ;; nbdkit) echo $((PORT_BASE + 2)) ;; qsd) echo $((PORT_BASE + 3)) ;; esac
+    case "$1" in ublkd) echo $PORT_BASE ;; qemu-nbd) echo $((PORT_BASE + 1)) ;; nbdkit) echo $((PORT_BASE + 2)) ;; qsd) echo $((PORT_BASE + 3)) ;; ublkd-base) echo $((PORT_BASE + 4)) ;; esac
 }
 
 wait_port() { # pid port
@@ -187,16 +199,17 @@ wait_port() { # pid port
 
 start_server() { # server backend
     local s=$1 b=$2 port; port=$(port_of "$s")
-    local errlog="$OUT/$s-$b.log"
+    local errlog="$OUT/$s-$b.log" bin=$UBLKD
+    [ "$s" = ublkd-base ] && bin=$UBLKD_BASE
     case "$s/$b" in
-        ublkd/file)
+        ublkd/file|ublkd-base/file)
             local buf=""; [ "$FILE_CACHE" = buffered ] && buf=--buffered
             # shellcheck disable=SC2086
-            "${SRV[@]}" "$UBLKD" export -t file --path "$WORKDIR/disk.img" $buf --name $NAME \
+            "${SRV[@]}" "$bin" export -t file --path "$WORKDIR/disk.img" $buf --name $NAME \
                 --listen 127.0.0.1:$port $UBLKD_ARGS 2>"$errlog" & ;;
-        ublkd/mem)
+        ublkd/mem|ublkd-base/mem)
             # shellcheck disable=SC2086
-            "${SRV[@]}" "$UBLKD" export -t mem --size ${SIZE_MIB}M --name $NAME \
+            "${SRV[@]}" "$bin" export -t mem --size ${SIZE_MIB}M --name $NAME \
                 --listen 127.0.0.1:$port $UBLKD_ARGS 2>"$errlog" & ;;
         qemu-nbd/file)
             local c=writeback; [ "$FILE_CACHE" = direct ] && c=none
@@ -212,11 +225,11 @@ start_server() { # server backend
         nbdkit/mem)
             "${SRV[@]}" nbdkit -f -i 127.0.0.1 -p $port -e $NAME memory ${SIZE_MIB}M 2>"$errlog" & ;;
         nbdkit/qcow2) return 0 ;;
-        ublkd/qcow2)
+        ublkd/qcow2|ublkd-base/qcow2)
             local buf=""; [ "$FILE_CACHE" = buffered ] && buf=--buffered
             qcow2_copy "$s"
             # shellcheck disable=SC2086
-            "${SRV[@]}" "$UBLKD" export -t qcow2 --path "$WORKDIR/disk-$s.qcow2" $buf --name $NAME \
+            "${SRV[@]}" "$bin" export -t qcow2 --path "$WORKDIR/disk-$s.qcow2" $buf --name $NAME \
                 --listen 127.0.0.1:$port $UBLKD_ARGS 2>"$errlog" & ;;
         qemu-nbd/qcow2)
             local c=writeback; [ "$FILE_CACHE" = direct ] && c=none
@@ -248,7 +261,7 @@ qcow2_copy() { # server
 }
 
 stop_servers() {
-    cleanup
+    stop_all
 }
 
 cpu_ticks() { # pid -> utime+stime in clock ticks
@@ -328,7 +341,7 @@ def med(b, w, s, col):
 machine = open(f"{out}/machine.txt").read().strip().splitlines()
 print("Median IOPS over repetitions (4k, fio nbd engine, one connection per job).\n")
 hdr = ["backend", "workload"] + servers
-peers = [s for s in servers if s != "ublkd"]
+peers = [s for s in servers if not s.startswith("ublkd")]
 has_u = "ublkd" in servers
 if has_u and peers:
     hdr += ["ublkd / best peer"]
@@ -336,6 +349,9 @@ if has_u and "qemu-nbd" in servers:
     hdr += ["ublkd / qemu-nbd"]
 if has_u and peers:
     hdr += ["target"]
+has_base = has_u and "ublkd-base" in servers
+if has_base:
+    hdr += ["ublkd / base"]
 print("| " + " | ".join(hdr) + " |")
 print("|" + "---|" * len(hdr))
 summary = []
@@ -366,6 +382,10 @@ for b, w in keys:
             ok = False
         line.append("met" if ok else "**missed**")
         rec["target_met"] = "yes" if ok else "no"
+    if has_base:
+        rbase = iops["ublkd"] / iops["ublkd-base"]
+        line.append(f"{rbase:.2f}")
+        rec["ublkd_over_base"] = f"{rbase:.3f}"
     summary.append(rec)
     print("| " + " | ".join(line) + " |")
 print()

@@ -56,9 +56,11 @@ pub(crate) struct Mem {
 impl Drop for Mem {
     fn drop(&mut self) {
         match self.backing {
-            // SAFETY: ptr came from `alloc_zeroed` with exactly this layout, and the last `Rc`
-            // (including those held by in-flight ops) is gone, so nobody points into it.
-            Backing::Heap(layout) => unsafe { std::alloc::dealloc(self.ptr, layout) },
+            // SAFETY: ptr came from `bufpool::alloc_zeroed` with exactly this layout, and the
+            // last `Rc` (including those held by in-flight ops) is gone, so nobody points into it.
+            Backing::Heap(layout) => unsafe {
+                crate::bufpool::free(NonNull::new_unchecked(self.ptr), layout)
+            },
             // SAFETY: ptr/len are the mapping we created; no reference remains (as above).
             Backing::Mapped(len) => unsafe {
                 libc::munmap(self.ptr.cast(), len);
@@ -101,12 +103,10 @@ pub struct IoBuf {
 
 impl IoBuf {
     /// A zeroed heap buffer of `cap` bytes, aligned to [`ALIGN`]; its length starts at `cap`.
+    /// Small ones reuse memory this thread freed before (`bufpool`).
     pub fn with_capacity(cap: usize) -> IoBuf {
-        let size = cap.max(1).next_multiple_of(ALIGN);
-        let layout = std::alloc::Layout::from_size_align(size, ALIGN).expect("buffer too large");
-        // SAFETY: layout has non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let layout = crate::bufpool::layout_for(cap);
+        let ptr = crate::bufpool::alloc_zeroed(layout);
         IoBuf {
             slot: Slot::new(Rc::new(Mem {
                 ptr: ptr.as_ptr(),

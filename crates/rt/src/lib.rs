@@ -5,13 +5,14 @@
 //! and waits for at least one completion (batching). Nothing here knows about block devices.
 //!
 //! Layout: [`runtime`] (the loop, spawn, statistics), [`op`] (the op lifecycle and the buffer
-//! lifetime invariant), [`buf`] (I/O buffers, and their lends to the kernel while ops use them), [`fs`] / [`net`] / [`time`] (typed ops),
+//! lifetime invariant), [`buf`] (I/O buffers, and their lends to the kernel while ops use them), [`bufpool`] (a per-thread free list of small buffers' memory), [`fs`] / [`net`] / [`time`] (typed ops),
 //! [`sync`] (channels and notifications, also across threads), [`local`] (a FIFO lock, a byte
 //! budget and a notification for the tasks of one runtime), [`select`] (first of two futures),
 //! [`pbuf`] (provided buffers for multishot ops), [`sqe`] (SQE fields the builders lack),
 //! [`zeroes`] (a shared zero buffer for writing zeroes).
 
 pub mod buf;
+pub mod bufpool;
 pub mod fs;
 pub mod local;
 pub mod net;

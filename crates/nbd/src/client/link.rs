@@ -180,7 +180,8 @@ impl Link {
         let deadline = Instant::now() + self.cfg.timeout;
         loop {
             let c = self.live(deadline).await?;
-            if off + len as u64 > c.params.size {
+            let end = off + len as u64;
+            if end > c.params.size && end <= self.cfg.size.load(Ordering::Acquire) {
                 // The device grew since this connection was negotiated: the server may refuse
                 // what lies beyond the size it announced on it, so reconnect (requests on it
                 // are re-sent there, as after any lost connection).
