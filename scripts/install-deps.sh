@@ -31,17 +31,19 @@ fi
 # puts a partition table on a named device (tests/vm/names.sh).
 # qemu-system-common: qemu-storage-daemon (scripts/bench-vhost.sh compares against it).
 # ceph-mon/ceph-osd/ceph-common: scripts/ceph.sh's throwaway cluster for the rbd target's tests
-# (host and guest); librbd-dev/librados-dev: the rbd target links them; rbd-nbd and
-# qemu-block-extra (QEMU's rbd driver, for qemu-nbd): benchmark baselines (scripts/bench-rbd.sh).
+# (host and guest); librbd-dev/librados-dev: the rbd target loads librbd at run time, and a
+# test checks our declarations against their headers; rbd-nbd and qemu-block-extra (QEMU's
+# rbd driver, for qemu-nbd): benchmark baselines (scripts/bench-rbd.sh).
 # prometheus: promtool and a real server for the statistics tests (tests/vm/stats.sh).
-# jq: bench/guest.sh reads fio's JSON. fonts-dejavu-core: the TTF crates/bench-plot renders
+# jq: bench/guest.sh reads fio's JSON. python3: the system one, for the guests' scripts
+# (scripts/vm.sh keeps pyenv's shims out of the guest PATH). fonts-dejavu-core: the TTF crates/bench-plot renders
 # text with (plotters' ab_glyph; no fontconfig/freetype needed).
 apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" "qemu-system-common=$qemu_ver" \
     "qemu-block-extra=$qemu_ver" \
     busybox-static kmod udev \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux fdisk \
-    xz-utils jq fonts-dejavu-core prometheus curl \
+    xz-utils jq fonts-dejavu-core prometheus curl python3 \
     ceph-mon ceph-osd ceph-common librbd-dev librados-dev rbd-nbd
 
 # The downgrade must leave a working qemu-img behind.

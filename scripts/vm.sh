@@ -116,9 +116,11 @@ run="$(mktemp -d "$vmroot/run.XXXXXX")"
 {
     echo '#!/bin/bash'
     echo 'set -u'
-    # Host PATH first (cargo, pyenv), then system dirs; duplicates dropped.
+    # Host PATH first (cargo), then system dirs; duplicates dropped. Not pyenv's: its shims are
+    # shell scripts that took 43 s per `python3` start in a TCG guest (every file they touch
+    # is a 9p round trip), and the guests' Python is stdlib-only, which the system's serves.
     guest_path="$(printf '%s' "$PATH:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" |
-        awk -v RS=: -v ORS=: '$0 != "" && !seen[$0]++' | sed 's/:$//')"
+        awk -v RS=: -v ORS=: '$0 != "" && $0 !~ /\/\.pyenv\// && !seen[$0]++' | sed 's/:$//')"
     printf 'export PATH=%q\n' "$guest_path"
     printf 'export HOME=%q\n' "${HOME:-/root}"
     # Pass through the variables tests care about, quoted safely.

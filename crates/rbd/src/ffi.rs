@@ -1,6 +1,7 @@
 //! The C interface of librados and librbd that this crate uses, declared by hand from Debian's
-//! `rados/librados.h` and `rbd/librbd.h` (Ceph 16.2; every call here exists since 15.2). Only
-//! this module declares foreign functions; `image.rs` is the only caller, and states at each
+//! `rados/librados.h` and `rbd/librbd.h` (Ceph 16.2; every call here exists since 15.2), and
+//! resolved from `librbd.so.1` at run time ([`load`]), not linked. Only this module declares
+//! foreign functions; `image.rs` is the only caller, and states at each
 //! `unsafe` block which of the rules below it relies on.
 //!
 //! Rules of the C API (from the headers and librbd's documented behaviour):
@@ -24,6 +25,7 @@
 #![allow(non_camel_case_types)]
 
 use std::os::raw::{c_char, c_int, c_void};
+use std::sync::OnceLock;
 
 pub type rados_t = *mut c_void;
 pub type rados_ioctx_t = *mut c_void;
@@ -46,7 +48,75 @@ pub const RBD_FEATURE_FAST_DIFF: u64 = 1 << 4;
 /// `RBD_FLAG_FAST_DIFF_INVALID` (librbd.h): the fast-diff map must not be trusted.
 pub const RBD_FLAG_FAST_DIFF_INVALID: u64 = 1 << 1;
 
-unsafe extern "C" {
+/// Where the libraries are looked up (their sonames: the runtime packages, librbd1 and
+/// librados2, not the -dev ones).
+const LIBRBD: &str = "librbd.so.1";
+
+macro_rules! api {
+    ($( $(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?; )*) => {
+        /// The functions, resolved from librbd (which brings librados) when the first cluster
+        /// is connected.
+        struct Api {
+            $( $name: unsafe extern "C" fn($($ty),*) $(-> $ret)?, )*
+            /// Kept loaded for the life of the process (the pointers above point into it).
+            _lib: libloading::Library,
+        }
+
+        impl Api {
+            fn load() -> Result<Api, String> {
+                // SAFETY: loading librbd runs its (and librados') initialisers, which have no
+                // preconditions; it is loaded once per process (OnceLock) and never unloaded.
+                let lib = unsafe { libloading::Library::new(LIBRBD) }
+                    .map_err(|e| format!("-t rbd needs librbd (Debian: apt-get install librbd1): {e}"))?;
+                // SAFETY: each symbol is the C function of that name, whose type the
+                // declaration below states as the headers do (checked against them by the
+                // test at the end of this file); the library stays loaded in `_lib`.
+                unsafe {
+                    Ok(Api {
+                        $( $name: *lib
+                            .get::<unsafe extern "C" fn($($ty),*) $(-> $ret)?>(
+                                concat!(stringify!($name), "\0").as_bytes(),
+                            )
+                            .map_err(|e| format!("{LIBRBD}: {e}"))?, )*
+                        _lib: lib,
+                    })
+                }
+            }
+        }
+
+        $(
+            $(#[$m])*
+            /// # Safety
+            /// As the C function's (module docs); [`load`] must have succeeded.
+            pub unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
+                // SAFETY: the caller's contract.
+                unsafe { (api().$name)($($arg),*) }
+            }
+        )*
+    };
+}
+
+static API: OnceLock<Result<Api, String>> = OnceLock::new();
+
+/// Load librbd and librados (once per process). Every call below needs it: `Cluster::connect`,
+/// the only way to a handle, calls it first. Loading them on demand keeps every other command
+/// fast: their C++ start-up work cost 25 ms per `ublkd` run on the host, and seconds in a TCG
+/// guest, when the binary linked them.
+pub fn load() -> std::io::Result<()> {
+    match API.get_or_init(Api::load) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(std::io::Error::other(e.clone())),
+    }
+}
+
+fn api() -> &'static Api {
+    match API.get() {
+        Some(Ok(a)) => a,
+        _ => panic!("librbd used before rbd::ffi::load succeeded"),
+    }
+}
+
+api! {
     // librados
     pub fn rados_create2(
         cluster: *mut rados_t,

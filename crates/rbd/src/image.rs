@@ -99,6 +99,7 @@ impl Cluster {
         namespace: Option<&str>,
     ) -> Result<Cluster, (Stage, io::Error)> {
         let cfg = |e: io::Error| (Stage::Config, e);
+        ffi::load().map_err(cfg)?;
         let name = cstr(
             "--id",
             &format!("client.{}", o.id.as_deref().unwrap_or("admin")),
