@@ -88,6 +88,7 @@ macro_rules! api {
             $(#[$m])*
             /// # Safety
             /// As the C function's (module docs); [`load`] must have succeeded.
+            #[allow(clippy::too_many_arguments)] // the C signature's
             pub unsafe fn $name($($arg: $ty),*) $(-> $ret)? {
                 // SAFETY: the caller's contract.
                 unsafe { (api().$name)($($arg),*) }
