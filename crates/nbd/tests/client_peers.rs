@@ -406,10 +406,23 @@ fn follows_an_export_grown_on_the_server() {
     t.resize(8 * MB).unwrap();
     assert_eq!(t.geometry().size, 8 * MB);
     rt.block_on(async {
-        // Beyond the first connection's 4 MiB: goes out on a new connection.
+        // Writes in flight on the first connection while one beyond its 4 MiB retires it: they
+        // finish there (not re-sent), the new one goes out on a new connection.
+        let mut hs = vec![];
+        for i in 0..32u64 {
+            let q = q.clone();
+            hs.push(rt::spawn(async move {
+                let b = buf_from(&pattern(65536, 100 + i));
+                q.write(MB + i * 65536, &b, false).await.unwrap();
+            }));
+        }
+        rt::time::sleep(Duration::from_millis(1)).await; // let them go out first
         q.write(6 * MB, &buf_from(&pattern(65536, 2)), true)
             .await
             .unwrap();
+        for h in hs {
+            h.await;
+        }
         let mut b = IoBuf::with_capacity(65536);
         q.read(6 * MB, &mut b).await.unwrap();
         assert!(b.as_slice() == &pattern(65536, 2)[..]);
@@ -420,4 +433,11 @@ fn follows_an_export_grown_on_the_server() {
     });
     let f = std::fs::read(&img).unwrap();
     assert!(f[6 * MB as usize..6 * MB as usize + 65536] == pattern(65536, 2)[..]);
+    for i in 0..32usize {
+        let at = MB as usize + i * 65536;
+        assert!(
+            f[at..at + 65536] == pattern(65536, 100 + i as u64)[..],
+            "write {i}"
+        );
+    }
 }

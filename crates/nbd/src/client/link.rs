@@ -64,6 +64,8 @@ struct Conn {
     write: Lock,
     pending: RefCell<HashMap<u64, Pending>>,
     dead: Cell<bool>,
+    /// Takes no new requests; closed once those on it are answered (see [`Conn::retire`]).
+    retiring: Cell<bool>,
     params: ExportParams,
 }
 
@@ -71,6 +73,20 @@ impl Conn {
     fn kill(&self) {
         self.dead.set(true);
         self.sock.shutdown(Shutdown::Both);
+    }
+    /// For new requests only: neither dead nor retiring.
+    fn usable(&self) -> bool {
+        !self.dead.get() && !self.retiring.get()
+    }
+    /// Stop sending on this connection, but let the server answer what it holds: killing it
+    /// would re-send those requests on the next connection while the server may still carry
+    /// out the originals, and an old write could then land after a newer one. The reader
+    /// closes it once nothing is pending (at once if nothing is).
+    fn retire(&self) {
+        self.retiring.set(true);
+        if self.pending.borrow().is_empty() {
+            self.kill();
+        }
     }
 }
 
@@ -90,6 +106,8 @@ pub struct Link {
     /// least the device's size.
     params: ExportParams,
     conn: RefCell<Option<Rc<Conn>>>,
+    /// Replaced connections still answering requests (watched for deadlines, killed on drop).
+    retired: RefCell<Vec<Rc<Conn>>>,
     /// A socket negotiated before the runtime ran (installed at first use: the reader task
     /// needs a runtime to spawn on).
     initial: RefCell<Option<Sock>>,
@@ -111,6 +129,7 @@ impl Link {
             cfg,
             params,
             conn: RefCell::new(None),
+            retired: RefCell::new(Vec::new()),
             initial: RefCell::new(sock),
             connecting: Cell::new(false),
             watchdog: Cell::new(false),
@@ -129,10 +148,16 @@ impl Link {
             write: Lock::default(),
             pending: RefCell::new(HashMap::new()),
             dead: Cell::new(false),
+            retiring: Cell::new(false),
             params,
         });
         rt::spawn(reader(c.clone()));
-        *self.conn.borrow_mut() = Some(c);
+        if let Some(old) = self.conn.borrow_mut().replace(c)
+            && !old.dead.get()
+        {
+            self.retired.borrow_mut().push(old);
+        }
+        self.retired.borrow_mut().retain(|c| !c.dead.get());
     }
 
     /// A live connection, waiting for a reconnect until `deadline`.
@@ -146,7 +171,7 @@ impl Link {
         }
         loop {
             if let Some(c) = self.conn.borrow().as_ref()
-                && !c.dead.get()
+                && c.usable()
             {
                 return Ok(c.clone());
             }
@@ -183,9 +208,9 @@ impl Link {
             let end = off + len as u64;
             if end > c.params.size && end <= self.cfg.size.load(Ordering::Acquire) {
                 // The device grew since this connection was negotiated: the server may refuse
-                // what lies beyond the size it announced on it, so reconnect (requests on it
-                // are re-sent there, as after any lost connection).
-                c.kill();
+                // what lies beyond the size it announced on it. Send on a new connection; the
+                // old one finishes what it holds first.
+                c.retire();
                 continue;
             }
             let handle = self.next_handle.get();
@@ -259,6 +284,9 @@ impl Drop for Link {
         if let Some(c) = self.conn.borrow().as_ref() {
             c.kill(); // ends the reader task
         }
+        for c in self.retired.borrow().iter() {
+            c.kill();
+        }
     }
 }
 
@@ -270,22 +298,23 @@ async fn watchdog(link: Weak<Link>, timeout: Duration) {
     loop {
         rt::time::sleep(tick).await;
         let Some(l) = link.upgrade() else { return };
-        let Some(c) = l.conn.borrow().clone() else {
-            continue;
-        };
+        let mut conns: Vec<Rc<Conn>> = l.retired.borrow().clone();
+        conns.extend(l.conn.borrow().clone());
         let now = Instant::now();
-        let mut expired = false;
-        for p in c.pending.borrow_mut().values_mut() {
-            if p.deadline <= now
-                && let Some(tx) = p.tx.take()
-            {
-                expired = true;
-                let _ = tx.send(Outcome::TimedOut);
+        for c in conns {
+            let mut expired = false;
+            for p in c.pending.borrow_mut().values_mut() {
+                if p.deadline <= now
+                    && let Some(tx) = p.tx.take()
+                {
+                    expired = true;
+                    let _ = tx.send(Outcome::TimedOut);
+                }
             }
-        }
-        if expired && !c.dead.get() {
-            tracing::warn!("nbd: request timed out after {timeout:?}; reconnecting");
-            c.kill();
+            if expired && !c.dead.get() {
+                tracing::warn!("nbd: request timed out after {timeout:?}; reconnecting");
+                c.kill();
+            }
         }
     }
 }
@@ -415,6 +444,9 @@ async fn read_replies(c: &Conn) -> io::Result<()> {
                 }),
             };
             let _ = tx.send(Outcome::Done(out));
+        }
+        if c.retiring.get() && c.pending.borrow().is_empty() {
+            return Ok(()); // retired and drained: the reader closes it
         }
     }
 }
