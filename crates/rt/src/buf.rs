@@ -106,7 +106,7 @@ impl IoBuf {
     /// Small ones reuse memory this thread freed before (`bufpool`).
     pub fn with_capacity(cap: usize) -> IoBuf {
         let layout = crate::bufpool::layout_for(cap);
-        let ptr = crate::bufpool::alloc_zeroed(layout);
+        let ptr = crate::bufpool::alloc_zeroed(layout, cap);
         IoBuf {
             slot: Slot::new(Rc::new(Mem {
                 ptr: ptr.as_ptr(),

@@ -60,8 +60,10 @@ pub(crate) fn layout_for(size: usize) -> Layout {
     }
 }
 
-/// A zeroed block with `layout` (from [`layout_for`]): a kept one, or a new allocation.
-pub(crate) fn alloc_zeroed(layout: Layout) -> NonNull<u8> {
+/// A block with `layout` (from [`layout_for`]) whose first `used` bytes (rounded up to
+/// [`ALIGN`]) are zero, the only ones a buffer of that capacity exposes: a kept block, or a
+/// new allocation (zeroed whole).
+pub(crate) fn alloc_zeroed(layout: Layout, used: usize) -> NonNull<u8> {
     let kept = class_of(layout.size())
         .filter(|&c| layout_of(c) == layout)
         .and_then(|c| {
@@ -77,8 +79,9 @@ pub(crate) fn alloc_zeroed(layout: Layout) -> NonNull<u8> {
             .flatten()
         });
     if let Some(b) = kept {
-        // SAFETY: a kept block of exactly `layout.size()` bytes, owned by us alone now.
-        unsafe { std::ptr::write_bytes(b.as_ptr(), 0, layout.size()) };
+        let n = used.next_multiple_of(ALIGN).min(layout.size());
+        // SAFETY: a kept block of `layout.size()` >= n bytes, owned by us alone now.
+        unsafe { std::ptr::write_bytes(b.as_ptr(), 0, n) };
         return b;
     }
     // SAFETY: layout has a non-zero size.
@@ -135,7 +138,7 @@ mod tests {
     #[test]
     fn a_block_comes_back_zeroed_and_the_pool_is_bounded() {
         let l = layout_for(4096);
-        let p = alloc_zeroed(l);
+        let p = alloc_zeroed(l, 4096);
         // SAFETY: a fresh 4 KiB block.
         unsafe {
             std::ptr::write_bytes(p.as_ptr(), 0xab, 4096);
@@ -143,7 +146,7 @@ mod tests {
         }
         let before = kept_bytes();
         assert!(before >= 4096);
-        let q = alloc_zeroed(l);
+        let q = alloc_zeroed(l, 4096);
         assert_eq!(q, p, "the kept block is handed out again");
         assert_eq!(kept_bytes(), before - 4096);
         // SAFETY: 4096 readable bytes of our block.
@@ -154,7 +157,7 @@ mod tests {
         // Fill past the bound: the pool keeps at most KEEP_BYTES.
         let big = layout_for(128 << 10);
         let blocks: Vec<_> = (0..(KEEP_BYTES / (128 << 10)) + 8)
-            .map(|_| alloc_zeroed(big))
+            .map(|_| alloc_zeroed(big, 128 << 10))
             .collect();
         for b in blocks {
             // SAFETY: each block is ours and unreferenced.
