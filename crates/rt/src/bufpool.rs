@@ -50,6 +50,11 @@ fn class_of(size: usize) -> Option<usize> {
     (c < CLASSES as u32).then_some(c as usize)
 }
 
+/// The class a block of `layout` is kept in, if it is one of the classes' layouts.
+fn pooled_class(layout: Layout) -> Option<usize> {
+    class_of(layout.size()).filter(|&c| layout_of(c) == layout)
+}
+
 /// The layout a buffer of `size` bytes is allocated with: its class's, when pooled (so a block
 /// freed by one size fits any request of its class), else `size` rounded to [`ALIGN`].
 pub(crate) fn layout_for(size: usize) -> Layout {
@@ -64,20 +69,18 @@ pub(crate) fn layout_for(size: usize) -> Layout {
 /// [`ALIGN`]) are zero, the only ones a buffer of that capacity exposes: a kept block, or a
 /// new allocation (zeroed whole).
 pub(crate) fn alloc_zeroed(layout: Layout, used: usize) -> NonNull<u8> {
-    let kept = class_of(layout.size())
-        .filter(|&c| layout_of(c) == layout)
-        .and_then(|c| {
-            POOL.try_with(|p| {
-                let mut p = p.borrow_mut();
-                let b = p.free[c].pop();
-                if b.is_some() {
-                    p.bytes -= layout.size();
-                }
-                b
-            })
-            .ok()
-            .flatten()
-        });
+    let kept = pooled_class(layout).and_then(|c| {
+        POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let b = p.free[c].pop();
+            if b.is_some() {
+                p.bytes -= layout.size();
+            }
+            b
+        })
+        .ok()
+        .flatten()
+    });
     if let Some(b) = kept {
         let n = used.next_multiple_of(ALIGN).min(layout.size());
         // SAFETY: a kept block of `layout.size()` >= n bytes, owned by us alone now.
@@ -94,8 +97,7 @@ pub(crate) fn alloc_zeroed(layout: Layout, used: usize) -> NonNull<u8> {
 /// # Safety
 /// `p` came from [`alloc_zeroed`] with `layout`, and nothing refers to it any more.
 pub(crate) unsafe fn free(p: NonNull<u8>, layout: Layout) {
-    let keep = class_of(layout.size()).filter(|&c| layout_of(c) == layout);
-    if let Some(c) = keep {
+    if let Some(c) = pooled_class(layout) {
         let kept = POOL
             .try_with(|pool| {
                 let mut pool = pool.borrow_mut();

@@ -266,6 +266,15 @@ impl FileTarget {
         };
     }
 
+    /// Bytes the file (or block device) holds now.
+    fn backing_len(&self) -> io::Result<u64> {
+        if self.blockdev {
+            Ok(blockdev_size(self.file.as_raw_fd())?.0)
+        } else {
+            Ok(self.file.metadata()?.len())
+        }
+    }
+
     /// Whether requests are served inline, and why `auto` decided as it did.
     pub fn inline_io(&self) -> (bool, &'static str) {
         (self.geo.caps.inline_io, self.inline_auto.1)
@@ -358,11 +367,7 @@ impl Target for FileTarget {
         if size < self.size.load(Ordering::Acquire) {
             return Err(io::Error::other("the file target does not shrink"));
         }
-        let have = if self.blockdev {
-            blockdev_size(self.file.as_raw_fd())?.0
-        } else {
-            self.file.metadata()?.len()
-        };
+        let have = self.backing_len()?;
         if have < size {
             if self.blockdev || self.geo.caps.read_only {
                 return Err(io::Error::other(format!(
@@ -386,13 +391,8 @@ impl Target for FileTarget {
         Ok(())
     }
     fn backing_size(&self) -> io::Result<Option<u64>> {
-        let have = if self.blockdev {
-            blockdev_size(self.file.as_raw_fd())?.0
-        } else {
-            self.file.metadata()?.len()
-        };
         let lbs = self.geo.logical_block as u64;
-        Ok(Some(have / lbs * lbs))
+        Ok(Some(self.backing_len()? / lbs * lbs))
     }
     fn notes(&self) -> Vec<String> {
         let (on, why) = self.inline_io();

@@ -108,13 +108,9 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
         ));
     }
     if geo.size > old.size {
+        let (id, was, now) = (a.id, old.size, geo.size);
         tracing::warn!(
-            "device {}: the target grew from {} to {} bytes; serving {} until `ublkd resize -n {}`",
-            a.id,
-            old.size,
-            geo.size,
-            old.size,
-            a.id
+            "device {id}: the target grew from {was} to {now} bytes; serving {was} until `ublkd resize -n {id}`"
         );
     }
     let dev = match Device::recover(target.clone(), a.id, old.tuning()) {
