@@ -384,7 +384,7 @@ fn follows_an_export_grown_on_the_server() {
     std::fs::write(&img, vec![0u8; 4 * MB as usize]).unwrap();
     let sock = dir.path().join("k.sock");
     let _p = nbdkit(&["file", &format!("file={}", img.display())], &sock);
-    let t = open(&unix_uri(&sock), Duration::from_secs(10));
+    let t = open(&unix_uri(&sock), Duration::from_secs(30));
     let q = Rc::new(t.open_queue(0).unwrap());
     let rt = Runtime::new().unwrap();
     rt.block_on(async {
@@ -431,6 +431,17 @@ fn follows_an_export_grown_on_the_server() {
         q.read(0, &mut b).await.unwrap();
         assert!(b.as_slice() == &pattern(4096, 1)[..]);
     });
+    // A server that stops answering: asking its size fails within the probe's 10 s bound, not
+    // the target's 30 s request timeout, and the size stays.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(_p.0.id() as i32, libc::SIGSTOP) };
+    let t0 = Instant::now();
+    let e = t.backing_size().unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(12), "{:?}", t0.elapsed());
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert_eq!(t.geometry().size, 8 * MB);
+    // SAFETY: as above.
+    unsafe { libc::kill(_p.0.id() as i32, libc::SIGCONT) };
     let f = std::fs::read(&img).unwrap();
     assert!(f[6 * MB as usize..6 * MB as usize + 65536] == pattern(65536, 2)[..]);
     for i in 0..32usize {

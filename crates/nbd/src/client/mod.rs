@@ -112,9 +112,13 @@ impl NbdTarget {
         &self.params
     }
 
-    /// The export's size now, from a fresh connection (the server may have grown it).
+    /// The export's size now, from a fresh connection (the server may have grown it). At most
+    /// `SIZE_PROBE_TIMEOUT` each: a resize that follows the server makes two of these on the
+    /// daemon's control thread, and `ublkd resize` waits 60 s for its answer.
     fn server_size(&self) -> io::Result<u64> {
-        let (sock, p) = negotiate(&self.cfg)?;
+        let mut cfg = self.cfg.clone();
+        cfg.timeout = cfg.timeout.min(SIZE_PROBE_TIMEOUT);
+        let (sock, p) = negotiate(&cfg)?;
         drop(sock);
         if p.flags != self.params.flags {
             return Err(io::Error::other(
@@ -124,6 +128,9 @@ impl NbdTarget {
         Ok(p.size)
     }
 }
+
+/// Longest wait for the handshake that asks a server its export's size.
+const SIZE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connect and negotiate, on a short-lived thread with its own runtime, so this can be called
 /// from anywhere, including inside another runtime.
