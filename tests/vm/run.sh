@@ -42,6 +42,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/stats.sh"
 # shellcheck source=unpriv.sh
 . "$HERE/unpriv.sh"
+# shellcheck source=systemd.sh
+. "$HERE/systemd.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -501,6 +503,7 @@ else
     timed test_rbd
     timed test_names
     timed test_resize
+    timed test_systemd_boot
     timed test_stats
     timed test_stats_prometheus
     timed test_export_metrics
