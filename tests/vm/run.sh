@@ -44,6 +44,8 @@ rm -rf "$SCRATCH"; mkdir -p "$SCRATCH" "$LOG_DIR"
 . "$HERE/unpriv.sh"
 # shellcheck source=systemd.sh
 . "$HERE/systemd.sh"
+# shellcheck source=shmem.sh
+. "$HERE/shmem.sh"
 
 [ -x "$UBLKD" ] || { echo "no ublkd binary at $UBLKD (cargo build --release)"; echo "0 passed, 1 failed"; exit 1; }
 modprobe ublk_drv 2>/dev/null
@@ -466,6 +468,7 @@ elif [ "$COMPAT" = 1 ]; then
     timed check "recovery: kill -9 under fio verify writer, recover (6.12)" kill_and_recover_under_fio
     timed test_del_safety
     timed test_resize_refused
+    timed test_shmem
     timed test_unprivileged
     # Not here, to keep CI under an hour: filters, qcow2, names, statistics and NBD metrics
     # (the 7.3 run covers them; they depend on no kernel feature 6.12 lacks: their helpers
@@ -504,6 +507,7 @@ else
     timed test_names
     timed test_resize
     timed test_systemd_boot
+    timed test_shmem
     timed test_stats
     timed test_stats_prometheus
     timed test_export_metrics

@@ -412,6 +412,21 @@ impl Control {
         self.cmd(UBLK_U_CMD_QUIESCE_DEV, c).map(drop)
     }
 
+    /// Register `len` bytes of a shared mapping of ours at `addr` (UBLK_F_SHMEM_ZC, Linux 7.1+):
+    /// the driver pins the pages and, from then on, hands over a request whose pages all lie
+    /// in it by reference (UBLK_IO_F_SHMEM_ZC). Returns the buffer's index.
+    pub fn reg_buf(&mut self, dev_id: u32, addr: u64, len: u64) -> io::Result<u16> {
+        let reg = ublk_shmem_buf_reg {
+            addr,
+            len,
+            flags: 0,
+            reserved: 0,
+        };
+        let c = Self::header(dev_id);
+        let (r, _) = self.cmd_data(UBLK_U_CMD_REG_BUF, c, Some(reg), &|| false)?;
+        Ok(r as u16)
+    }
+
     /// Change the disk's size (Linux 6.16+, UBLK_F_UPDATE_SIZE): `sectors` of 512 bytes. The
     /// driver sets the new capacity and tells the block layer, which announces it (a uevent).
     pub fn update_size(&mut self, dev_id: u32, sectors: u64) -> io::Result<()> {
@@ -437,6 +452,7 @@ unsafe impl Pod for u64 {}
 unsafe impl Pod for [u8; 128] {}
 unsafe impl Pod for ublksrv_ctrl_dev_info {}
 unsafe impl Pod for ublk_params {}
+unsafe impl Pod for ublk_shmem_buf_reg {}
 
 /// No data: a command that names at most the device path.
 #[derive(Clone, Copy)]

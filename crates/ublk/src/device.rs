@@ -101,6 +101,8 @@ pub struct Device {
     failure: Arc<std::sync::Mutex<Option<String>>>,
     started: bool,
     deleted: bool,
+    /// The SHMEM_ZC buffer (driver's index, our mapping), shared with the queues.
+    shmem: Option<(u16, Arc<crate::shmem::ShmemBuf>)>,
 }
 
 impl Device {
@@ -167,6 +169,21 @@ impl Device {
             wait_for_owner(&format!("/dev/ublkc{}", info.dev_id), info.owner_uid)?;
             steps.push(("char device handed over", t0.elapsed()));
         }
+        if let Some(path) = &opts.shmem {
+            let buf = crate::shmem::ShmemBuf::open(path).map_err(DeviceError::Invalid)?;
+            let index = dev
+                .ctrl
+                .reg_buf(dev.info.dev_id, buf.addr(), buf.len() as u64)
+                .map_err(ioerr(format!("registering --shmem {}", path.display())))?;
+            tracing::info!(
+                "device {}: {} ({} bytes) registered as shared-memory buffer {index}",
+                dev.info.dev_id,
+                path.display(),
+                buf.len()
+            );
+            dev.shmem = Some((index, Arc::new(buf)));
+            steps.push(("REG_BUF", t0.elapsed()));
+        }
         let params = params_for(&geo, dev.info.max_io_buf_bytes);
         dev.ctrl
             .set_params(dev.info.dev_id, &params)
@@ -221,6 +238,7 @@ impl Device {
             failure: Arc::default(),
             started: false,
             deleted: false,
+            shmem: None,
         }
     }
 
@@ -262,10 +280,12 @@ impl Device {
                 mode: self.mode,
                 batch,
                 ignores_data,
+                needs_cpu_access: caps.needs_cpu_access,
                 shallow_inline,
                 cpus,
                 busy_poll: tuning.busy_poll,
                 counters: Arc::new(stats::QueueCounters::new()),
+                shmem: self.shmem.clone(),
             };
             self.counters.push(cfg.counters.clone());
             let stop = rt::sync::Signal::new();

@@ -8,7 +8,7 @@
 //! - `batch`: the same with UBLK_F_BATCH_IO: batch prep, multishot fetch, batch commit;
 //! - [`bufmode`]: where request data lives; `policy`: which flags a new device asks for;
 //! - [`device`]: a device's lifecycle, undone on failure; [`options`]: what it is asked to be;
-//! - [`features`]: flag names.
+//! - [`features`]: flag names; [`shmem`]: a shared-memory buffer for SHMEM_ZC.
 
 mod batch;
 pub mod bufmode;
@@ -21,6 +21,7 @@ mod inflight;
 pub mod options;
 mod policy;
 pub mod queue;
+pub mod shmem;
 pub mod uapi;
 
 pub use bufmode::BufMode;

@@ -26,6 +26,9 @@ pub struct DeviceOptions {
     /// non-root user, who alone can serve, open and manage it. The driver allows it only the
     /// copy buffer mode and no recovery.
     pub unprivileged: bool,
+    /// A file to register for shared-memory zero copy (UBLK_F_SHMEM_ZC, Linux 7.1+); see
+    /// `shmem`.
+    pub shmem: Option<std::path::PathBuf>,
     pub tuning: QueueTuning,
 }
 

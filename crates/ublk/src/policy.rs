@@ -21,11 +21,19 @@ pub(crate) fn device_flags(
         ));
     }
     let offers = |f: u64| have.is_some_and(|h| h & f != 0);
-    if opts.unprivileged {
-        return unprivileged_flags(opts, have);
+    if opts.shmem.is_some() {
+        check_shmem(opts, have)?;
     }
+    if opts.unprivileged {
+        return unprivileged_flags(opts, have).map(|(m, f)| (m, f | shmem_flag(opts)));
+    }
+    // A device with a shared-memory buffer serves the requests that miss it by copy: zero copy
+    // would register every request's pages, matched or not.
+    let auto_copy = opts.shmem.is_some();
     let mode = opts.mode.unwrap_or({
-        if offers(UBLK_F_AUTO_BUF_REG) && !caps.needs_cpu_access {
+        if auto_copy {
+            BufMode::Copy
+        } else if offers(UBLK_F_AUTO_BUF_REG) && !caps.needs_cpu_access {
             // The request's own pages go to the target. Also for a target that ignores data:
             // a write moves nothing, and a read's zeroes come from one fixed-buffer read of
             // /dev/zero straight into the request's pages. Measured against user copy (a
@@ -41,7 +49,7 @@ pub(crate) fn device_flags(
             BufMode::Copy
         }
     });
-    let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag();
+    let mut flags = UBLK_F_CMD_IOCTL_ENCODE | opts.extra_flags | mode.flag() | shmem_flag(opts);
     // Zero copy chosen for a target that serves CPU buffers inline (a file on tmpfs): ask for
     // user copy too, so a request that finds its queue idle can skip the target's worker-thread
     // hand-off (QueueConfig::shallow_inline).
@@ -76,6 +84,40 @@ pub(crate) fn device_flags(
     // Lets `del` refuse a busy device race-free (TRY_STOP_DEV, Linux 7.0+).
     flags |= have & UBLK_F_SAFE_STOP_DEV;
     Ok((mode, flags))
+}
+
+fn shmem_flag(opts: &DeviceOptions) -> u64 {
+    if opts.shmem.is_some() {
+        UBLK_F_SHMEM_ZC
+    } else {
+        0
+    }
+}
+
+/// What a shared-memory buffer needs: the driver's SHMEM_ZC, a mode that does not register
+/// every request's pages, and no recovery (a recovering daemon would have to map the same file
+/// again; not built).
+fn check_shmem(opts: &DeviceOptions, have: Option<u64>) -> Result<(), DeviceError> {
+    if opts.mode == Some(BufMode::ZeroCopy) {
+        return Err(DeviceError::Invalid(
+            "--shmem works with copy or user-copy buffers, not zero-copy".into(),
+        ));
+    }
+    if opts.extra_flags & UBLK_F_USER_RECOVERY != 0 {
+        return Err(DeviceError::Invalid(
+            "--shmem needs --recovery off (a recovering daemon does not map the buffer again)"
+                .into(),
+        ));
+    }
+    // `None` (no GET_FEATURES, or a check before the driver is asked): ADD_DEV's grant check
+    // refuses it.
+    if have.is_some_and(|h| h & UBLK_F_SHMEM_ZC == 0) {
+        return Err(DeviceError::Unsupported(
+            "SHMEM_ZC".into(),
+            "--shmem needs Linux 7.1+".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// An unprivileged device: the driver refuses it user copy, zero copy and AUTO_BUF_REG (a
@@ -138,6 +180,7 @@ mod tests {
             batch,
             extra_flags: extra,
             unprivileged: false,
+            shmem: None,
             tuning: QueueTuning::default(),
         }
     }
@@ -268,5 +311,46 @@ mod tests {
         assert_ne!(f & UBLK_F_SAFE_STOP_DEV, 0);
         let (_, f) = device_flags(&opts(None, None, 0), null(), Some(K612)).unwrap();
         assert_eq!(f & UBLK_F_SAFE_STOP_DEV, 0);
+    }
+
+    #[test]
+    fn a_shared_memory_buffer_gets_copy_and_shmem_zc_or_a_one_line_refusal() {
+        let with_shmem = |mode, extra, unprivileged| DeviceOptions {
+            shmem: Some("/dev/shm/buf".into()),
+            unprivileged,
+            ..opts(mode, None, extra)
+        };
+        let k = K73 | UBLK_F_SHMEM_ZC | UBLK_F_UNPRIVILEGED_DEV;
+        // auto: copy (zero copy would register every request's pages), with SHMEM_ZC.
+        let (m, f) = device_flags(&with_shmem(None, 0, false), tmpfs_file(), Some(k)).unwrap();
+        assert_eq!(m, BufMode::Copy);
+        assert_ne!(f & UBLK_F_SHMEM_ZC, 0);
+        let (m, f) = device_flags(
+            &with_shmem(Some(BufMode::UserCopy), 0, false),
+            null(),
+            Some(k),
+        )
+        .unwrap();
+        assert_eq!(m, BufMode::UserCopy);
+        assert_ne!(f & UBLK_F_SHMEM_ZC, 0);
+        // Unprivileged devices may have it too (the driver offers it to them).
+        let (m, f) = device_flags(&with_shmem(None, 0, true), null(), Some(k)).unwrap();
+        assert_eq!(m, BufMode::Copy);
+        assert_ne!(f & UBLK_F_SHMEM_ZC, 0);
+        assert_ne!(f & UBLK_F_UNPRIVILEGED_DEV, 0);
+        let refused =
+            |o: DeviceOptions, have| device_flags(&o, null(), have).unwrap_err().to_string();
+        assert!(
+            refused(with_shmem(Some(BufMode::ZeroCopy), 0, false), Some(k))
+                .contains("not zero-copy")
+        );
+        let rec = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+        assert!(refused(with_shmem(None, rec, false), Some(k)).contains("--recovery off"));
+        assert!(refused(with_shmem(None, 0, false), Some(K612)).contains("lacks SHMEM_ZC"));
+        // Without the driver's answer (a check before it is asked), ADD_DEV's grant decides.
+        assert!(device_flags(&with_shmem(None, 0, false), null(), None).is_ok());
+        // No buffer, no flag.
+        let (_, f) = device_flags(&opts(None, None, 0), null(), Some(k)).unwrap();
+        assert_eq!(f & UBLK_F_SHMEM_ZC, 0);
     }
 }

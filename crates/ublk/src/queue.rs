@@ -46,12 +46,18 @@ pub struct QueueConfig {
     /// The target drops writes and reads zeroes (`Caps::ignores_data`): user-copy mode then
     /// copies nothing for writes.
     pub ignores_data: bool,
+    /// The target touches request bytes with the CPU (`Caps::needs_cpu_access`): shared-memory
+    /// requests go through the tag's buffer, since the application may change its pages at
+    /// any time and no Rust reference to them may be made.
+    pub needs_cpu_access: bool,
     /// Zero copy plus user copy, for a target that serves CPU buffers inline (`Caps::inline_io`):
     /// a request that finds the queue otherwise idle goes through a CPU buffer and blocking
     /// copies instead of the zero-copy buffer, saving the target's worker-thread hand-off.
     pub shallow_inline: bool,
     /// Where this queue counts its requests (its thread is their only writer).
     pub counters: Arc<stats::QueueCounters>,
+    /// The device's SHMEM_ZC buffer: its index and our mapping of it.
+    pub shmem: Option<(u16, Arc<crate::shmem::ShmemBuf>)>,
 }
 
 impl QueueConfig {
@@ -75,6 +81,8 @@ pub struct QueueStats {
     pub fetch_rearms: u64,
     /// Requests the shallow-inline path served through a CPU buffer (zero-copy devices only).
     pub inlined: u64,
+    /// Requests served in the device's shared-memory buffer (SHMEM_ZC).
+    pub shared: u64,
 }
 
 /// Resident memory of tag buffers is kept under this per queue, so a deep queue with large
@@ -94,6 +102,8 @@ pub(crate) struct QueueCtx<Q> {
     scratch: RefCell<Option<IoBuf>>,
     /// Requests served through `scratch`.
     inlined: Cell<u64>,
+    /// Requests served in the shared-memory buffer.
+    shared: Cell<u64>,
     refuse_commit: RefuseCommit,
 }
 
@@ -195,6 +205,7 @@ pub fn run_queue<T: Target>(
         resident: Cell::new(0),
         scratch: RefCell::new(cpu_buffer(cfg.shallow_inline, &cfg)?),
         inlined: Cell::new(0),
+        shared: Cell::new(0),
         refuse_commit: RefuseCommit::from_env(),
         cfg,
     });
@@ -216,6 +227,7 @@ pub fn run_queue<T: Target>(
         completions: s.completions,
         fetch_rearms,
         inlined: ctx.inlined.get(),
+        shared: ctx.shared.get(),
     })
 }
 
@@ -433,8 +445,17 @@ async fn handle<Q: TargetQueue>(
         tracing::error!(tag, len, "request larger than the buffer");
         return -libc::EIO;
     }
-    let scratch = if is_rw { q.shallow_scratch() } else { None };
-    let r = if let Some(mut s) = scratch {
+    let shared = is_rw && d.flags() & UBLK_IO_F_SHMEM_ZC != 0;
+    let scratch = if is_rw && !shared {
+        q.shallow_scratch()
+    } else {
+        None
+    };
+    let r = if shared {
+        let r = in_shared_memory(q, d, buf).await;
+        q.shared.set(q.shared.get() + 1);
+        r
+    } else if let Some(mut s) = scratch {
         let r = through_cpu(q, tag, d, &mut s).await;
         q.inlined.set(q.inlined.get() + 1);
         q.scratch.replace(Some(s));
@@ -474,6 +495,61 @@ async fn handle<Q: TargetQueue>(
             tracing::debug!(tag, op = d.op(), off, len, "request failed: {e}");
             errno(&e)
         }
+    }
+}
+
+/// A read or write whose pages lie in the device's shared-memory buffer (UBLK_IO_F_SHMEM_ZC):
+/// the target reads into or writes from them through our own mapping; the driver copies
+/// nothing. A request outside the buffer (the driver never sends one) fails with EIO.
+async fn in_shared_memory<Q: TargetQueue>(
+    q: &QueueCtx<Q>,
+    d: &ublksrv_io_desc,
+    tag_buf: &mut IoBuf,
+) -> io::Result<()> {
+    let off = d.start_sector << 9;
+    let len = (d.nr_sectors as usize) << 9;
+    let (index, at) = shmem_zc_decode(d.addr);
+    let eio = || io::Error::from_raw_os_error(libc::EIO);
+    let Some((ours, map)) = q.cfg.shmem.as_ref().filter(|(i, _)| *i == index) else {
+        tracing::error!(
+            index,
+            "a request in a shared-memory buffer we did not register"
+        );
+        return Err(eio());
+    };
+    let Some(ptr) = map.at(at as usize, len) else {
+        tracing::error!(
+            index = ours,
+            at,
+            len,
+            "a shared-memory request past the buffer's end"
+        );
+        return Err(eio());
+    };
+    let fua = d.flags() & UBLK_IO_F_FUA != 0;
+    if q.cfg.needs_cpu_access {
+        // Bounce through the tag's buffer with raw copies (no reference to the shared pages).
+        tag_buf.set_len(len);
+        if d.op() == UBLK_IO_OP_READ {
+            q.target.read(off, tag_buf).await?;
+            // SAFETY: `ptr..ptr+len` lies inside the live mapping (checked above) and does not
+            // overlap our own buffer, which holds `len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(tag_buf.as_slice().as_ptr(), ptr, len) };
+            return Ok(());
+        }
+        // SAFETY: as above, in the other direction.
+        unsafe { std::ptr::copy_nonoverlapping(ptr, tag_buf.as_mut_slice().as_mut_ptr(), len) };
+        return q.target.write(off, tag_buf, fua).await;
+    }
+    // SAFETY: `ptr..ptr+len` lies inside the mapping (checked above), which the Arc given as
+    // keepalive holds mapped for as long as the buffer or any I/O on it lives. The driver hands
+    // these pages to this request alone until we commit it, as it does request pages in the
+    // other modes.
+    let mut buf = unsafe { IoBuf::foreign(ptr, len, Box::new(map.clone())) };
+    if d.op() == UBLK_IO_OP_READ {
+        q.target.read(off, &mut buf).await
+    } else {
+        q.target.write(off, &buf, fua).await
     }
 }
 

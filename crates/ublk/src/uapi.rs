@@ -23,6 +23,9 @@ pub const UBLK_CMD_UPDATE_SIZE: u32 = 0x15;
 pub const UBLK_CMD_QUIESCE_DEV: u32 = 0x16;
 /// Stop the device only if nothing has its disk open (UBLK_F_SAFE_STOP_DEV, Linux 7.0+).
 pub const UBLK_CMD_TRY_STOP_DEV: u32 = 0x17;
+/// Register / unregister a shared-memory buffer (UBLK_F_SHMEM_ZC, Linux 7.1+).
+pub const UBLK_CMD_REG_BUF: u32 = 0x18;
+pub const UBLK_CMD_UNREG_BUF: u32 = 0x19;
 
 // I/O commands.
 pub const UBLK_IO_FETCH_REQ: u32 = 0x20;
@@ -65,6 +68,8 @@ pub const UBLK_U_CMD_DEL_DEV_ASYNC: u32 = ior_ctrl(UBLK_CMD_DEL_DEV_ASYNC);
 pub const UBLK_U_CMD_UPDATE_SIZE: u32 = iowr_ctrl(UBLK_CMD_UPDATE_SIZE);
 pub const UBLK_U_CMD_QUIESCE_DEV: u32 = iowr_ctrl(UBLK_CMD_QUIESCE_DEV);
 pub const UBLK_U_CMD_TRY_STOP_DEV: u32 = iowr_ctrl(UBLK_CMD_TRY_STOP_DEV);
+pub const UBLK_U_CMD_REG_BUF: u32 = iowr_ctrl(UBLK_CMD_REG_BUF);
+pub const UBLK_U_CMD_UNREG_BUF: u32 = iowr_ctrl(UBLK_CMD_UNREG_BUF);
 
 pub const UBLK_U_IO_FETCH_REQ: u32 = iowr_io(UBLK_IO_FETCH_REQ);
 pub const UBLK_U_IO_COMMIT_AND_FETCH_REQ: u32 = iowr_io(UBLK_IO_COMMIT_AND_FETCH_REQ);
@@ -143,6 +148,20 @@ pub const UBLK_IO_F_FAILFAST_DEV: u32 = 1 << 8;
 pub const UBLK_IO_F_FUA: u32 = 1 << 13;
 pub const UBLK_IO_F_NOUNMAP: u32 = 1 << 15;
 pub const UBLK_IO_F_NEED_REG_BUF: u32 = 1 << 17;
+/// The request's pages lie in a registered shared-memory buffer: `addr` is
+/// `(buffer index << 32) | byte offset` (UBLK_F_SHMEM_ZC) and the driver copies nothing.
+pub const UBLK_IO_F_SHMEM_ZC: u32 = 1 << 19;
+pub const UBLK_SHMEM_ZC_OFF_MASK: u64 = 0xffff_ffff;
+pub const UBLK_SHMEM_ZC_IDX_OFF: u32 = 32;
+pub const UBLK_SHMEM_ZC_IDX_MASK: u64 = 0xffff;
+
+/// The (buffer index, byte offset) a SHMEM_ZC request's `addr` encodes.
+pub fn shmem_zc_decode(addr: u64) -> (u16, u32) {
+    (
+        ((addr >> UBLK_SHMEM_ZC_IDX_OFF) & UBLK_SHMEM_ZC_IDX_MASK) as u16,
+        (addr & UBLK_SHMEM_ZC_OFF_MASK) as u32,
+    )
+}
 
 // Parameter attributes and types.
 pub const UBLK_ATTR_READ_ONLY: u32 = 1 << 0;
@@ -306,6 +325,16 @@ pub struct ublk_param_zoned {
     pub max_active_zones: u32,
     pub max_zone_append_sectors: u32,
     pub reserved: [u8; 20],
+}
+
+/// UBLK_U_CMD_REG_BUF's data: a page-aligned shared mapping of ours for the driver to pin.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ublk_shmem_buf_reg {
+    pub addr: u64,
+    pub len: u64,
+    pub flags: u32,
+    pub reserved: u32,
 }
 
 #[repr(C)]

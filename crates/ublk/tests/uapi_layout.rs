@@ -78,6 +78,7 @@ fn layout_matches_the_kernel_header() {
         "sz_devt" => "sizeof(struct ublk_param_devt)", size_of::<ublk_param_devt>();
         "sz_zoned" => "sizeof(struct ublk_param_zoned)", size_of::<ublk_param_zoned>();
         "sz_dma" => "sizeof(struct ublk_param_dma_align)", size_of::<ublk_param_dma_align>();
+        "sz_shmem_reg" => "sizeof(struct ublk_shmem_buf_reg)", size_of::<ublk_shmem_buf_reg>();
         "sz_seg" => "sizeof(struct ublk_param_segment)", size_of::<ublk_param_segment>();
         "off_params_basic" => "offsetof(struct ublk_params, basic)", offset_of!(ublk_params, basic);
         "off_params_discard" => "offsetof(struct ublk_params, discard)", offset_of!(ublk_params, discard);
@@ -101,6 +102,8 @@ fn layout_matches_the_kernel_header() {
         "UBLK_U_CMD_UPDATE_SIZE" => "UBLK_U_CMD_UPDATE_SIZE", UBLK_U_CMD_UPDATE_SIZE;
         "UBLK_U_CMD_QUIESCE_DEV" => "UBLK_U_CMD_QUIESCE_DEV", UBLK_U_CMD_QUIESCE_DEV;
         "UBLK_U_CMD_TRY_STOP_DEV" => "UBLK_U_CMD_TRY_STOP_DEV", UBLK_U_CMD_TRY_STOP_DEV;
+        "UBLK_U_CMD_REG_BUF" => "UBLK_U_CMD_REG_BUF", UBLK_U_CMD_REG_BUF;
+        "UBLK_U_CMD_UNREG_BUF" => "UBLK_U_CMD_UNREG_BUF", UBLK_U_CMD_UNREG_BUF;
         "UBLK_U_IO_FETCH_REQ" => "UBLK_U_IO_FETCH_REQ", UBLK_U_IO_FETCH_REQ;
         "UBLK_U_IO_COMMIT_AND_FETCH_REQ" => "UBLK_U_IO_COMMIT_AND_FETCH_REQ", UBLK_U_IO_COMMIT_AND_FETCH_REQ;
         "UBLK_U_IO_NEED_GET_DATA" => "UBLK_U_IO_NEED_GET_DATA", UBLK_U_IO_NEED_GET_DATA;
@@ -131,6 +134,7 @@ fn layout_matches_the_kernel_header() {
         "UBLK_F_IO_DESC_SIZE" => "UBLK_F_IO_DESC_SIZE", UBLK_F_IO_DESC_SIZE;
         "UBLK_IO_F_FUA" => "UBLK_IO_F_FUA", UBLK_IO_F_FUA;
         "UBLK_IO_F_NOUNMAP" => "UBLK_IO_F_NOUNMAP", UBLK_IO_F_NOUNMAP;
+        "UBLK_IO_F_SHMEM_ZC" => "UBLK_IO_F_SHMEM_ZC", UBLK_IO_F_SHMEM_ZC;
         "UBLK_IO_OP_WRITE_ZEROES" => "UBLK_IO_OP_WRITE_ZEROES", UBLK_IO_OP_WRITE_ZEROES;
         "UBLK_ATTR_VOLATILE_CACHE" => "UBLK_ATTR_VOLATILE_CACHE", UBLK_ATTR_VOLATILE_CACHE;
         "UBLK_ATTR_FUA" => "UBLK_ATTR_FUA", UBLK_ATTR_FUA;

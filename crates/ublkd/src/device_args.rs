@@ -62,6 +62,13 @@ pub struct DeviceArgs {
     /// (README, "Unprivileged devices"); copy buffers only, no recovery.
     #[arg(long)]
     pub unprivileged: bool,
+    /// Register this file for shared-memory zero copy (UBLK_F_SHMEM_ZC, Linux 7.1+): an
+    /// application that maps the same file (hugetlbfs, tmpfs, /dev/shm) and does O_DIRECT I/O
+    /// from it has those requests served from its own pages, with no copy. Other requests are
+    /// served as usual. A multiple of the page size, at most 4 GiB; needs --recovery off and copy
+    /// or user-copy buffers.
+    #[arg(long, value_name = "PATH")]
+    pub shmem: Option<std::path::PathBuf>,
 }
 
 /// Queue thread tuning from the options a device was created with (kept in its state file).
@@ -166,6 +173,7 @@ impl DeviceArgs {
             },
             extra_flags: self.recovery().flags(),
             unprivileged: self.unprivileged,
+            shmem: self.shmem.clone(),
             tuning: queue_tuning(self.busy_poll_us, self.pin_queues),
         })
     }

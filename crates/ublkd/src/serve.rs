@@ -256,13 +256,14 @@ fn serve_device(
                 };
                 tracing::info!(
                     "queue {q}: {} requests, {} errors, {} enters, {:.1} completions per enter, \
-                     {} fetch re-arms, {} served inline",
+                     {} fetch re-arms, {} served inline, {} in shared memory",
                     s.requests,
                     s.errors,
                     s.enters,
                     batch,
                     s.fetch_rearms,
-                    s.inlined
+                    s.inlined,
+                    s.shared
                 );
             }
             tracing::info!("device {id} removed");
