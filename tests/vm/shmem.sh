@@ -39,6 +39,10 @@ test_shmem() {
     truncate -s 12345 "$TMPDIR/ublkd-shm.odd"
     check "shmem: a size that is not a page multiple is refused in one line, nothing left" \
         refused_cleanly "must be a non-zero multiple" -t null --size 64M --shmem "$TMPDIR/ublkd-shm.odd" --recovery off
+    truncate -s 1M "$BACK/shm-on-disk.buf"
+    check "shmem: a file outside tmpfs/hugetlbfs is refused in one line, nothing left" \
+        refused_cleanly "not on tmpfs or hugetlbfs" -t null --size 64M --shmem "$BACK/shm-on-disk.buf" --recovery off
+    rm -f "$BACK/shm-on-disk.buf"
     check "shmem: a missing file is refused in one line, nothing left" \
         refused_cleanly "No such file" -t null --size 64M --shmem "$TMPDIR/ublkd-shm.none" --recovery off
     rm -f "$shm" "$TMPDIR/ublkd-shm.odd" "$BACK/shm.img"

@@ -118,6 +118,9 @@ EOF
         sleep 0.5
     done
     check "systemd: poweroff unmounts, stops the unit and deletes the device" bash -c "! [ -e /proc/$upid ] && ! [ -e /dev/ublkb$SD_ID ]"
+    # Unmounted before the disk went away: the file system was left clean.
+    check "systemd: after poweroff the file system on the backing file is clean" \
+        bash -c "dumpe2fs -h '$SD_ROOT/srv/disk1.img' 2>/dev/null | grep -q '^Filesystem state: *clean$'"
     # Whatever failed above: nothing of this test survives it.
     [ -e "/proc/$upid" ] && { kill -9 "$SD_PID" 2>/dev/null; sleep 1; }
     "$UBLKD" del -n "$SD_ID" >/dev/null 2>&1

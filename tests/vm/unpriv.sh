@@ -54,6 +54,23 @@ unpriv_owner_serves() {
     [ -f "/run/user/$UNPRIV_A/ublkd/$id.json" ] || { echo "no state file in A's runtime dir"; return 1; }
 }
 
+# A's device with a shared-memory buffer of A's (SHMEM_ZC, 7.1+): fio as A verifies from that
+# file, and A's daemon served requests in it. Where the kernel lacks it: nothing to check here.
+unpriv_shmem() {
+    local dev id shm=/run/user/$UNPRIV_A/shm.buf n
+    as_user $UNPRIV_A truncate -s 16M "$shm" || return 1
+    dev=$(as_user $UNPRIV_A "$UBLKD" add --unprivileged -t mem --size 64M -q 1 --shmem "$shm") || return 1
+    id=${dev#/dev/ublkb}
+    as_user $UNPRIV_A fio --name=unpriv-shm --filename="$dev" --rw=randwrite --bs=4k --size=16M \
+        --direct=1 --ioengine=io_uring --iodepth=16 --verify=crc32c --do_verify=1 \
+        --verify_fatal=1 --verify_state_save=0 --iomem="mmapshared:$shm" || return 1
+    as_user $UNPRIV_A "$UBLKD" del -n "$id" || return 1
+    n=$(grep -o '[0-9]* in shared memory' "/run/user/$UNPRIV_A/ublkd/$id.log" | tail -1 | awk '{ print $1 }')
+    echo "served in shared memory: $n"
+    rm -f "$shm"
+    [ "${n:-0}" -gt 1000 ]
+}
+
 # User B cannot open A's disk (not even once A opens the node's mode: the driver checks the
 # owner), nor manage the device; B's list does not show it.
 unpriv_other_user_refused() {
@@ -133,6 +150,7 @@ test_unprivileged() {
     check "unprivileged: root lists A's device and deletes it" unpriv_root_lists_and_deletes
     check "unprivileged: A adds a null device, reads it, deletes it itself" unpriv_owner_deletes
     check "unprivileged: after kill -9, recover is refused in one line and A deletes it" unpriv_killed_daemon
+    kernel_has SHMEM_ZC && check "unprivileged: --shmem: A's fio verifies from A's shared file, served in it" unpriv_shmem
     expect_error "unprivileged: --buffers zero-copy refused" "--buffers zero-copy is not allowed for an unprivileged device" \
         as_user $UNPRIV_A "$UBLKD" add --unprivileged -t null --size 1M --buffers zero-copy
     expect_error "unprivileged: --buffers user-copy refused" "--buffers user-copy is not allowed for an unprivileged device" \

@@ -532,13 +532,15 @@ async fn in_shared_memory<Q: TargetQueue>(
         tag_buf.set_len(len);
         if d.op() == UBLK_IO_OP_READ {
             q.target.read(off, tag_buf).await?;
-            // SAFETY: `ptr..ptr+len` lies inside the live mapping (checked above) and does not
-            // overlap our own buffer, which holds `len` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(tag_buf.as_slice().as_ptr(), ptr, len) };
+            // SAFETY: `ptr..ptr+len` lies inside the live mapping (checked above), does not
+            // overlap our own buffer, which holds `len` bytes, and is 512-byte aligned (the
+            // driver matches whole pages; `len` is whole sectors). The application may write
+            // its pages meanwhile: the copy is volatile, so no Rust assumption covers them.
+            unsafe { crate::shmem::volatile_copy(tag_buf.as_slice().as_ptr(), ptr, len) };
             return Ok(());
         }
         // SAFETY: as above, in the other direction.
-        unsafe { std::ptr::copy_nonoverlapping(ptr, tag_buf.as_mut_slice().as_mut_ptr(), len) };
+        unsafe { crate::shmem::volatile_copy(ptr, tag_buf.as_mut_slice().as_mut_ptr(), len) };
         return q.target.write(off, tag_buf, fua).await;
     }
     // SAFETY: `ptr..ptr+len` lies inside the mapping (checked above), which the Arc given as

@@ -37,6 +37,20 @@ impl ShmemBuf {
             .write(true)
             .open(path)
             .map_err(what)?;
+        // The driver pins the pages for as long as the device lives: memory that stays put
+        // (tmpfs, /dev/shm, hugetlbfs). A disk file's page cache cannot be pinned that way.
+        // SAFETY: statfs is plain integers, valid all zero.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatfs fills the struct we own from an open fd.
+        if unsafe { libc::fstatfs(f.as_raw_fd(), &mut fs) } != 0 {
+            return Err(what(io::Error::last_os_error()));
+        }
+        if !matches!(fs.f_type, libc::TMPFS_MAGIC | libc::HUGETLBFS_MAGIC) {
+            return Err(format!(
+                "--shmem {}: not on tmpfs or hugetlbfs (the driver pins the file's pages while the device lives)",
+                path.display()
+            ));
+        }
         let len = f.metadata().map_err(what)?.len();
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
@@ -84,6 +98,19 @@ impl ShmemBuf {
     /// never have matched).
     pub fn at(&self, off: usize, len: usize) -> Option<*mut u8> {
         (off.checked_add(len)? <= self.len).then(|| self.ptr.wrapping_add(off))
+    }
+}
+
+/// Copy `len` bytes (a multiple of 8, both ends 8-byte aligned) with volatile accesses: one end
+/// is memory another process may write at any time.
+///
+/// # Safety
+/// `src..src+len` must be readable and `dst..dst+len` writable, not overlapping, 8-byte aligned.
+pub unsafe fn volatile_copy(src: *const u8, dst: *mut u8, len: usize) {
+    let (s, d) = (src.cast::<u64>(), dst.cast::<u64>());
+    for i in 0..len / 8 {
+        // SAFETY: in bounds and aligned, as the caller promises.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
     }
 }
 
