@@ -305,8 +305,14 @@ test_buffer_modes() {
 # threads; with zero copy only requests that find their queue idle take that path (through user
 # copy), deeper ones stay zero-copy. A file on a disk file system goes through io_uring.
 io_note_says() { grep 'reads and writes' "/run/ublkd/$1.log" | tail -1 | grep -q "$2"; } # ID TEXT
+# LOG WHAT QUEUES: the sum of "N WHAT" over the last daemon's queue lines in LOG (its exit log
+# has one line per queue).
+queue_count() {
+    grep -o "[0-9]* $2" "$1" | tail -"$3" | awk '{ n += $1 } END { print n + 0 }'
+}
+
 served_inline() { # ID QUEUES: requests the last daemon of this id served inline
-    grep -o '[0-9]* served inline' "/run/ublkd/$1.log" | tail -"$2" | awk '{ n += $1 } END { print n + 0 }'
+    queue_count "/run/ublkd/$1.log" "served inline" "$2"
 }
 
 test_inline_io() {

@@ -5,7 +5,7 @@
 # Where the kernel lacks SHMEM_ZC (6.12), one line refuses it.
 
 served_shared() { # ID QUEUES: requests the last daemon of this id served in shared memory
-    grep -o '[0-9]* in shared memory' "/run/ublkd/$1.log" | tail -"$2" | awk '{ n += $1 } END { print n + 0 }'
+    queue_count "/run/ublkd/$1.log" "in shared memory" "$2"
 }
 
 shm_verify() { # DEV NAME BS-ARGS QD SHM

@@ -7,8 +7,8 @@
 # device up during boot before the mount that needs it, restart a killed daemon with `recover`
 # under the mounted file system (with x-systemd.requires it unmounted first and hung: see
 # docs/design.md), unmount then delete on `systemctl stop` of both, bring both back, and at
-# poweroff unmount and delete the device. It takes itself for a container (it finds the host's /.dockerenv); the unit
-# and fstab logic it runs are the same as on a boot.
+# poweroff unmount and delete the device. It takes itself for a container (it finds the host's
+# /.dockerenv); the unit and fstab logic it runs are the same as on a boot.
 
 SD_ID=61
 
@@ -26,14 +26,20 @@ sd_main_pid() { sd systemctl show -P MainPID ublkd@disk1.service; }
 
 sd_source_is_ours() { [ "$(sd findmnt -n -o SOURCE /data)" = "/dev/ublkb$SD_ID" ]; }
 
+sd_mount_after_unit() { sd systemctl show -P After data.mount | grep -qw 'ublkd@disk1.service'; }
+
+sd_restarted() { # OLD-PID: the unit is active again, under a new main process
+    local pid
+    pid=$(sd_main_pid)
+    [ "$pid" -gt 0 ] && [ "$pid" != "$1" ] && sd systemctl is-active -q ublkd@disk1.service
+}
+
 sd_restarts_with_recover() {
     local old new
     old=$(sd_main_pid)
     [ "$old" -gt 0 ] || { echo "no MainPID"; return 1; }
     sd kill -9 "$old"
-    sd_wait 60 sh -c "[ \"\$(nsenter -t $SD_PID -m -p -r systemctl show -P MainPID ublkd@disk1.service)\" -gt 0 ] \
-        && [ \"\$(nsenter -t $SD_PID -m -p -r systemctl show -P MainPID ublkd@disk1.service)\" != $old ] \
-        && nsenter -t $SD_PID -m -p -r systemctl is-active -q ublkd@disk1.service" || return 1
+    sd_wait 60 sd_restarted "$old" || return 1
     new=$(sd_main_pid)
     echo "daemon $old killed, $new serves"
     sd journalctl -b -u ublkd@disk1.service --no-pager | tail -20
@@ -104,8 +110,7 @@ EOF
     sd systemctl --no-pager --failed >"$LOG_DIR/systemd-failed.log" 2>&1
     check "systemd: ublkd@disk1 is active (Type=notify: ready once the device is live)" sd systemctl is-active -q ublkd@disk1.service
     check "systemd: /data is mounted from /dev/disk/by-id/ublk-disk1 = /dev/ublkb$SD_ID" sd_source_is_ours
-    check "systemd: x-systemd.after ordered the mount after the unit" \
-        bash -c "nsenter -t $SD_PID -m -p -r systemctl show -P After data.mount | grep -qw 'ublkd@disk1.service'"
+    check "systemd: x-systemd.after ordered the mount after the unit" sd_mount_after_unit
     check "systemd: data written to the mounted device" \
         sd sh -c 'head -c 8M /dev/urandom >/data/at-boot && sync && sha256sum /data/at-boot >>/srv/sums'
     check "systemd: a killed daemon is restarted with recover, the mount stays, data intact" sd_restarts_with_recover

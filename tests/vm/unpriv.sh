@@ -65,10 +65,10 @@ unpriv_shmem() {
         --direct=1 --ioengine=io_uring --iodepth=16 --verify=crc32c --do_verify=1 \
         --verify_fatal=1 --verify_state_save=0 --iomem="mmapshared:$shm" || return 1
     as_user $UNPRIV_A "$UBLKD" del -n "$id" || return 1
-    n=$(grep -o '[0-9]* in shared memory' "/run/user/$UNPRIV_A/ublkd/$id.log" | tail -1 | awk '{ print $1 }')
+    n=$(queue_count "/run/user/$UNPRIV_A/ublkd/$id.log" "in shared memory" 1)
     echo "served in shared memory: $n"
     rm -f "$shm"
-    [ "${n:-0}" -gt 1000 ]
+    [ "$n" -gt 1000 ]
 }
 
 # User B cannot open A's disk (not even once A opens the node's mode: the driver checks the

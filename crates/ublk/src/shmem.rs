@@ -8,7 +8,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The driver's limit on one buffer (the offset in `addr` has 32 bits).
 pub const MAX_LEN: u64 = 1 << 32;
@@ -18,7 +18,6 @@ pub const MAX_LEN: u64 = 1 << 32;
 pub struct ShmemBuf {
     ptr: *mut u8,
     len: usize,
-    pub path: PathBuf,
 }
 
 // SAFETY: the mapping is plain shared memory, valid until drop; the bytes in it belong to the
@@ -78,7 +77,6 @@ impl ShmemBuf {
         Ok(ShmemBuf {
             ptr: ptr.cast(),
             len: len as usize,
-            path: path.to_path_buf(),
         })
     }
 
