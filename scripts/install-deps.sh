@@ -27,6 +27,7 @@ fi
 # kmod: modprobe/depmod, used on the host (depmod) and inside the guest.
 # udev: gives the guest udevd so /dev/disk/* links and uevents behave normally, and the udevd that
 # tests/vm/unpriv.sh runs with contrib/udev rules (setpriv, from util-linux, runs its users).
+# systemd: PID 1 of tests/vm/systemd.sh's namespace, with systemctl and journalctl.
 # fio/nbdkit/libnbd-bin/nbd-client/e2fsprogs/util-linux: test workloads; fdisk: sfdisk, which
 # puts a partition table on a named device (tests/vm/names.sh).
 # qemu-system-common: qemu-storage-daemon (scripts/bench-vhost.sh compares against it).
@@ -41,7 +42,7 @@ fi
 apt-get install -y -q --allow-downgrades --no-install-recommends \
     "qemu-system-x86=$qemu_ver" "qemu-utils=$qemu_ver" "qemu-system-common=$qemu_ver" \
     "qemu-block-extra=$qemu_ver" \
-    busybox-static kmod udev \
+    busybox-static kmod udev systemd \
     fio nbdkit libnbd-bin nbd-client e2fsprogs util-linux fdisk \
     xz-utils jq fonts-dejavu-core prometheus curl python3 \
     ceph-mon ceph-osd ceph-common librbd-dev librados-dev rbd-nbd
