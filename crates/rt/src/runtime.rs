@@ -46,18 +46,6 @@ pub struct Builder {
     cq_entries: Option<u32>,
     single_issuer: bool,
     busy_poll: Option<Duration>,
-    coalesce: Option<Coalesce>,
-}
-
-/// Completion coalescing: when the ring was busy, sleep until `events` completions are ready or
-/// `usec` microseconds have passed with at least one ready (io_uring's min-wait, Linux 6.12+).
-/// Fewer wake-ups per request at depth, at most `usec` more latency. The application says how
-/// busy it is with `note_arrivals`: a turn that saw at most one new request waits for one
-/// completion as usual, so queue depth 1 pays nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Coalesce {
-    pub events: u32,
-    pub usec: u32,
 }
 
 impl Default for Builder {
@@ -67,7 +55,6 @@ impl Default for Builder {
             cq_entries: None,
             single_issuer: true,
             busy_poll: None,
-            coalesce: None,
         }
     }
 }
@@ -92,12 +79,6 @@ impl Builder {
     /// latency at low queue depth).
     pub fn busy_poll(mut self, d: Option<Duration>) -> Self {
         self.busy_poll = d;
-        self
-    }
-
-    /// Coalesce completions when busy (see `Coalesce`); ignored where the kernel lacks min-wait.
-    pub fn coalesce(mut self, c: Option<Coalesce>) -> Self {
-        self.coalesce = c.filter(|c| c.events > 1 && c.usec > 0);
         self
     }
 
@@ -133,9 +114,6 @@ impl Builder {
         // SAFETY: efd is a fresh fd owned by nobody else.
         let efd = unsafe { OwnedFd::from_raw_fd(efd) };
         let shared = Arc::new(Shared::new(efd));
-        let coalesce = self
-            .coalesce
-            .filter(|_| ring.params().is_feature_min_timeout());
         let inner = Rc::new(Inner {
             ring: RefCell::new(ring),
             ops: RefCell::new(Slab::with_capacity(self.entries as usize)),
@@ -145,8 +123,6 @@ impl Builder {
             wake_armed: Cell::new(false),
             stats: Cell::new(Stats::default()),
             busy_poll: self.busy_poll,
-            coalesce,
-            arrivals: Cell::new(0),
             cqe_scratch: RefCell::new(Vec::with_capacity(256)),
             last_reap: Cell::new(0),
             leak_on_drop: Cell::new(false),
@@ -169,10 +145,6 @@ pub(crate) struct Inner {
     wake_armed: Cell<bool>,
     stats: Cell<Stats>,
     busy_poll: Option<Duration>,
-    /// Set only where the kernel has min-wait (IORING_FEAT_MIN_TIMEOUT).
-    coalesce: Option<Coalesce>,
-    /// New requests the application saw since the last sleep (`note_arrivals`).
-    arrivals: Cell<usize>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
     /// Completions the last reap found: how busy the ring was a moment ago.
     last_reap: Cell<usize>,
@@ -202,11 +174,6 @@ impl Runtime {
     /// The ring's fd, for registering it elsewhere (diagnostics).
     pub fn ring_fd(&self) -> RawFd {
         self.inner.ring.borrow().as_raw_fd()
-    }
-
-    /// Whether completions are coalesced: asked for, and the kernel has min-wait.
-    pub fn coalesces(&self) -> bool {
-        self.inner.coalesce.is_some()
     }
 
     /// Counters so far.
@@ -357,15 +324,6 @@ pub fn last_reap_len() -> usize {
     current().last_reap.get()
 }
 
-/// The application got `n` new requests to serve (a hint for `Coalesce`; free without it).
-pub fn note_arrivals(n: usize) {
-    CURRENT.with(|c| {
-        if let Some(inner) = c.borrow().as_ref() {
-            inner.arrivals.set(inner.arrivals.get() + n);
-        }
-    });
-}
-
 /// Counters of the current thread's runtime.
 pub fn current_stats() -> Stats {
     current().stats.get()
@@ -476,19 +434,8 @@ impl Inner {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Ok(());
         }
-        // Coalesce only after a turn that saw several new requests: more are on their way.
-        let coalesce = self.coalesce.filter(|_| self.arrivals.take() > 1);
         let res = loop {
-            let r = match coalesce {
-                Some(c) => {
-                    let args = types::SubmitArgs::new().min_wait_usec(c.usec);
-                    self.ring
-                        .borrow()
-                        .submitter()
-                        .submit_with_args(c.events as usize, &args)
-                }
-                None => self.ring.borrow().submit_and_wait(1),
-            };
+            let r = self.ring.borrow().submit_and_wait(1);
             match r {
                 Ok(n) => {
                     self.count(|s| {
@@ -644,57 +591,6 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Block on a read of a pipe that another thread writes after 1 ms (a plain completion:
-    /// a TIMEOUT op would wake any waiter whatever its count); `busy` notes two arrivals first.
-    fn pipe_read_after_1ms(rt: &Runtime, busy: bool) -> Duration {
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2) fills both fds on success.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: fresh fds owned by nobody else.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let writer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1));
-            // SAFETY: one byte from a live buffer to an open fd.
-            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-        });
-        let t = Instant::now();
-        rt.block_on(async {
-            if busy {
-                note_arrivals(2);
-            }
-            let mut buf = crate::buf::IoBuf::with_capacity(1);
-            crate::fs::read_at(r.as_raw_fd(), &mut buf, 0)
-                .await
-                .unwrap();
-        });
-        writer.join().unwrap();
-        t.elapsed()
-    }
-
-    #[test]
-    fn coalesce_waits_for_more_only_after_a_busy_turn() {
-        let c = Coalesce {
-            events: 4,
-            usec: 300_000,
-        };
-        let rt = Builder::default().coalesce(Some(c)).build().unwrap();
-        if !rt.coalesces() {
-            eprintln!("skipped: this kernel lacks io_uring min-wait");
-            return;
-        }
-        // A quiet turn: the one completion wakes the loop at once.
-        let e = pipe_read_after_1ms(&rt, false);
-        assert!(e < Duration::from_millis(150), "{e:?}");
-        // After a turn with two new requests: one completion is held until the min-wait ends.
-        let e = pipe_read_after_1ms(&rt, true);
-        assert!(e >= Duration::from_millis(250), "{e:?}");
-        // Without coalescing asked for, the same turn wakes at once.
-        let rt = Builder::default().build().unwrap();
-        assert!(!rt.coalesces());
-        let e = pipe_read_after_1ms(&rt, true);
-        assert!(e < Duration::from_millis(150), "{e:?}");
-    }
 
     #[test]
     fn block_on_returns_value_without_io() {

@@ -284,7 +284,6 @@ impl Device {
                 shallow_inline,
                 cpus,
                 busy_poll: tuning.busy_poll,
-                coalesce: tuning.coalesce,
                 counters: Arc::new(stats::QueueCounters::new()),
                 shmem: self.shmem.clone(),
             };

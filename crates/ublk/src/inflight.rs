@@ -21,7 +21,6 @@ impl Inflight {
     /// The driver handed us `n` requests.
     pub(crate) fn handed(&self, n: usize) {
         self.busy.set(self.busy.get() + n);
-        rt::runtime::note_arrivals(n);
     }
 
     /// The commits of `n` requests are queued on the ring.

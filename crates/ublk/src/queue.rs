@@ -28,8 +28,6 @@ pub struct QueueTuning {
     /// one submitting job, an unpinned queue thread can run beside the submitter on another
     /// CPU instead of sharing its CPU (measured in docs/benchmarks.md).
     pub pin: bool,
-    /// Wake for several completions at a time when busy (see `rt::runtime::Coalesce`).
-    pub coalesce: Option<rt::runtime::Coalesce>,
 }
 
 /// What a queue thread needs to know.
@@ -43,8 +41,6 @@ pub struct QueueConfig {
     pub cpus: Vec<usize>,
     /// Spin this long before sleeping in the kernel (qd1 latency knob).
     pub busy_poll: Option<std::time::Duration>,
-    /// Wake for several completions at a time when busy (see `rt::runtime::Coalesce`).
-    pub coalesce: Option<rt::runtime::Coalesce>,
     /// The device has UBLK_F_BATCH_IO: batch prep/fetch/commit instead of per-tag commands.
     pub batch: bool,
     /// The target drops writes and reads zeroes (`Caps::ignores_data`): user-copy mode then
@@ -157,7 +153,6 @@ fn queue_runtime(cfg: &QueueConfig) -> io::Result<Runtime> {
         .entries(sq_entries)
         .cq_entries(cq_entries)
         .busy_poll(cfg.busy_poll)
-        .coalesce(cfg.coalesce)
         .build()
 }
 

@@ -51,12 +51,6 @@ pub struct DeviceArgs {
     /// scheduler place them, which measured faster for single-job workloads).
     #[arg(long)]
     pub pin_queues: bool,
-    /// When a queue is busy, sleep until EVENTS completions are ready or USEC microseconds
-    /// have passed with one ready, instead of waking for each (io_uring min-wait, Linux 6.12+;
-    /// ignored on older kernels). Fewer wake-ups at depth, up to USEC more latency; a queue
-    /// seeing one request at a time waits as usual. Off by default.
-    #[arg(long, value_name = "EVENTS:USEC", value_parser = parse_coalesce)]
-    pub coalesce: Option<(u32, u32)>,
     /// What the driver does when the daemon dies: keep the device and reissue in-flight I/O to a
     /// recovering daemon (reissue), keep it and fail in-flight I/O (on), keep it but fail all I/O
     /// until recovery (fail-io, Linux 6.13+), or remove it (off). Default: reissue, or off for
@@ -78,27 +72,11 @@ pub struct DeviceArgs {
 }
 
 /// Queue thread tuning from the options a device was created with (kept in its state file).
-pub(crate) fn queue_tuning(
-    busy_poll_us: Option<u64>,
-    pin_queues: bool,
-    coalesce: Option<(u32, u32)>,
-) -> QueueTuning {
+pub(crate) fn queue_tuning(busy_poll_us: Option<u64>, pin_queues: bool) -> QueueTuning {
     QueueTuning {
         busy_poll: busy_poll_us.map(Duration::from_micros),
         pin: pin_queues,
-        coalesce: coalesce.map(|(events, usec)| rt::runtime::Coalesce { events, usec }),
     }
-}
-
-/// `--coalesce EVENTS:USEC`: 2..=4096 events, 1..=10000 microseconds.
-fn parse_coalesce(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("'{s}': want EVENTS:USEC, EVENTS 2-4096 and USEC 1-10000 (e.g. 16:50)");
-    let (e, u) = s.split_once(':').ok_or_else(bad)?;
-    let (e, u) = (e.parse().map_err(|_| bad())?, u.parse().map_err(|_| bad())?);
-    if !(2..=4096).contains(&e) || !(1..=10_000).contains(&u) {
-        return Err(bad());
-    }
-    Ok((e, u))
 }
 
 /// `--buffers`: a buffer mode, or auto.
@@ -196,7 +174,7 @@ impl DeviceArgs {
             extra_flags: self.recovery().flags(),
             unprivileged: self.unprivileged,
             shmem: self.shmem.clone(),
-            tuning: queue_tuning(self.busy_poll_us, self.pin_queues, self.coalesce),
+            tuning: queue_tuning(self.busy_poll_us, self.pin_queues),
         })
     }
 }

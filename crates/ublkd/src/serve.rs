@@ -59,7 +59,6 @@ pub fn run(a: ServeArgs) -> ExitCode {
     let mut st = DeviceState::new(&dev, spec, geo.size, a.dev.recovery());
     st.busy_poll_us = a.dev.busy_poll_us;
     st.pin_queues = a.dev.pin_queues;
-    st.coalesce = a.dev.coalesce;
     st.name = a.dev.name.clone();
     st.serial = Some(crate::naming::new_serial());
     serve_device(dev, target, st, &sigs, a.daemon, notes)
@@ -121,7 +120,6 @@ pub fn run_recover(a: RecoverServeArgs) -> ExitCode {
     let mut st = DeviceState::new(&dev, old.target.clone(), old.size, old.recovery);
     st.busy_poll_us = old.busy_poll_us;
     st.pin_queues = old.pin_queues;
-    st.coalesce = old.coalesce;
     st.supervisor_pid = old.supervisor_pid;
     st.supervisor_identity = old.supervisor_identity.clone();
     st.recoveries = old.recoveries + 1;

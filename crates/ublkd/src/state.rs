@@ -58,9 +58,6 @@ pub struct DeviceState {
     pub busy_poll_us: Option<u64>,
     #[serde(default)]
     pub pin_queues: bool,
-    /// `--coalesce EVENTS:USEC`.
-    #[serde(default)]
-    pub coalesce: Option<(u32, u32)>,
     /// What tells the daemon apart from a later process with the same pid (absent in state
     /// files of older versions: their pid is never signalled on its word alone).
     #[serde(default)]
@@ -88,7 +85,7 @@ fn default_recovery() -> Recovery {
 impl DeviceState {
     /// How the device's queue threads run, for a daemon taking it over.
     pub fn tuning(&self) -> ublk::QueueTuning {
-        crate::device_args::queue_tuning(self.busy_poll_us, self.pin_queues, self.coalesce)
+        crate::device_args::queue_tuning(self.busy_poll_us, self.pin_queues)
     }
 
     /// The state of a device this process now serves.
@@ -113,7 +110,6 @@ impl DeviceState {
             recovery,
             busy_poll_us: None,
             pin_queues: false,
-            coalesce: None,
             identity: Identity::current(),
             supervisor_pid: None,
             supervisor_identity: None,
@@ -232,7 +228,6 @@ mod tests {
             recovery: Recovery::Reissue,
             busy_poll_us: None,
             pin_queues: false,
-            coalesce: None,
             identity: crate::identity::Identity::current(),
             supervisor_pid: None,
             supervisor_identity: None,
