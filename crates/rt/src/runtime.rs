@@ -121,6 +121,7 @@ impl Builder {
             shared,
             wake_buf: Box::leak(Box::new(Cell::new(0))),
             wake_armed: Cell::new(false),
+            local_ready: RefCell::new(Vec::with_capacity(64)),
             stats: Cell::new(Stats::default()),
             busy_poll: self.busy_poll,
             cqe_scratch: RefCell::new(Vec::with_capacity(256)),
@@ -143,6 +144,9 @@ pub(crate) struct Inner {
     /// runtime ends, even when in-flight ops are abandoned to ring teardown.
     wake_buf: &'static Cell<u64>,
     wake_armed: Cell<bool>,
+    /// Tasks woken on this thread (most wakes: a completion or a sibling task); no lock, no
+    /// atomics. Wakes from other threads go through `shared`.
+    pub(crate) local_ready: RefCell<Vec<usize>>,
     stats: Cell<Stats>,
     busy_poll: Option<Duration>,
     cqe_scratch: RefCell<Vec<(u64, i32, u32)>>,
@@ -230,7 +234,8 @@ impl Runtime {
             }
             // Poll every ready task; polling may make more tasks ready.
             loop {
-                inner.shared.take_ready(&mut batch);
+                std::mem::swap(&mut *inner.local_ready.borrow_mut(), &mut batch);
+                inner.shared.take_ready_into(&mut batch);
                 if batch.is_empty() {
                     break;
                 }
@@ -309,6 +314,25 @@ pub(crate) fn current() -> Rc<Inner> {
         .expect("rt op used outside Runtime::block_on")
 }
 
+/// Queue task `id` of the runtime owning `shared` without a lock, if that runtime is this
+/// thread's (false otherwise, and during thread teardown: the caller takes the locked path).
+pub(crate) fn wake_local(shared: &Arc<Shared>, id: usize) -> bool {
+    CURRENT
+        .try_with(|c| match c.try_borrow().ok().as_deref() {
+            Some(Some(inner)) if Arc::ptr_eq(&inner.shared, shared) => {
+                match inner.local_ready.try_borrow_mut() {
+                    Ok(mut q) => {
+                        q.push(id);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        })
+        .unwrap_or(false)
+}
+
 /// Spawn a task on the current thread's runtime.
 pub fn spawn<F>(fut: F) -> JoinHandle<F::Output>
 where
@@ -366,6 +390,10 @@ impl Inner {
         std::mem::forget(std::mem::take(&mut *self.provided.borrow_mut()));
     }
 
+    fn has_ready(&self) -> bool {
+        !self.local_ready.borrow().is_empty() || self.shared.has_ready()
+    }
+
     fn count(&self, f: impl FnOnce(&mut Stats)) {
         let mut s = self.stats.get();
         f(&mut s);
@@ -418,7 +446,7 @@ impl Inner {
                 }
                 let mut cq = ring.completion();
                 cq.sync();
-                if !cq.is_empty() || self.shared.has_ready() {
+                if !cq.is_empty() || self.has_ready() {
                     return Ok(());
                 }
                 drop(cq);
@@ -430,7 +458,7 @@ impl Inner {
             }
         }
         self.shared.sleeping.store(true, Ordering::SeqCst);
-        if self.shared.has_ready() {
+        if self.has_ready() {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return Ok(());
         }

@@ -1,5 +1,6 @@
-//! Tasks: boxed futures in a slab, woken through a ready list that other threads may also push to
-//! (the loop then gets an eventfd poke if it sleeps in the kernel).
+//! Tasks: boxed futures in a slab, woken through a ready list. A wake on the runtime's own thread
+//! (nearly all: a completion or a sibling task) goes to a plain local list; one from another
+//! thread goes to a locked list and pokes the eventfd if the loop sleeps in the kernel.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -43,9 +44,10 @@ impl Shared {
         }))
     }
 
-    pub(crate) fn take_ready(&self, out: &mut Vec<usize>) {
+    /// Append the tasks woken from other threads to `out`.
+    pub(crate) fn take_ready_into(&self, out: &mut Vec<usize>) {
         let mut q = self.ready.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *q, out);
+        out.append(&mut q);
     }
 
     pub(crate) fn has_ready(&self) -> bool {
@@ -76,10 +78,12 @@ struct TaskWaker {
 
 impl Wake for TaskWaker {
     fn wake(self: Arc<Self>) {
-        self.shared.schedule(self.id);
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.shared.schedule(self.id);
+        if !crate::runtime::wake_local(&self.shared, self.id) {
+            self.shared.schedule(self.id);
+        }
     }
 }
 
@@ -148,7 +152,7 @@ where
         waker: inner.shared.waker(id),
     });
     drop(tasks);
-    inner.shared.schedule(id);
+    inner.local_ready.borrow_mut().push(id);
     JoinHandle { state }
 }
 
