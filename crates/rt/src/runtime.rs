@@ -318,17 +318,18 @@ pub(crate) fn current() -> Rc<Inner> {
 /// thread's (false otherwise, and during thread teardown: the caller takes the locked path).
 pub(crate) fn wake_local(shared: &Arc<Shared>, id: usize) -> bool {
     CURRENT
-        .try_with(|c| match c.try_borrow().ok().as_deref() {
-            Some(Some(inner)) if Arc::ptr_eq(&inner.shared, shared) => {
-                match inner.local_ready.try_borrow_mut() {
-                    Ok(mut q) => {
-                        q.push(id);
-                        true
-                    }
-                    Err(_) => false,
-                }
+        .try_with(|c| {
+            let Ok(current) = c.try_borrow() else {
+                return false;
+            };
+            match current.as_deref() {
+                Some(inner) if Arc::ptr_eq(&inner.shared, shared) => inner
+                    .local_ready
+                    .try_borrow_mut()
+                    .map(|mut q| q.push(id))
+                    .is_ok(),
+                _ => false,
             }
-            _ => false,
         })
         .unwrap_or(false)
 }
