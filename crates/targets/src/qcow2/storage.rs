@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use imago::io_buffers::{IoVector, IoVectorMut};
 use imago::storage::PreallocateMode;
@@ -37,6 +37,8 @@ pub struct UringFile {
     /// Blocking calls on the calling thread instead of io_uring (a file in memory).
     inline: bool,
     blockdev: bool,
+    /// The file system refused FALLOC_FL_ZERO_RANGE once (tmpfs): go straight to the fallback.
+    no_zero_range: AtomicBool,
     /// Grows with writes past the end; nothing else changes the file meanwhile.
     size: AtomicU64,
     helper: CommonStorageHelper,
@@ -112,6 +114,7 @@ impl UringFile {
             file,
             path,
             blockdev,
+            no_zero_range: AtomicBool::new(false),
             size: AtomicU64::new(size),
             helper: CommonStorageHelper::default(),
         })
@@ -121,9 +124,44 @@ impl UringFile {
         self.file.as_raw_fd()
     }
 
-    /// fallocate(2) over `[offset, offset + length)` with `mode`.
+    /// fallocate(2) over `[offset, offset + length)` with `mode`. A blocking call for a file in
+    /// memory: io_uring runs every fallocate on a worker thread, a hand-off per call (and per
+    /// cluster allocated, through write-zeroes), where tmpfs answers in microseconds.
     async fn fallocate(&self, mode: i32, offset: u64, length: u64) -> io::Result<()> {
-        rt::fs::fallocate(self.fd(), mode, offset, length).await
+        if !self.inline {
+            return rt::fs::fallocate(self.fd(), mode, offset, length).await;
+        }
+        let (off, len) = (offset as libc::off_t, length as libc::off_t);
+        loop {
+            // SAFETY: a plain system call on our own descriptor; no memory is passed.
+            if unsafe { libc::fallocate(self.fd(), mode, off, len) } == 0 {
+                return Ok(());
+            }
+            match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::Interrupted => {}
+                e => return Err(e),
+            }
+        }
+    }
+
+    /// Write zeroes over the range from the thread's shared zero buffer.
+    async fn write_zero_bytes(&self, offset: u64, length: u64) -> io::Result<()> {
+        let z = rt::zeroes::zeroes();
+        for (at, buf) in z.pieces(length) {
+            if self.inline {
+                let iov = vec![libc::iovec {
+                    iov_base: buf.as_slice().as_ptr() as *mut libc::c_void,
+                    iov_len: buf.len(),
+                }];
+                // (The kernel only reads the buffer, which outlives the call.)
+                if blocking_rw(self.fd(), iov, offset + at, true)? < buf.len() as u64 {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+            } else {
+                rt::fs::write_all_at(self.fd(), buf, offset + at, 0).await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,20 +306,51 @@ impl Storage for UringFile {
     }
 
     async unsafe fn pure_write_zeroes(&self, offset: u64, length: u64) -> io::Result<()> {
-        let mode = if self.blockdev {
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-        } else {
-            libc::FALLOC_FL_ZERO_RANGE
-        };
-        match self.fallocate(mode, offset, length).await {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
-                // No way to zero in place: write zeroes, from the thread's shared buffer.
-                let z = rt::zeroes::zeroes();
-                for (at, buf) in z.pieces(length) {
-                    rt::fs::write_all_at(self.fd(), buf, offset + at, 0).await?;
+        let unsupported =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL));
+        if self.blockdev {
+            match self
+                .fallocate(
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    length,
+                )
+                .await
+            {
+                Err(e) if unsupported(&e) => self.write_zero_bytes(offset, length).await?,
+                r => r?,
+            }
+            return Ok(());
+        }
+        let done = 'zeroed: {
+            if !self.no_zero_range.load(Ordering::Relaxed) {
+                match self
+                    .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, length)
+                    .await
+                {
+                    Ok(()) => break 'zeroed true,
+                    Err(e) if unsupported(&e) => self.no_zero_range.store(true, Ordering::Relaxed),
+                    Err(e) => return Err(e),
                 }
             }
-            r => r?,
+            // No ZERO_RANGE (tmpfs): a punched hole reads as zeroes, and allocating it again
+            // keeps later writes in place and extends the file as ZERO_RANGE would, without
+            // copying a cluster of zeroes per allocation.
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            match self.fallocate(punch, offset, length).await {
+                Ok(()) => {}
+                Err(e) if unsupported(&e) => break 'zeroed false,
+                Err(e) => return Err(e),
+            }
+            match self.fallocate(0, offset, length).await {
+                Ok(()) => true,
+                // The hole reads as zeroes already; writing them extends the file if need be.
+                Err(e) if unsupported(&e) => false,
+                Err(e) => return Err(e),
+            }
+        };
+        if !done {
+            self.write_zero_bytes(offset, length).await?;
         }
         self.size.fetch_max(offset + length, Ordering::Relaxed);
         Ok(())
@@ -333,6 +402,55 @@ impl Storage for UringFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Write-zeroes over old data and past the end: zeroes where asked, the data around them
+    /// kept, the file grown; on tmpfs (no ZERO_RANGE: punch and allocate, blocking calls) and on
+    /// the disk under /var/tmp (ZERO_RANGE or written zeroes, through the ring).
+    #[test]
+    fn write_zeroes_zeroes_keeps_the_rest_and_grows_the_file() {
+        for dir in ["/dev/shm", "/var/tmp"] {
+            if !Path::new(dir).is_dir() {
+                continue;
+            }
+            let d = tempfile::tempdir_in(dir).unwrap();
+            let path = d.path().join("z.img");
+            std::fs::write(&path, vec![0xa5u8; 256 << 10]).unwrap();
+            let opts = StorageOpenOptions::new().filename(&path).write(true);
+            let f = UringFile::open_with(&opts, false).unwrap();
+            rt::Runtime::new().unwrap().block_on(async {
+                // SAFETY: no borrowed buffers are involved.
+                unsafe { f.pure_write_zeroes(64 << 10, 64 << 10) }
+                    .await
+                    .unwrap();
+                // Twice: the second goes straight to the fallback where ZERO_RANGE was refused.
+                unsafe { f.pure_write_zeroes(192 << 10, 128 << 10) }
+                    .await
+                    .unwrap();
+            });
+            let got = std::fs::read(&path).unwrap();
+            assert_eq!(
+                got.len(),
+                320 << 10,
+                "{dir}: the file grows to the zeroed end"
+            );
+            assert_eq!(f.size().unwrap(), 320 << 10, "{dir}");
+            let (a, rest) = got.split_at(64 << 10);
+            let (z1, rest) = rest.split_at(64 << 10);
+            let (b, z2) = rest.split_at(64 << 10);
+            assert!(
+                a.iter().chain(b).all(|&x| x == 0xa5),
+                "{dir}: data around kept"
+            );
+            assert!(z1.iter().chain(z2).all(|&x| x == 0), "{dir}: zeroed");
+            if dir == "/dev/shm" {
+                assert!(f.inline, "tmpfs is served inline");
+                assert!(
+                    f.no_zero_range.load(Ordering::Relaxed),
+                    "tmpfs has no ZERO_RANGE"
+                );
+            }
+        }
+    }
 
     #[test]
     fn advance_skips_whole_and_partial_iovecs() {
