@@ -134,7 +134,10 @@ set_none "$LOOP"
 qnbd_connect() { # IMAGE
     qemu-nbd -f qcow2 --cache=none --aio="$QNBD_AIO" --discard=unmap -c /dev/nbd0 "$1"
     for _ in $(seq 100); do [[ "$(cat /sys/block/nbd0/size)" != 0 ]] && break; sleep 0.1; done
-    UPID=$(pgrep -f "qemu-nbd.*$1" | head -1)
+    # The server: the process whose thread drives /dev/nbd0. (`qemu-nbd -c` forks twice to
+    # daemonize, and the previous run's server may still be exiting: a pgrep can pick the wrong
+    # one, and the benchmark then died silently reading its gone /proc entry.)
+    UPID=$(awk '/^Tgid:/ {print $2}' "/proc/$(cat /sys/block/nbd0/pid)/status")
     set_none /dev/nbd0
 }
 qnbd_disconnect() {
@@ -314,6 +317,7 @@ measure_one() {
         s0=$(sys_busy_ticks)
         res=$(fio_run "$name" "$dev" "$rw" "$qd" "$jobs" "$@")
         s1=$(cat "$SCRATCH/sys-busy-after-fio")
+        kill -0 "$UPID" 2>/dev/null || { echo "bench(guest): $name: the server (pid $UPID) is gone" >&2; return 1; }
         c1=$(cpu_ticks "$UPID")
         n1=$(cpu_ns "$UPID")
         rss_l=$(rss_peak_kib "$UPID")
