@@ -137,7 +137,8 @@ qnbd_connect() { # IMAGE
     # The server: the process whose thread drives /dev/nbd0. (`qemu-nbd -c` forks twice to
     # daemonize, and the previous run's server may still be exiting: a pgrep can pick the wrong
     # one, and the benchmark then died silently reading its gone /proc entry.)
-    UPID=$(awk '/^Tgid:/ {print $2}' "/proc/$(cat /sys/block/nbd0/pid)/status")
+    UPID=$(awk '/^Tgid:/ {print $2}' "/proc/$(cat /sys/block/nbd0/pid 2>/dev/null)/status" 2>/dev/null || true)
+    [[ $UPID =~ ^[0-9]+$ ]] || { echo "bench(guest): qemu-nbd did not connect /dev/nbd0 to $1" >&2; return 1; }
     set_none /dev/nbd0
 }
 qnbd_disconnect() {

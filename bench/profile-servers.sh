@@ -2,8 +2,8 @@
 # Where does a read's CPU go, server by server? (issue 17's file row, issue 13's qcow2 row.)
 # Run inside scripts/vm.sh on 7.3 (rublk -z needs AUTO_BUF_REG):
 #
-#   scripts/vm.sh --kernel 7.3 --keep --env RUBLK=$PWD/target/peers/rublk-0.2.15/bin/rublk \
-#       -- bench/profile-servers.sh ublkd-file rublk-loop-z ublkd-qcow2
+#   scripts/vm.sh --kernel 7.3 --mem 4G --keep --env RUBLK=$PWD/target/peers/rublk-0.2.15/bin/rublk \
+#       -- bench/profile-servers.sh ublkd-file rublk-loop-z ublkd-qcow2 ublkd-qcow2-empty
 #
 # Servers: ublkd-file (`ublkd add -t file`), ublkd-qcow2 (`-t qcow2` on a qcow2 copy of the same
 # data), rublk-loop-z (`rublk add loop -z`; needs RUBLK=path), all with 2 queues, depth 64, over
@@ -16,7 +16,7 @@
 # Output: $PROFILE_OUT (default the run dir vm.sh keeps with --keep).
 set -euo pipefail
 
-[[ $# -gt 0 ]] || { echo "usage: bench/profile-servers.sh ublkd-file|ublkd-qcow2|rublk-loop-z..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: bench/profile-servers.sh ublkd-file|ublkd-qcow2|ublkd-qcow2-empty|rublk-loop-z..." >&2; exit 2; }
 out=${PROFILE_OUT:-${UBLKD_VM_OUT:?run inside scripts/vm.sh or set PROFILE_OUT}}
 QD=${QD:-64} JOBS=${JOBS:-2} RUNTIME=${RUNTIME:-5}
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,7 +37,9 @@ fio_args() { # DEV RUNTIME
         --iodepth="$QD" --numjobs="$JOBS" --group_reporting --time_based --runtime="$2" \
         --norandommap --randrepeat=0
 }
-ns_of() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { print s }'; }
+# (io_uring workers come and go: one that exits mid-run takes its CPU time out of the sum, so
+# the figure is a lower bound; one that exits under `cat` must not end the script.)
+ns_of() { { cat /proc/"$1"/task/*/schedstat 2>/dev/null || true; } | awk '{ s += $1 } END { print s }'; }
 ublkd_pid() { "$UBLKD" list -n "$1" --json | jq -r 'if type == "array" then .[0].pid else .pid end'; }
 
 measure() { # NAME DEV PID
@@ -55,19 +57,21 @@ measure() { # NAME DEV PID
     # shellcheck disable=SC2046
     perf record -q -D 2500 -o "$scratch/pf.data" -e cpu-clock -F 10000 -a -g -- \
         fio $(fio_args "$dev" $((RUNTIME + 3))) >/dev/null
-    perf report -i "$scratch/pf.data" --stdio -g none --no-children --sort comm 2>/dev/null |
-        grep -v '^#' | grep -v '^$' | head -12 >"$out/profile-$name-comm.txt"
-    perf report -i "$scratch/pf.data" --stdio -g none --no-children --pid "$pid" --sort dso,sym \
-        --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' >"$out/profile-$name.txt"
+    { perf report -i "$scratch/pf.data" --stdio -g none --no-children --sort comm 2>/dev/null |
+        grep -v -e '^#' -e '^$' | head -12 || true; } >"$out/profile-$name-comm.txt"
+    { perf report -i "$scratch/pf.data" --stdio -g none --no-children --pid "$pid" --sort dso,sym \
+        --percent-limit 0.7 2>/dev/null | grep -v -e '^#' -e '^$' || true; } >"$out/profile-$name.txt"
 }
 
 for server in "$@"; do
     rw=randread
     case $server in
     ublkd-qcow2-empty)
+        # 4 GiB of virtual size: at the rates seen here (hundreds of writes per second) nearly
+        # every write of both fio runs allocates a cluster.
         rw=randwrite
         rm -f "$scratch/empty.qcow2"
-        qemu-img create -q -f qcow2 "$scratch/empty.qcow2" 1G
+        qemu-img create -q -f qcow2 "$scratch/empty.qcow2" 4G
         dev=$("$UBLKD" add -t qcow2 --path "$scratch/empty.qcow2" -q 2 -d 64)
         id=${dev#/dev/ublkb}
         measure "$server" "$dev" "$(ublkd_pid "$id")"

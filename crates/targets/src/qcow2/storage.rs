@@ -37,8 +37,10 @@ pub struct UringFile {
     /// Blocking calls on the calling thread instead of io_uring (a file in memory).
     inline: bool,
     blockdev: bool,
-    /// The file system refused FALLOC_FL_ZERO_RANGE once (tmpfs): go straight to the fallback.
+    /// The file system refused FALLOC_FL_ZERO_RANGE (tmpfs): go straight to the fallback.
     no_zero_range: AtomicBool,
+    /// ... and FALLOC_FL_PUNCH_HOLE too (ramfs): write zeroes.
+    no_punch: AtomicBool,
     /// Grows with writes past the end; nothing else changes the file meanwhile.
     size: AtomicU64,
     helper: CommonStorageHelper,
@@ -115,6 +117,7 @@ impl UringFile {
             path,
             blockdev,
             no_zero_range: AtomicBool::new(false),
+            no_punch: AtomicBool::new(false),
             size: AtomicU64::new(size),
             helper: CommonStorageHelper::default(),
         })
@@ -126,12 +129,16 @@ impl UringFile {
 
     /// fallocate(2) over `[offset, offset + length)` with `mode`. A blocking call for a file in
     /// memory: io_uring runs every fallocate on a worker thread, a hand-off per call (and per
-    /// cluster allocated, through write-zeroes), where tmpfs answers in microseconds.
+    /// cluster allocated, through write-zeroes), where tmpfs only works in memory (a large
+    /// punch frees many pages, but waits for no device).
     async fn fallocate(&self, mode: i32, offset: u64, length: u64) -> io::Result<()> {
         if !self.inline {
             return rt::fs::fallocate(self.fd(), mode, offset, length).await;
         }
-        let (off, len) = (offset as libc::off_t, length as libc::off_t);
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(length))
+        else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
         loop {
             // SAFETY: a plain system call on our own descriptor; no memory is passed.
             if unsafe { libc::fallocate(self.fd(), mode, off, len) } == 0 {
@@ -322,35 +329,49 @@ impl Storage for UringFile {
             }
             return Ok(());
         }
-        let done = 'zeroed: {
-            if !self.no_zero_range.load(Ordering::Relaxed) {
-                match self
-                    .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, length)
-                    .await
-                {
-                    Ok(()) => break 'zeroed true,
-                    Err(e) if unsupported(&e) => self.no_zero_range.store(true, Ordering::Relaxed),
-                    Err(e) => return Err(e),
+        let end = offset + length;
+        if !self.no_zero_range.load(Ordering::Relaxed) {
+            match self
+                .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, length)
+                .await
+            {
+                Ok(()) => {
+                    self.size.fetch_max(end, Ordering::Relaxed);
+                    return Ok(());
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.no_zero_range.store(true, Ordering::Relaxed)
+                }
+                Err(e) if unsupported(&e) => {}
+                Err(e) => return Err(e),
             }
-            // No ZERO_RANGE (tmpfs): a punched hole reads as zeroes, and allocating it again
-            // keeps later writes in place and extends the file as ZERO_RANGE would, without
-            // copying a cluster of zeroes per allocation.
+        }
+        // No ZERO_RANGE (tmpfs): inside the file a punched hole reads as zeroes, without
+        // copying a cluster of zeroes per allocation; past its end, allocating extends it.
+        let mut zero_from = offset; // what is left to zero by writing
+        if !self.no_punch.load(Ordering::Relaxed) {
             let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             match self.fallocate(punch, offset, length).await {
-                Ok(()) => {}
-                Err(e) if unsupported(&e) => break 'zeroed false,
+                Ok(()) => {
+                    zero_from = end.min(self.size.load(Ordering::Relaxed)).max(offset);
+                    if zero_from < end {
+                        match self.fallocate(0, zero_from, end - zero_from).await {
+                            Ok(()) => zero_from = end,
+                            // (Past the end: nothing there to zero, writing extends the file.)
+                            Err(e) if unsupported(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.no_punch.store(true, Ordering::Relaxed)
+                }
+                Err(e) if unsupported(&e) => {}
                 Err(e) => return Err(e),
             }
-            match self.fallocate(0, offset, length).await {
-                Ok(()) => true,
-                // The hole reads as zeroes already; writing them extends the file if need be.
-                Err(e) if unsupported(&e) => false,
-                Err(e) => return Err(e),
-            }
-        };
-        if !done {
-            self.write_zero_bytes(offset, length).await?;
+        }
+        if zero_from < end {
+            self.write_zero_bytes(zero_from, end - zero_from).await?;
         }
         self.size.fetch_max(offset + length, Ordering::Relaxed);
         Ok(())
@@ -404,10 +425,12 @@ mod tests {
     use super::*;
 
     /// Write-zeroes over old data and past the end: zeroes where asked, the data around them
-    /// kept, the file grown; on tmpfs (no ZERO_RANGE: punch and allocate, blocking calls) and on
-    /// the disk under /var/tmp (ZERO_RANGE or written zeroes, through the ring).
+    /// kept, the file grown; on tmpfs (no ZERO_RANGE: holes inside the file, allocation past its
+    /// end, blocking calls) and on the disk under /var/tmp (ZERO_RANGE, through the ring).
     #[test]
     fn write_zeroes_zeroes_keeps_the_rest_and_grows_the_file() {
+        use std::os::unix::fs::MetadataExt;
+        const K: u64 = 1024;
         for dir in ["/dev/shm", "/var/tmp"] {
             if !Path::new(dir).is_dir() {
                 continue;
@@ -417,36 +440,44 @@ mod tests {
             std::fs::write(&path, vec![0xa5u8; 256 << 10]).unwrap();
             let opts = StorageOpenOptions::new().filename(&path).write(true);
             let f = UringFile::open_with(&opts, false).unwrap();
+            // Inside, unaligned inside, across the end (the second call goes straight to the
+            // fallback where ZERO_RANGE was refused).
+            let ranges = [(64 * K, 64 * K), (130 * K + 100, 3000), (192 * K, 128 * K)];
             rt::Runtime::new().unwrap().block_on(async {
-                // SAFETY: no borrowed buffers are involved.
-                unsafe { f.pure_write_zeroes(64 << 10, 64 << 10) }
-                    .await
-                    .unwrap();
-                // Twice: the second goes straight to the fallback where ZERO_RANGE was refused.
-                unsafe { f.pure_write_zeroes(192 << 10, 128 << 10) }
-                    .await
-                    .unwrap();
+                for (off, len) in ranges {
+                    // SAFETY: no borrowed buffers are involved.
+                    unsafe { f.pure_write_zeroes(off, len) }.await.unwrap();
+                }
             });
             let got = std::fs::read(&path).unwrap();
             assert_eq!(
-                got.len(),
-                320 << 10,
+                got.len() as u64,
+                320 * K,
                 "{dir}: the file grows to the zeroed end"
             );
-            assert_eq!(f.size().unwrap(), 320 << 10, "{dir}");
-            let (a, rest) = got.split_at(64 << 10);
-            let (z1, rest) = rest.split_at(64 << 10);
-            let (b, z2) = rest.split_at(64 << 10);
-            assert!(
-                a.iter().chain(b).all(|&x| x == 0xa5),
-                "{dir}: data around kept"
-            );
-            assert!(z1.iter().chain(z2).all(|&x| x == 0), "{dir}: zeroed");
+            assert_eq!(f.size().unwrap(), 320 * K, "{dir}");
+            for (i, &b) in got.iter().enumerate() {
+                let i = i as u64;
+                let zeroed = ranges.iter().any(|&(o, l)| (o..o + l).contains(&i));
+                assert_eq!(b, if zeroed { 0 } else { 0xa5 }, "{dir}: byte {i}");
+            }
+            let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
             if dir == "/dev/shm" {
                 assert!(f.inline, "tmpfs is served inline");
+            }
+            if f.inline {
                 assert!(
                     f.no_zero_range.load(Ordering::Relaxed),
                     "tmpfs has no ZERO_RANGE"
+                );
+                // Holes where the file had data (64 KiB and 64 KiB), pages past the old end:
+                // written zeroes would leave all 320 KiB allocated.
+                assert!(allocated <= 200 * K, "{dir}: {allocated} bytes allocated");
+            } else {
+                // (ext4, xfs, btrfs: the disk file systems this would run on.)
+                assert!(
+                    !f.no_zero_range.load(Ordering::Relaxed),
+                    "{dir}: ZERO_RANGE works"
                 );
             }
         }
