@@ -12,7 +12,8 @@
 # randread (randwrite for ublkd-qcow2-empty) qd $QD (64) x $JOBS (2) jobs; the server's CPU per I/O (schedstat of all its
 # threads, io_uring workers included) and its threads -> profile-servers.txt; then cpu-clock
 # samples with call graphs: the whole guest by comm -> profile-<server>-comm.txt, the server's
-# process by symbol (self) -> profile-<server>.txt.
+# process by symbol (self) -> profile-<server>.txt, with the call chains into its symbols above
+# 3% -> profile-<server>-callers.txt.
 # Output: $PROFILE_OUT (default the run dir vm.sh keeps with --keep).
 set -euo pipefail
 
@@ -61,6 +62,10 @@ measure() { # NAME DEV PID
         grep -v -e '^#' -e '^$' | head -12 || true; } >"$out/profile-$name-comm.txt"
     { perf report -i "$scratch/pf.data" --stdio -g none --no-children --pid "$pid" --sort dso,sym \
         --percent-limit 0.7 2>/dev/null | grep -v -e '^#' -e '^$' || true; } >"$out/profile-$name.txt"
+    # Who calls the server's hottest symbols (those above 3%): each symbol, then its callers.
+    { perf report -i "$scratch/pf.data" --stdio --no-children --pid "$pid" --sort sym \
+        --percent-limit 3 -g graph,0.5,callee 2>/dev/null |
+        grep -v -e '^#' -e '^$' || true; } >"$out/profile-$name-callers.txt"
 }
 
 for server in "$@"; do
