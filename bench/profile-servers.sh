@@ -8,7 +8,7 @@
 # Servers: ublkd-file (`ublkd add -t file`), ublkd-qcow2 (`-t qcow2` on a qcow2 copy of the same
 # data), rublk-loop-z (`rublk add loop -z`; needs RUBLK=path), all with 2 queues, depth 64, over
 # a 512 MiB file of random data on the guest tmpfs (as scripts/bench.sh uses); and
-# ublkd-qcow2-empty: first writes into a fresh empty 1 GiB qcow2 image. For each: fio 4k
+# ublkd-qcow2-empty: first writes into a fresh empty 4 GiB qcow2 image. For each: fio 4k
 # randread (randwrite for ublkd-qcow2-empty) qd $QD (64) x $JOBS (2) jobs; the server's CPU per I/O (schedstat of all its
 # threads, io_uring workers included) and its threads -> profile-servers.txt; then cpu-clock
 # samples with call graphs: the whole guest by comm -> profile-<server>-comm.txt, the server's

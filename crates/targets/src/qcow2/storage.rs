@@ -330,15 +330,13 @@ impl Storage for UringFile {
             return Ok(());
         }
         let end = offset + length;
+        let mut zero_from = offset; // what is left to zero by writing
         if !self.no_zero_range.load(Ordering::Relaxed) {
             match self
                 .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, length)
                 .await
             {
-                Ok(()) => {
-                    self.size.fetch_max(end, Ordering::Relaxed);
-                    return Ok(());
-                }
+                Ok(()) => zero_from = end,
                 Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     self.no_zero_range.store(true, Ordering::Relaxed)
                 }
@@ -348,8 +346,7 @@ impl Storage for UringFile {
         }
         // No ZERO_RANGE (tmpfs): inside the file a punched hole reads as zeroes, without
         // copying a cluster of zeroes per allocation; past its end, allocating extends it.
-        let mut zero_from = offset; // what is left to zero by writing
-        if !self.no_punch.load(Ordering::Relaxed) {
+        if zero_from < end && !self.no_punch.load(Ordering::Relaxed) {
             let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
             match self.fallocate(punch, offset, length).await {
                 Ok(()) => {
@@ -373,7 +370,7 @@ impl Storage for UringFile {
         if zero_from < end {
             self.write_zero_bytes(zero_from, end - zero_from).await?;
         }
-        self.size.fetch_max(offset + length, Ordering::Relaxed);
+        self.size.fetch_max(end, Ordering::Relaxed);
         Ok(())
     }
 
